@@ -1,0 +1,123 @@
+# cython: language_level=3
+"""gphint._mech -- the only Cython: buffers in, GIL released, -errno -> OSError naming the syscall.
+
+No policy lives here: Python (gphint.memory) validates input and decides what to discard;
+gphint._fallback implements the same names in pure Python.
+"""
+from libc.stdint cimport uint8_t, int64_t, uint64_t
+from gphint_c cimport *
+
+COMPILED = True
+
+cdef extern from *:
+    """
+    #ifndef GPHINT_VERSION
+    #define GPHINT_VERSION "unknown"
+    #endif
+    static const char *GPHINT_VERSION_STR = GPHINT_VERSION;
+    """
+    const char *GPHINT_VERSION_STR
+
+__version__ = (<bytes>GPHINT_VERSION_STR).decode()
+
+ADVICE = {"dontneed": 0, "free": 1}
+SUBMIT = {"per_page": 0, "coalesce": 1, "vectored": 2}
+
+
+cdef raise_err(long rc, gph_err *err, what):
+    from gphint.errors import SyscallError
+    name = (<bytes>err.syscall).decode() if err.syscall != NULL else "?"
+    raise SyscallError(-rc, name, "%s: pages %d..%d" % (what, err.first_page,
+                                                       err.first_page + err.npages - 1))
+
+
+def discard_pages(unsigned char[::1] region not None, size_t page_size, const int64_t[::1] pages,
+                  int advice, int submit, int pidfd):
+    """Discard the pages whose indices are in pages.  Returns (pages, calls, runs)."""
+    cdef gph_discard_stats st
+    cdef gph_err err
+    cdef long rc
+    cdef int64_t npages = region.shape[0] // page_size
+    cdef size_t n = pages.shape[0]
+    st.calls = st.runs = st.pages = 0
+    if n == 0:
+        return (0, 0, 0)
+    with nogil:
+        rc = gph_discard_pages(&region[0], page_size, npages, &pages[0], n, advice, submit,
+                               pidfd, &st, &err)
+    if rc < 0:
+        raise_err(rc, &err, "discard")
+    return (rc, st.calls, st.runs)
+
+
+def discard_runs(unsigned char[::1] region not None, size_t page_size, const int64_t[:, ::1] runs,
+                 int advice, int submit, int pidfd):
+    """Discard (first_page, npages) runs.  Returns (pages, calls, runs)."""
+    cdef gph_discard_stats st
+    cdef gph_err err
+    cdef long rc
+    cdef int64_t npages = region.shape[0] // page_size
+    cdef size_t n = runs.shape[0]
+    st.calls = st.runs = st.pages = 0
+    if n == 0:
+        return (0, 0, 0)
+    if runs.shape[1] != 2:
+        raise ValueError("runs must have shape (n, 2), got (%d, %d)" % (runs.shape[0], runs.shape[1]))
+    with nogil:
+        rc = gph_discard_runs(&region[0], page_size, npages, &runs[0, 0], n, advice, submit,
+                              pidfd, &st, &err)
+    if rc < 0:
+        raise_err(rc, &err, "discard")
+    return (rc, st.calls, st.runs)
+
+
+def set_usage(uint8_t[::1] states not None, const int64_t[::1] pages, int usage,
+              const uint8_t[::1] next_table not None):
+    """Atomically move pages to a usage state.  Returns (n, -1, 0) on success, or
+    (-errno, index into pages, old state byte) when the transition table refuses one."""
+    cdef gph_err err
+    cdef uint8_t old = 0
+    cdef long rc
+    cdef size_t n = pages.shape[0]
+    if next_table.shape[0] != 64:
+        raise ValueError("next_table must have 64 entries")
+    if n == 0:
+        return (0, -1, 0)
+    with nogil:
+        rc = gph_set_usage(&states[0], states.shape[0], &pages[0], n, <uint8_t>usage,
+                           &next_table[0], &old, &err)
+    if rc < 0:
+        return (rc, err.first_page, old)
+    return (rc, -1, 0)
+
+
+def set_content(uint8_t[::1] states not None, const int64_t[::1] pages, int content):
+    cdef gph_err err
+    cdef long rc
+    cdef size_t n = pages.shape[0]
+    if n == 0:
+        return 0
+    with nogil:
+        rc = gph_set_content(&states[0], states.shape[0], &pages[0], n, <uint8_t>content, &err)
+    if rc < 0:
+        raise_err(rc, &err, "set_content")
+    return rc
+
+
+def residency(unsigned char[::1] region not None, size_t page_size, uint8_t[::1] vec not None):
+    """Fill vec (one byte per page, 1 = resident) via mincore; return the resident count."""
+    cdef gph_err err
+    cdef long rc
+    cdef int64_t npages = region.shape[0] // page_size
+    if vec.shape[0] < npages:
+        raise ValueError("vec has %d entries for %d pages" % (vec.shape[0], npages))
+    if npages == 0:
+        return 0
+    with nogil:
+        rc = gph_residency(&region[0], page_size, npages, &vec[0], &err)
+    if rc < 0:
+        raise_err(rc, &err, "residency")
+    return rc
+
+
+include "_faults.pxi"

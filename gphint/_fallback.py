@@ -1,0 +1,157 @@
+"""Pure-Python mechanism with the same names as gphint._mech (msgpack-python style).
+
+Selected with GPHINT_PUREPYTHON=1, or automatically when the extension was not built.  It uses
+mmap.madvise for per-run discards, a ctypes syscall for process_madvise and mincore, and numpy
+for state updates (the GIL makes each numpy update atomic with respect to other Python threads;
+there is no C fault thread in this mode, so nothing else writes the state bytes).
+"""
+import ctypes
+import ctypes.util
+import errno as _errno
+import mmap
+
+import numpy as np
+
+from ._version import __version__  # noqa: F401  (same API: the version check passes)
+from .errors import SyscallError
+
+COMPILED = False
+ADVICE = {"dontneed": 0, "free": 1}
+SUBMIT = {"per_page": 0, "coalesce": 1, "vectored": 2}
+IOV_MAX = 1024
+SYS_PROCESS_MADVISE = 440  # x86_64 and the asm-generic table agree on 440
+_MADV = {0: mmap.MADV_DONTNEED, 1: getattr(mmap, "MADV_FREE", 8)}
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+def _address(region):
+    return np.frombuffer(region, dtype=np.uint8).ctypes.data
+
+
+def coalesce(pages):
+    """Sorted unique page indices -> (n, 2) array of (first_page, npages) runs."""
+    pages = np.unique(np.asarray(pages, dtype=np.int64))
+    if pages.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [pages.size]))
+    return np.stack([pages[starts], ends - starts], axis=1)
+
+
+def _madvise(mv, ps, first, n, adv, stats):
+    stats[0] += 1
+    try:
+        mv.madvise(adv, first * ps, n * ps)
+    except OSError as e:
+        raise SyscallError(e.errno, "madvise", "discard: pages %d..%d" % (first, first + n - 1)) from None
+
+
+def _submit(region, ps, runs, advice, submit, pidfd):
+    adv = _MADV[advice]
+    stats = [0]
+    if submit == 0:
+        for first, n in runs.tolist():
+            for p in range(first, first + n):
+                _madvise(region, ps, p, 1, adv, stats)
+    elif submit == 1:
+        for first, n in runs.tolist():
+            _madvise(region, ps, first, n, adv, stats)
+    elif submit == 2:
+        base = _address(region)
+        i = 0
+        while i < len(runs):
+            chunk = runs[i:i + IOV_MAX]
+            iov = (_IOVec * len(chunk))()
+            for j, (first, n) in enumerate(chunk.tolist()):
+                iov[j].iov_base = base + first * ps
+                iov[j].iov_len = n * ps
+            stats[0] += 1
+            done = _libc.syscall(SYS_PROCESS_MADVISE, pidfd, iov, len(chunk), adv, 0)
+            if done < 0:
+                e = ctypes.get_errno()
+                if e in (_errno.EINTR, _errno.EAGAIN):
+                    continue
+                raise SyscallError(e, "process_madvise", "discard: pages %d..%d"
+                                   % (chunk[0, 0], chunk[0, 0] + chunk[0, 1] - 1))
+            want = int(chunk[:, 1].sum()) * ps
+            if done == want:
+                i += len(chunk)
+                continue
+            covered = np.cumsum(chunk[:, 1] * ps)
+            k = int(np.searchsorted(covered, done, side="right"))
+            if k == 0:
+                raise SyscallError(_errno.EIO, "process_madvise", "no progress at page %d" % chunk[0, 0])
+            i += k
+    else:
+        raise ValueError("unknown submit mode %r" % submit)
+    return stats[0]
+
+
+def _check_bounds(lo, hi, npages, what):
+    if lo < 0 or hi >= npages:
+        bad = lo if lo < 0 else hi
+        raise SyscallError(_errno.ERANGE, what, "discard: pages %d..%d" % (bad, bad))
+
+
+def discard_pages(region, page_size, pages, advice, submit, pidfd):
+    pages = np.asarray(pages, dtype=np.int64)
+    if pages.size == 0:
+        return (0, 0, 0)
+    _check_bounds(int(pages.min()), int(pages.max()), len(region) // page_size, "page index")
+    runs = coalesce(pages)
+    calls = _submit(region, page_size, runs, advice, submit, pidfd)
+    return (int(runs[:, 1].sum()), calls, len(runs))
+
+
+def discard_runs(region, page_size, runs, advice, submit, pidfd):
+    runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+    if runs.size == 0:
+        return (0, 0, 0)
+    npages = len(region) // page_size
+    if (runs < 0).any() or (runs.sum(axis=1) > npages).any():
+        bad = runs[(runs < 0).any(axis=1) | (runs.sum(axis=1) > npages)][0]
+        raise SyscallError(_errno.ERANGE, "page run", "discard: pages %d..%d" % (bad[0], bad[0] + bad[1] - 1))
+    calls = _submit(region, page_size, runs, advice, submit, pidfd)
+    return (int(runs[:, 1].sum()), calls, len(runs))
+
+
+def set_usage(states, pages, usage, next_table):
+    pages = np.asarray(pages, dtype=np.int64)
+    if pages.size == 0:
+        return (0, -1, 0)
+    bad = np.flatnonzero((pages < 0) | (pages >= len(states)))
+    if bad.size:
+        return (-_errno.ERANGE, int(bad[0]), 0)
+    old = states[pages]
+    nxt = next_table[((old & 0x0F).astype(np.int64) << 2) | (int(usage) >> 2)]
+    bad = np.flatnonzero(nxt == 0xFF)
+    if bad.size:
+        return (-_errno.EPERM, int(bad[0]), int(old[bad[0]]))
+    states[pages] = (old & 0xF0) | nxt
+    return (int(pages.size), -1, 0)
+
+
+def set_content(states, pages, content):
+    pages = np.asarray(pages, dtype=np.int64)
+    states[pages] = (states[pages] & ~np.uint8(0x03)) | np.uint8(content & 0x03)
+    return int(pages.size)
+
+
+def residency(region, page_size, vec):
+    npages = len(region) // page_size
+    if npages == 0:
+        return 0
+    out = (ctypes.c_ubyte * npages).from_buffer(vec)
+    if _libc.mincore(ctypes.c_void_p(_address(region)), npages * page_size, out) != 0:
+        raise SyscallError(ctypes.get_errno(), "mincore", "residency: pages 0..%d" % (npages - 1))
+    del out
+    vec[:npages] &= 1
+    return int(vec[:npages].sum())

@@ -1,0 +1,296 @@
+"""GuestMemory: a guest's "physical memory" -- one real anonymous private mmap region whose pages
+carry guest-page-hinting states, plus the state-aware discard path.
+
+Layout of what a GuestMemory owns (all of it plain memory the C fault thread may read):
+    frames          (npages, page_size) uint8 view of the region -- the guest's page frames
+    states          npages bytes: usage | content | protocol flags (gphint.states)
+    backing_store   npages int32: where a discarded page's content lives (0 = nowhere: zeros)
+    backing_offset  npages int64: byte offset in that store
+The tables are mmap-backed so their addresses never move while a fault thread reads them.
+"""
+import mmap
+
+import numpy as np
+
+from . import _mechanism, caps
+from ._mechanism import mech
+from .errors import ClosedError, ConfigError, StateError, Unsupported
+from .states import (CONTENT_MASK, NEXT_TABLE, USAGE_MASK, HostState, PageState, pair_name,
+                     parse_state)
+from .units import parse_size
+
+PAGE_SIZE = mmap.PAGESIZE
+HUGE_PAGE_SIZE = 2 << 20
+ADVICES = ("dontneed", "free")
+SUBMIT_MODES = ("per_page", "coalesce", "vectored")
+
+
+def _table(nbytes):
+    """Page-aligned zeroed table memory that never moves (the fault thread keeps its address)."""
+    return mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def expand_runs(runs):
+    """(n, 2) array of (first_page, npages) -> flat array of page indices."""
+    runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+    if runs.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    lengths = runs[:, 1]
+    offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(runs[:, 0], lengths) + offsets
+
+
+class GuestMemory:
+    """A guest's physical memory: `GuestMemory("64M")`, `GuestMemory(1 << 26, thp=True)`.
+
+    thp=False (default) marks the region MADV_NOHUGEPAGE so that 4 KiB discards free 4 KiB;
+    thp=True aligns it to 2 MiB and asks for huge pages (discard whole 2 MiB units to free any).
+    """
+
+    def __init__(self, size, *, thp=False, name=None):
+        size_bytes = parse_size(size, "guest memory size")
+        unit = HUGE_PAGE_SIZE if thp else PAGE_SIZE
+        size_bytes = -(-size_bytes // unit) * unit
+        self.name = name
+        self.thp = bool(thp)
+        self.page_size = PAGE_SIZE
+        self.size_bytes = size_bytes
+        self.npages = size_bytes // PAGE_SIZE
+        # THP needs 2 MiB alignment, which mmap() does not promise: over-map and use an aligned slice.
+        extra = HUGE_PAGE_SIZE if thp else 0
+        try:
+            self._map = mmap.mmap(-1, size_bytes + extra, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as e:
+            raise ConfigError("cannot map guest memory of %d bytes: %s" % (size_bytes, e.strerror)) from None
+        base = np.frombuffer(self._map, dtype=np.uint8)
+        off = (-base.ctypes.data) % HUGE_PAGE_SIZE if thp else 0
+        self._offset = off
+        self._map.madvise(mmap.MADV_HUGEPAGE if thp else mmap.MADV_NOHUGEPAGE, off, size_bytes)
+        self._region = base[off:off + size_bytes]
+        del base
+        self._frames = self._region.reshape(self.npages, PAGE_SIZE)
+        self.address = self._region.ctypes.data
+        # STABLE|RESIDENT: until the guest says otherwise every page must be preserved.
+        self._state_map = _table(self.npages)
+        self._states = np.frombuffer(self._state_map, dtype=np.uint8, count=self.npages)
+        self._store_map = _table(4 * self.npages)
+        self.backing_store = np.frombuffer(self._store_map, dtype=np.int32, count=self.npages)
+        self._offset_map = _table(8 * self.npages)
+        self.backing_offset = np.frombuffer(self._offset_map, dtype=np.int64, count=self.npages)
+        self._resident_vec = np.zeros(self.npages, dtype=np.uint8)
+        self.fault_service = None   # set by gphint.faults when a discard-fault service serves us
+        self.dirty_tracker = None   # set by gphint.faults when POT_VOLATILE writes are tracked
+        self.stats = {"discard_calls": 0, "discard_runs": 0, "discarded_pages": 0,
+                      "vectored_fallbacks": 0, "hint_ops": 0}
+        self._closed = False
+
+    # --- views -------------------------------------------------------------------------
+    def _check_open(self):
+        if self._closed:
+            raise ClosedError("guest memory%s is closed" % (" %r" % self.name if self.name else ""))
+
+    @property
+    def closed(self):
+        return self._closed
+
+    @property
+    def frames(self):
+        """(npages, page_size) uint8, writable: the guest's page frames."""
+        self._check_open()
+        return self._frames
+
+    @property
+    def region(self):
+        """The whole region as a flat uint8 array."""
+        self._check_open()
+        return self._region
+
+    @property
+    def states(self):
+        """Read-only view of the per-page state bytes (use set_state to change them)."""
+        self._check_open()
+        v = self._states.view()
+        v.flags.writeable = False
+        return v
+
+    def usage(self, pages=None):
+        """Usage states (PageState codes) of pages (default: all) as a uint8 array."""
+        s = self.states if pages is None else self._states[self._pages(pages)]
+        return s & USAGE_MASK
+
+    def content(self, pages=None):
+        """Host content states (HostState codes) of pages (default: all)."""
+        s = self.states if pages is None else self._states[self._pages(pages)]
+        return s & CONTENT_MASK
+
+    # --- input --------------------------------------------------------------------------
+    def _pages(self, pages):
+        """Normalise page indices (int, slice, bool mask, int array, or (n,2) runs) -> int64 array."""
+        self._check_open()
+        if isinstance(pages, slice):
+            return np.arange(self.npages, dtype=np.int64)[pages]
+        arr = np.asarray(pages)
+        if arr.dtype == bool:
+            if arr.shape != (self.npages,):
+                raise ConfigError("a page mask must have shape (%d,), got %s" % (self.npages, arr.shape))
+            return np.flatnonzero(arr).astype(np.int64)
+        if arr.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        if arr.dtype.kind not in "iu":
+            raise ConfigError("page indices must be integers, got dtype %s" % arr.dtype)
+        if arr.ndim == 2 and arr.shape[1] == 2:
+            if (arr[:, 1] < 0).any():
+                raise ConfigError("run lengths must be >= 0, got %d" % arr[:, 1].min())
+            arr = expand_runs(arr)
+        elif arr.ndim > 1:
+            raise ConfigError("pages must be a 1-D index array or (n, 2) runs, got shape %s" % (arr.shape,))
+        arr = np.ascontiguousarray(arr.reshape(-1), dtype=np.int64)
+        if arr.size:
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= self.npages:
+                raise ConfigError("page index %d out of range [0, %d)" % (lo if lo < 0 else hi, self.npages))
+        return arr
+
+    # --- guest side -----------------------------------------------------------------------
+    def set_state(self, pages, state):
+        """Move pages to a guest usage state, atomically per page; refuses forbidden transitions
+        (StateError naming the page and both states) before changing anything."""
+        usage = parse_state(state)
+        idx = self._pages(pages)
+        rc, bad, old = mech.set_usage(self._states, idx, int(usage), NEXT_TABLE)
+        if rc < 0:
+            page = int(idx[bad])
+            raise StateError("page %d: %s -> %s is forbidden (state %s)"
+                             % (page, pair_name(old), usage.name, pair_name(old)),
+                             page=page, old=pair_name(old), new=usage.name)
+        self.stats["hint_ops"] += 1
+        return rc
+
+    # --- host side --------------------------------------------------------------------------
+    def discard(self, pages, advice="dontneed", submit="vectored"):
+        """The state-aware discard: give the host these pages' memory back.
+
+        Refuses (StateError) any STABLE page, and any dirty POT_VOLATILE page; VOLATILE and
+        POT_VOLATILE pages need a discard-fault service to come back (Unsupported otherwise).
+        Content states become ZERO only after the discard succeeded.  Returns pages discarded.
+        """
+        idx = self._pages(pages)
+        advice_code, submit_code = self._advice(advice), self._submit(submit)
+        if idx.size == 0:
+            return 0
+        usage = self._states[idx] & USAGE_MASK
+        stable = np.flatnonzero(usage == PageState.STABLE)
+        if stable.size:
+            p = int(idx[stable[0]])
+            raise StateError("page %d is STABLE (%s): discarding it would lose data; %d of %d pages "
+                             "in this request are stable" % (p, pair_name(self._states[p]), stable.size, idx.size),
+                             page=p, old=pair_name(self._states[p]), new="discarded")
+        reloadable = usage != PageState.UNUSED
+        if reloadable.any():
+            if self.fault_service is None:
+                p = int(idx[np.flatnonzero(reloadable)[0]])
+                raise Unsupported("discard of %s page %d" % (PageState(int(usage[np.flatnonzero(reloadable)[0]])).name, p),
+                                  "without a discard-fault service its next access would read zeros "
+                                  "instead of its data",
+                                  "serve this memory with gphint.FaultService (needs userfaultfd)")
+            return self.fault_service.discard(self, idx, advice=advice, submit=submit)
+        n = self.discard_raw(idx, advice_code, submit_code)
+        mech.set_content(self._states, idx, int(HostState.ZERO))
+        return n
+
+    def discard_raw(self, pages, advice="dontneed", submit="vectored"):
+        """The raw mechanism: discard whatever pages are named, whatever their state.
+        No state is read or written.  pages: indices, or an (n, 2) array of runs."""
+        self._check_open()
+        advice_code, submit_code = self._advice(advice), self._submit(submit)
+        arr = np.asarray(pages)
+        if submit_code == 2 and not caps.has("process_madvise"):
+            submit_code = 1
+            self.stats["vectored_fallbacks"] += 1
+        pidfd = _mechanism.self_pidfd() if submit_code == 2 else -1
+        if arr.ndim == 2 and arr.shape[1:] == (2,) and arr.dtype.kind in "iu":
+            n, calls, runs = mech.discard_runs(self._region, PAGE_SIZE, np.ascontiguousarray(arr, dtype=np.int64),
+                                               advice_code, submit_code, pidfd)
+        else:
+            idx = self._pages(arr)
+            n, calls, runs = mech.discard_pages(self._region, PAGE_SIZE, idx, advice_code, submit_code, pidfd)
+        self.stats["discard_calls"] += calls
+        self.stats["discard_runs"] += runs
+        self.stats["discarded_pages"] += n
+        return n
+
+    @staticmethod
+    def _advice(advice):
+        if advice not in ADVICES:
+            if isinstance(advice, int) and advice in (0, 1):
+                return advice
+            raise ConfigError("unknown advice %r (expected one of %s)" % (advice, ", ".join(ADVICES)))
+        if advice == "free" and not caps.has("madv_free"):
+            f = caps.probe().features["madv_free"]
+            raise Unsupported("MADV_FREE", f.reason, f.remedy)
+        return ADVICES.index(advice)
+
+    @staticmethod
+    def _submit(submit):
+        if submit not in SUBMIT_MODES:
+            if isinstance(submit, int) and submit in (0, 1, 2):
+                return submit
+            raise ConfigError("unknown submit mode %r (expected one of %s)" % (submit, ", ".join(SUBMIT_MODES)))
+        return SUBMIT_MODES.index(submit)
+
+    # --- measurement --------------------------------------------------------------------------
+    def residency(self):
+        """Boolean array: which pages the kernel says are resident (mincore)."""
+        self._check_open()
+        mech.residency(self._region, PAGE_SIZE, self._resident_vec)
+        return self._resident_vec.astype(bool)
+
+    def resident_pages(self):
+        """How many of this guest's pages are resident (mincore)."""
+        self._check_open()
+        return int(mech.residency(self._region, PAGE_SIZE, self._resident_vec))
+
+    def resident_bytes(self):
+        return self.resident_pages() * PAGE_SIZE
+
+    def census(self):
+        """{(usage letter + content letter): page count}, e.g. {'Sr': 10, 'Uz': 6}."""
+        codes, counts = np.unique(self.states & 0x0F, return_counts=True)
+        return {pair_name(c): int(n) for c, n in zip(codes, counts)}
+
+    # --- lifetime -------------------------------------------------------------------------------
+    def close(self):
+        """Unmap the region.  Idempotent.  If the caller still holds numpy views of the frames,
+        the memory is discarded now and unmapped when the last view goes away (no dangling view)."""
+        if self._closed:
+            return
+        if self.fault_service is not None:
+            self.fault_service.unregister(self)
+        self._closed = True
+        region_map = self._map
+        for attr in ("_frames", "_region", "_states", "backing_store", "backing_offset"):
+            setattr(self, attr, None)
+        for m in (self._state_map, self._store_map, self._offset_map, region_map):
+            try:
+                m.close()
+            except BufferError:
+                # someone still holds a view: free the memory now, unmap when it is dropped
+                m.madvise(mmap.MADV_DONTNEED)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        if self._closed:
+            return "<GuestMemory %s closed>" % (self.name or "")
+        return "<GuestMemory %s%d pages%s>" % (self.name + " " if self.name else "", self.npages,
+                                               " thp" if self.thp else "")
