@@ -1,0 +1,1 @@
+"""The guest side: an OS memory manager that hints (issue 4)."""
