@@ -46,10 +46,22 @@ def coalesce(pages):
     return np.stack([pages[starts], ends - starts], axis=1)
 
 
-def _madvise(mv, ps, first, n, adv, stats):
+def _mmap_of(region):
+    """The mmap object under a numpy view of it, and the view's byte offset inside it."""
+    base = region
+    while base is not None and not isinstance(base, mmap.mmap):
+        # numpy views chain through .base; numpy wraps foreign buffers in a memoryview (.obj)
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    if base is None:
+        raise TypeError("region is not a view of an mmap object")
+    return base, _address(region) - _address(base)
+
+
+def _madvise(mm, ps, first, n, adv, stats):
+    mapping, offset = mm
     stats[0] += 1
     try:
-        mv.madvise(adv, first * ps, n * ps)
+        mapping.madvise(adv, offset + first * ps, n * ps)
     except OSError as e:
         raise SyscallError(e.errno, "madvise", "discard: pages %d..%d" % (first, first + n - 1)) from None
 
@@ -58,12 +70,14 @@ def _submit(region, ps, runs, advice, submit, pidfd):
     adv = _MADV[advice]
     stats = [0]
     if submit == 0:
+        mm = _mmap_of(region)
         for first, n in runs.tolist():
             for p in range(first, first + n):
-                _madvise(region, ps, p, 1, adv, stats)
+                _madvise(mm, ps, p, 1, adv, stats)
     elif submit == 1:
+        mm = _mmap_of(region)
         for first, n in runs.tolist():
-            _madvise(region, ps, first, n, adv, stats)
+            _madvise(mm, ps, first, n, adv, stats)
     elif submit == 2:
         base = _address(region)
         i = 0
