@@ -51,3 +51,7 @@ class SyscallError(GphintError, OSError):
         super().__init__(errno_, text)
         self.syscall = syscall
         self.detail = detail
+
+
+class OutOfMemory(GphintError, MemoryError):
+    """The guest ran out of free page frames; says how many were asked for and how many are free."""

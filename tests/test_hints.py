@@ -1,0 +1,138 @@
+"""Batched state transitions: capacity, supersession, the safety order, and counters, against
+the real set_state path of a GuestMemory."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gphint
+from gphint.errors import ConfigError
+from gphint.guest.hints import HintBuffer
+from gphint.states import PageState
+
+S, U, V, P = PageState.STABLE, PageState.UNUSED, PageState.VOLATILE, PageState.POT_VOLATILE
+
+
+def pages(*p):
+    return np.array(p, dtype=np.int64)
+
+
+def test_deferred_transitions_wait_for_capacity_then_go_in_one_call_per_state(mem):
+    h = HintBuffer(mem, capacity=8)
+    h.hint(np.arange(0, 5), U)
+    h.hint(np.arange(5, 7), V)
+    assert h.pending == 7 and h.hint_ops == 0
+    assert (mem.usage(np.arange(7)) == S).all()          # nothing applied yet
+    ops_before = mem.stats["hint_ops"]
+    h.hint(pages(7), U)                                   # the 8th fills the buffer
+    assert h.pending == 0
+    assert h.hint_ops == 2 and mem.stats["hint_ops"] - ops_before == 2   # one per target state
+    assert h.transitions == 8
+    assert (mem.usage(np.arange(5)) == U).all() and (mem.usage(pages(5, 6)) == V).all()
+    assert mem.usage(pages(7))[0] == U
+
+
+def test_a_big_request_is_submitted_capacity_pages_per_call_and_the_rest_waits(mem):
+    h = HintBuffer(mem, capacity=32)
+    h.hint(np.arange(100), U)
+    assert h.hint_ops == 3 and h.transitions == 96 and h.pending == 4
+    h.flush()
+    assert h.hint_ops == 4 and h.pending == 0
+    assert (mem.usage(np.arange(100)) == U).all()
+
+
+def test_capacity_one_is_the_unbatched_original(mem):
+    h = HintBuffer(mem, capacity=1)
+    h.hint(np.arange(10), U)
+    assert h.hint_ops == 10 and h.transitions == 10 and h.pending == 0
+    h.hint(np.arange(10), S)
+    assert h.hint_ops == 20
+
+
+def test_stable_is_applied_at_once_and_cancels_a_pending_unused(mem):
+    h = HintBuffer(mem, capacity=1024)
+    h.hint(np.arange(10), U)
+    h.hint(np.arange(10), S)          # free then re-alloc within the batch
+    assert h.pending == 0 and h.cancelled == 10 and h.transitions == 0
+    h.flush()
+    assert (mem.usage(np.arange(10)) == S).all()
+
+
+def test_stable_of_an_unused_page_is_applied_before_hint_returns(mem):
+    h = HintBuffer(mem, capacity=1024)
+    h.hint(np.arange(10), U)
+    h.flush()
+    h.hint(np.arange(10), S)
+    assert (mem.usage(np.arange(10)) == S).all() and h.pending == 0
+
+
+def test_a_later_transition_supersedes_an_earlier_one_in_the_same_batch(mem):
+    h = HintBuffer(mem, capacity=1024)
+    h.hint(pages(1, 2), V)
+    h.hint(pages(2), U)
+    assert h.pending == 2
+    h.flush()
+    assert mem.usage(pages(1))[0] == V and mem.usage(pages(2))[0] == U
+
+
+def test_transitions_between_non_stable_states_are_never_deferred(mem):
+    """VOLATILE -> POT_VOLATILE makes a page less discardable: it cannot wait."""
+    h = HintBuffer(mem, capacity=1024)
+    h.hint(pages(3), V)
+    h.flush()
+    h.hint(pages(3), P)
+    assert mem.usage(pages(3))[0] == P and h.pending == 0
+    h.hint(pages(3), U)                # freeing a non-stable page: at once too
+    assert mem.usage(pages(3))[0] == U
+
+
+def test_disabled_buffer_never_hints(mem):
+    h = HintBuffer(mem, capacity=1, enabled=False)
+    h.hint(np.arange(10), U)
+    h.flush()
+    assert h.hint_ops == 0 and mem.census() == {"Sr": mem.npages}
+
+
+@pytest.mark.parametrize("cap", [0, -3, 2.0, True, "32"])
+def test_bad_capacity_names_it(mem, cap):
+    with pytest.raises(ConfigError, match="capacity"):
+        HintBuffer(mem, capacity=cap)
+
+
+def test_an_unknown_state_names_it(mem):
+    h = HintBuffer(mem)
+    with pytest.raises(ConfigError, match="'gone'"):
+        h.hint(pages(1), "gone")
+
+
+def test_queue_stays_bounded_under_free_realloc_churn(mem):
+    h = HintBuffer(mem, capacity=4096)
+    for _ in range(200):
+        h.hint(np.arange(64), U)
+        h.hint(np.arange(64), S)
+    assert h._nqueued <= 4 * 4096 + 1024 + 64 and h.pending == 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cap=st.sampled_from([1, 3, 16]),
+       ops=st.lists(st.tuples(st.lists(st.integers(0, 31), min_size=1, max_size=12, unique=True),
+                              st.sampled_from([S, U, V])), max_size=30))
+def test_after_flush_each_page_is_in_its_last_requested_state_and_stable_is_never_late(mem, cap, ops):
+    """The model: the last request per page wins; a STABLE request is visible immediately;
+    a page with a transition still pending is STABLE (deferral only ever delays discardability)."""
+    h = HintBuffer(mem, capacity=cap)
+    h.hint(np.arange(32), S)
+    h.flush()
+    last = {}
+    for req, state in ops:
+        h.hint(np.array(req), state)
+        for p in req:
+            last[p] = state
+        if state == S:
+            assert (mem.usage(np.array(req)) == S).all()
+        pending = h.pending_pages()
+        assert (mem.usage(pending) == S).all()
+        assert pending.size == h.pending
+    h.flush()
+    for p, state in last.items():
+        assert mem.usage(pages(p))[0] == state
