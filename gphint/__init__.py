@@ -10,6 +10,7 @@ from .errors import (ClosedError, ConfigError, GphintError, StateError, SyscallE
 from .states import HostState, PageState, discardable
 from .memory import GuestMemory, PAGE_SIZE
 from . import caps, measure
+from .host import Host
 
 __all__ = ["__version__", "GuestMemory", "PageState", "HostState", "discardable", "PAGE_SIZE",
            "GphintError", "ConfigError", "StateError", "ClosedError", "Unsupported", "SyscallError",

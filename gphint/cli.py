@@ -1,14 +1,25 @@
-"""gphint's command line: `gphint caps | demo | ...` (also `python -m gphint`).
+"""gphint's command line: `gphint caps | run | compare | demo` (also `python -m gphint`).
 
-User mistakes (bad sizes, options, paths) print one line naming the value and exit 2;
---debug shows the traceback.
+User mistakes (bad sizes, options, strategy specs, paths) print one line naming the value and
+exit 2; --debug shows the traceback.
 """
 import argparse
 import json
+import os
 import sys
 
 from . import caps as caps_mod
-from .errors import GphintError
+from .errors import ConfigError, GphintError
+from .units import parse_size
+
+ALL_STRATEGIES = "none,balloon,reporting,unused,cmma"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, message, self.prog))
 
 
 def cmd_caps(args):
@@ -29,24 +40,136 @@ def cmd_caps(args):
     return 0
 
 
+def config_from(args):
+    from .experiment import RunConfig
+    if args.nops < 1:
+        raise ConfigError("--nops must be >= 1, got %d" % args.nops)
+    if args.idle_sched < 0:
+        raise ConfigError("--idle-sched must be >= 0 seconds, got %r" % args.idle_sched)
+    return RunConfig(
+        workload=args.workload, guests=args.guests,
+        guest_mem_bytes=parse_size(args.guest_mem, "--guest-mem"),
+        host_mem_bytes=None if args.host_mem is None else parse_size(args.host_mem, "--host-mem"),
+        duration_s=args.duration, seed=args.seed, files=args.files, nops=args.nops,
+        idle_sched_s=args.idle_sched, discard_mode=args.discard_mode,
+        probe=not args.no_probe, probe_bytes=parse_size(args.probe_mem, "--probe-mem")).validate()
+
+
+def _print_results(doc, out=sys.stdout):
+    from .report import summary, text_table
+    print(summary(doc), file=out)
+    print(text_table(doc["results"]), file=out)
+
+
+def cmd_run(args):
+    from . import experiment
+    from .host import parse_strategy
+    from .progress import Bar
+    spec = parse_strategy(args.strategy)
+    cfg = config_from(args)
+    with Bar(cfg.duration_s, "run %s" % spec, args.quiet) as bar:
+        rec = experiment.run_one(cfg, spec, progress=bar.update_to)
+    doc = experiment.results_document(cfg, [rec])
+    if args.json:
+        experiment.write_json(args.json, doc)
+    if not args.quiet:
+        _print_results(doc)
+    return 0 if rec["integrity_errors"] == 0 else 1
+
+
+def _compare(args, cfg, strategies, json_path, plot_path):
+    from . import experiment, report
+    from .host import parse_strategies
+    from .progress import Bar
+    specs = parse_strategies(strategies)
+    total = cfg.duration_s * len(specs)
+    with Bar(total, "compare", args.quiet) as bar:
+        def progress(i, spec, t):
+            if spec is not None:
+                bar.describe("%d/%d %s" % (i + 1, len(specs), spec))
+            bar.update_to(i * cfg.duration_s + t)
+        records = experiment.compare(cfg, specs, progress=progress, debug=args.debug)
+    doc = experiment.results_document(cfg, records)
+    if json_path:
+        experiment.write_json(json_path, doc)
+    if plot_path:
+        report.plot(doc, plot_path)
+    _print_results(doc)
+    failed = [r for r in records if r.get("error") or r.get("integrity_errors")]
+    return 1 if failed else 0
+
+
+def cmd_compare(args):
+    return _compare(args, config_from(args), args.strategies, args.json, args.plot)
+
+
 def cmd_demo(args):
-    from .demo import run_demo
-    return run_demo(args)
+    """The headline comparison: all five strategies, mixed workload, ~2x overcommit."""
+    from .host.hostswap import fault_service_available
+    ok, why = fault_service_available()
+    if not ok and args.host_mem:
+        print("gphint demo: pressure mode needs the discard-fault service (%s); "
+              "running proactive mode instead" % why, file=sys.stderr)
+        args.host_mem = None
+    json_path = os.path.join(args.out_dir, "demo.json")
+    plot_path = os.path.join(args.out_dir, "demo.png")
+    rc = _compare(args, config_from(args), args.strategies, json_path, plot_path)
+    print("wrote %s and %s" % (json_path, plot_path))
+    return rc
+
+
+def _run_options(sp, duration, guests, guest_mem, host_mem=None):
+    sp.add_argument("--workload", default="mixed", help="guest workload (default: mixed)")
+    sp.add_argument("--guests", type=int, default=guests, help="number of guests (default: %(default)s)")
+    sp.add_argument("--guest-mem", default=guest_mem, metavar="SIZE",
+                    help="memory of each guest (default: %(default)s)")
+    sp.add_argument("--host-mem", default=host_mem, metavar="SIZE",
+                    help="host budget for the guests' resident memory; omit for proactive mode")
+    sp.add_argument("--duration", type=float, default=duration, metavar="SECONDS",
+                    help="workload time per strategy (default: %(default)s)")
+    sp.add_argument("--seed", type=int, default=1)
+    sp.add_argument("--files", default=None, metavar="DIR",
+                    help="a real directory tree as the guests' files (never modified)")
+    sp.add_argument("--nops", type=int, default=64, help="guest operations per scheduling")
+    sp.add_argument("--idle-sched", type=float, default=1.0, metavar="SECONDS",
+                    help="an idle guest is scheduled at most this often (default: 1.0)")
+    sp.add_argument("--discard-mode", default="transparent", choices=("transparent", "visible"),
+                    help="how guests take discard faults")
+    sp.add_argument("--probe-mem", default="16M", metavar="SIZE",
+                    help="proactive mode: memory freed to time free -> host RSS drop")
+    sp.add_argument("--no-probe", action="store_true", help="skip the free -> RSS drop probe")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="gphint", description="Guest page hinting on a real Linux host.")
+    p = OneLineParser(prog="gphint", description="Guest page hinting on a real Linux host.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sp = sub.add_parser("caps", help="what this kernel and user offer, with remedies for what is missing")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_caps)
-    sp = sub.add_parser("demo", help="allocate guests, hint, discard, and show real RSS before and after")
-    sp.add_argument("--guests", type=int, default=4)
-    sp.add_argument("--guest-mem", default="128M")
+
+    sp = sub.add_parser("run", help="run guests under one host strategy")
+    sp.add_argument("--strategy", required=True, metavar="SPEC",
+                    help="NAME[:key=value,...], NAME one of %s" % ALL_STRATEGIES)
+    _run_options(sp, 10.0, 4, "64M")
+    sp.add_argument("--json", metavar="PATH", help="write the results JSON here")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("compare", help="the same guests and seed under several strategies")
+    sp.add_argument("--strategies", default=ALL_STRATEGIES, metavar="S1,S2,...",
+                    help="strategy specs (default: %(default)s)")
+    _run_options(sp, 10.0, 4, "64M")
+    sp.add_argument("--json", metavar="PATH", help="write the results JSON here")
+    sp.add_argument("--plot", metavar="PATH", help="write the comparison plot (PNG) here")
+    sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("demo", help="the headline comparison (~2 minutes): writes results/demo.json and .png")
+    sp.add_argument("--strategies", default=ALL_STRATEGIES, metavar="S1,S2,...")
+    _run_options(sp, 16.0, 4, "64M", host_mem="128M")
+    sp.add_argument("--out-dir", default="results", metavar="DIR")
     sp.set_defaults(func=cmd_demo)
     return p
-
 
 
 def main(argv=None):
@@ -57,7 +180,7 @@ def main(argv=None):
         return 2
     try:
         return args.func(args) or 0
-    except (GphintError, OSError) as e:
+    except (GphintError, OSError, MemoryError) as e:
         if args.debug:
             raise
         print("gphint: error: %s" % e, file=sys.stderr)

@@ -1,0 +1,336 @@
+"""Experiments: guests + a host + a strategy, run for a while -> one results record (JSON).
+
+`run_one(config, strategy)` runs in this process; `compare(config, strategies)` runs each
+strategy in a fresh child process (`python -m gphint run ... --json tmp`) so that every RSS
+baseline starts clean and one strategy's leftovers (page cache, allocator arenas) cannot be
+charged to the next.  The record's fields are the contract documented in docs/results.md.
+"""
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+
+from . import caps, measure
+from ._version import __version__
+from .errors import ConfigError, GphintError, Unsupported
+from .host import Host, parse_strategy
+from .host.hostswap import fault_service_available
+from .memory import PAGE_SIZE
+from .units import parse_size
+
+SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Every option of a run, resolved (sizes in bytes).  host_mem_bytes None = proactive."""
+
+    workload: str = "mixed"
+    guests: int = 4
+    guest_mem_bytes: int = 64 << 20
+    host_mem_bytes: int = None
+    duration_s: float = 10.0
+    seed: int = 1
+    files: str = None
+    discard_mode: str = "transparent"
+    nops: int = 64                  # guest operations per scheduling of a guest
+    idle_sched_s: float = 1.0       # an idle guest is scheduled at most this often
+    interval_s: float = 0.02        # host reclaim loop period
+    sample_interval_s: float = 0.1  # timeline sampling period
+    probe: bool = True              # proactive mode: measure free -> host RSS drop
+    probe_bytes: int = 16 << 20
+
+    @property
+    def mode(self):
+        return "proactive" if self.host_mem_bytes is None else "pressure"
+
+    def validate(self):
+        from .host.guests import workload_names
+        names = workload_names()
+        if self.workload not in names:
+            raise ConfigError("unknown workload %r (expected one of %s)" % (self.workload, ", ".join(names)))
+        if self.guests < 1:
+            raise ConfigError("--guests must be >= 1, got %d" % self.guests)
+        if not self.duration_s > 0:
+            raise ConfigError("--duration must be > 0 seconds, got %r" % self.duration_s)
+        if self.files is not None and not os.path.isdir(self.files):
+            raise ConfigError("--files %r is not a directory" % self.files)
+        if self.host_mem_bytes is not None and self.host_mem_bytes < 4 * (2 << 20):
+            raise ConfigError("--host-mem %d bytes is too small (at least 8 MiB)" % self.host_mem_bytes)
+        return self
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["mode"] = self.mode
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def cli_args(self):
+        """The `gphint run` options that reproduce this config (used for child processes)."""
+        args = ["--workload", self.workload, "--guests", str(self.guests),
+                "--guest-mem", str(self.guest_mem_bytes), "--duration", repr(self.duration_s),
+                "--seed", str(self.seed), "--nops", str(self.nops),
+                "--idle-sched", repr(self.idle_sched_s), "--discard-mode", self.discard_mode,
+                "--probe-mem", str(self.probe_bytes)]
+        if self.host_mem_bytes is not None:
+            args += ["--host-mem", str(self.host_mem_bytes)]
+        if self.files:
+            args += ["--files", self.files]
+        if not self.probe:
+            args.append("--no-probe")
+        return args
+
+
+def git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment():
+    """What a reader needs to trust (or reproduce) the numbers."""
+    c = caps.probe()
+    return {"kernel": c.kernel, "machine": c.machine, "python": platform.python_version(),
+            "gphint_version": __version__, "git_commit": git_commit(), "mechanism": c.mechanism,
+            "cpu_count": os.cpu_count(), "page_size": c.page_size, "thp_mode": c.thp_mode,
+            "mem_total_bytes": psutil.virtual_memory().total,
+            "capabilities": {n: f.available for n, f in c.features.items()},
+            "fault_service": fault_service_available()[0]}
+
+
+def _process_cpu_s():
+    t = os.times()
+    return t.user + t.system
+
+
+class Runner:
+    """One strategy, one config, in this process."""
+
+    def __init__(self, config, strategy, progress=None):
+        from .host import guests as guest_api
+        self.config = config.validate()
+        self.spec = parse_strategy(strategy)
+        self.progress = progress
+        self.api = guest_api
+        self.svc = None
+        self.guests = []
+        self.host = None
+
+    def setup(self):
+        cfg = self.config
+        self.rss_baseline_bytes = measure.rss_bytes()
+        if fault_service_available()[0]:
+            self.svc = self.api.fault_service()
+        self.guests = [self.api.make_guest(i, cfg, self.spec, self.svc) for i in range(cfg.guests)]
+        self.host = Host(self.guests, cfg.host_mem_bytes, self.spec, fault_service=self.svc,
+                         interval_s=cfg.interval_s, sample_interval_s=cfg.sample_interval_s)
+
+    def _schedule(self, g, now, last):
+        """Run one guest for `nops` operations, if it is its turn; returns ops done."""
+        if self.api.is_idle(g) and now - last.get(id(g), -1e9) < self.config.idle_sched_s:
+            return 0
+        last[id(g)] = now
+        host = self.host
+        with host.lock:
+            host.on_scheduled(g)
+            ops = self.api.step(g, self.config.nops)
+        if host.over_budget():
+            host.step()     # direct reclaim: the guest waits for the host, as in the kernel
+        return ops
+
+    def run(self):
+        cfg, host = self.config, self.host
+        me = threading.get_ident()
+        cpu0, thread0, wall0 = _process_cpu_s(), time.thread_time(), time.monotonic()
+        host.record(force=True)
+        host.start()
+        ops, last = 0, {}
+        end = wall0 + cfg.duration_s
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= end:
+                    break
+                for g in self.guests:
+                    ops += self._schedule(g, now, last)
+                if self.progress:
+                    self.progress(min(now - wall0, cfg.duration_s))
+                if not any(not self.api.is_idle(g) for g in self.guests):
+                    time.sleep(0.005)
+            wall_s = time.monotonic() - wall0
+            probe = self.probe() if cfg.probe and cfg.mode == "proactive" else None
+        finally:
+            host.stop()
+        host.sample()
+        host.record(force=True)
+        guest_thread_s = time.thread_time() - thread0 - host.cpu_s_by_thread.get(me, 0.0)
+        process_s = _process_cpu_s() - cpu0
+        return self.record(ops, wall_s, guest_thread_s, process_s, probe)
+
+    # --- proactive-mode headline: time from a guest's free to the host's RSS drop ----------------
+    def probe(self):
+        """A guest frees memory it wrote; how long until the host's residency shows it gone?
+        Once as one contiguous run (>= 2 MiB blocks) and once fragmented (64 KiB pieces)."""
+        out = {}
+        g = self.guests[0]
+        npages = min(self.config.probe_bytes // PAGE_SIZE, g.mem.npages // 4)
+        timeout_s = max(3.0, 1.5 + float(self.spec.params.get("delay", 0.0)) * 1.5)
+        for pattern in ("contiguous", "fragmented"):
+            with self.host.lock:
+                pages = self.api.alloc(g, npages)
+            if pages is None or len(pages) == 0:
+                out[pattern] = {"freed_bytes": 0, "latency_s": None, "dropped_fraction": 0.0}
+                continue
+            pages = np.sort(np.asarray(pages, dtype=np.int64))
+            if pattern == "fragmented":
+                # keep every other 16-page (64 KiB) piece: the freed runs never form 2 MiB blocks
+                keep = (np.arange(pages.size) // 16) % 2 == 1
+                kept, pages = pages[keep], pages[~keep]
+            else:
+                kept = pages[:0]
+            time.sleep(0.2)       # the host settles: the pages are resident and counted
+            t0 = time.monotonic()
+            with self.host.lock:
+                self.api.free(g, pages)
+            latency = None
+            gone = 0.0
+            while time.monotonic() - t0 < timeout_s:
+                self.host.on_scheduled(g)
+                gone = 1.0 - float(np.count_nonzero(g.mem.residency()[pages])) / pages.size
+                if gone >= 0.9:
+                    latency = time.monotonic() - t0
+                    break
+                time.sleep(0.01)
+            out[pattern] = {"freed_bytes": int(pages.size * PAGE_SIZE),
+                            "latency_s": None if latency is None else round(latency, 4),
+                            "dropped_fraction": round(gone, 4), "timeout_s": timeout_s}
+            with self.host.lock:
+                if kept.size:
+                    self.api.free(g, kept)
+        return out
+
+    def record(self, ops, wall_s, guest_cpu_s, process_cpu_s, probe):
+        host = self.host
+        hs = host.stats()
+        svc = self.api.service_stats(self.svc)
+        mems = [s.mem for s in host.slots]
+        timeline = host.timeline
+        touched = sum(s.residency.touched_npages for s in host.slots) * PAGE_SIZE
+        resident_end = host.resident_npages * PAGE_SIZE
+        integrity = int(sum(self.api.verify(g) for g in self.guests))
+        rec = {
+            "strategy": str(self.spec), "strategy_name": self.spec.name,
+            "params": dict(self.spec.params), "mode": self.config.mode,
+            "budget_bytes": self.config.host_mem_bytes,
+            "rss_baseline_bytes": self.rss_baseline_bytes,
+            "rss_peak_bytes": max(t[1] for t in timeline),
+            "rss_end_bytes": timeline[-1][1],
+            "guest_resident_peak_bytes": max(t[2] for t in timeline),
+            "guest_resident_end_bytes": resident_end,
+            "guest_touched_bytes": touched,
+            "host_saved_bytes": max(0, touched - resident_end),
+            "host_swap_out_bytes": hs["host_swap_out_bytes"],
+            "host_swap_in_bytes": svc.get("swap_ins", 0) * PAGE_SIZE,
+            "host_swap_out_pages": hs["host_swap_out_pages"],
+            "discarded_pages": hs["discarded_pages"],
+            "discarded_bytes": sum(hs["discarded_pages"].values()) * PAGE_SIZE,
+            "discard_faults": svc.get("discard_faults", 0),
+            "zero_fills": svc.get("zero_fills", 0),
+            "file_reloads": svc.get("file_reloads", 0),
+            "swap_ins": svc.get("swap_ins", 0),
+            "fault_latency_p50_us": svc.get("latency_p50_us"),
+            "fault_latency_p99_us": svc.get("latency_p99_us"),
+            "hint_ops": int(sum(m.stats["hint_ops"] for m in mems)),
+            "discard_syscalls": int(sum(m.stats["discard_calls"] for m in mems)),
+            "guest_cpu_s": round(guest_cpu_s, 4),
+            "host_cpu_s": round(max(0.0, process_cpu_s - guest_cpu_s), 4),
+            "ops": int(ops), "wall_s": round(wall_s, 4),
+            "ops_per_s": round(ops / wall_s, 2) if wall_s > 0 else 0.0,
+            "budget_overruns": hs["budget_overruns"],
+            "over_budget_samples": (sum(1 for t in timeline if t[2] > self.config.host_mem_bytes)
+                                    if self.config.host_mem_bytes else 0),
+            "host": {k: v for k, v in hs.items() if k not in ("discarded_pages",)},
+            "proactive_probe": probe,
+            "census_end": self.api.census(self.guests),
+            "integrity_errors": integrity,
+            "timeline_fields": ["t_s", "rss_bytes", "guest_resident_bytes", "host_swap_bytes"],
+            "timeline": timeline,
+        }
+        return rec
+
+    def close(self):
+        for g in self.guests:
+            self.api.close(g)
+        if self.svc is not None:
+            self.svc.stop()
+
+
+def run_one(config, strategy, progress=None):
+    """Run one strategy in this process; returns its results record."""
+    r = Runner(config, strategy, progress)
+    try:
+        r.setup()
+        return r.run()
+    finally:
+        r.close()
+
+
+def results_document(config, records, env=None):
+    return {"schema_version": SCHEMA_VERSION, "config": config.to_dict(),
+            "env": env or environment(), "results": records}
+
+
+def write_json(path, doc):
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def compare(config, strategies, progress=None, debug=False):
+    """Each strategy in a fresh child process; returns the list of records (an error record,
+    with `error`, for a strategy that failed -- the others still run)."""
+    config.validate()
+    specs = [parse_strategy(s) for s in strategies]
+    records = []
+    with tempfile.TemporaryDirectory(prefix="gphint-compare-") as tmp:
+        for i, spec in enumerate(specs):
+            out = os.path.join(tmp, "%d.json" % i)
+            cmd = [sys.executable, "-m", "gphint"] + (["--debug"] if debug else []) + \
+                ["run", "--strategy", str(spec), "--json", out, "--quiet"] + config.cli_args()
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            t0 = time.monotonic()
+            while proc.poll() is None:
+                if progress:
+                    progress(i, spec, min(time.monotonic() - t0, config.duration_s))
+                time.sleep(0.1)
+            err = proc.stderr.read().strip()
+            proc.stderr.close()
+            if proc.returncode == 0 and os.path.exists(out):
+                with open(out) as f:
+                    records.append(json.load(f)["results"][0])
+            else:
+                records.append({"strategy": str(spec), "strategy_name": spec.name,
+                                "error": err.splitlines()[-1] if err else "exit status %d" % proc.returncode})
+            if progress:
+                progress(i + 1, None, 0.0)
+    return records

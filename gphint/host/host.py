@@ -1,0 +1,273 @@
+"""Host: many guests, one memory budget, one reclaim strategy.
+
+`Host(guests, budget="512M", strategy="cmma")` keeps the guests' total resident memory -- as
+the kernel reports it (mincore), never an estimate -- at or below `budget`.  Without a budget
+the host is proactive: it gives back free memory as soon as its strategy lets it know, and
+touches nothing else.
+
+The loop (`step`) is: sample residency -> let the strategy take what it is told is free ->
+if over budget, reclaim by the strategy's hint tiers -> host-swap the rest, oldest resident
+first.  `start()` runs it in a thread every `interval_s`; tests call `step()` directly.
+Guest code and the host loop are serialised by `host.lock` when `exclusive=True` (default):
+the runner holds it around each guest step, so a host pick can never race a guest
+allocation of the same page on a lower layer that has no race-free protocol.
+"""
+import threading
+import time
+
+import numpy as np
+
+from .. import measure
+from ..errors import ConfigError
+from ..memory import PAGE_SIZE
+from ..states import PageState, pair
+from ..units import parse_size
+from .hostswap import HostSwapper, require_fault_service
+from .residency import ResidencyTracker
+from .spec import parse_strategy
+from .strategies import make_strategy
+
+SR = pair(PageState.STABLE, 0)
+
+
+class GuestSlot:
+    """The host's view of one guest: its memory, residency, and per-guest strategy state."""
+
+    def __init__(self, guest, index):
+        self.guest = guest
+        self.mem = getattr(guest, "mem", guest)
+        self.name = getattr(guest, "name", None) or getattr(self.mem, "name", None) or "g%d" % index
+        self.index = index
+        self.residency = ResidencyTracker(self.mem)
+        self.discarded = {}       # kind -> pages the host discarded from this guest
+        self.swapped = {}         # usage state -> pages the host wrote to host swap
+
+    def count(self, kind, npages, table=None):
+        table = self.discarded if table is None else table
+        table[kind] = table.get(kind, 0) + int(npages)
+
+
+def share(counts, need):
+    """Split `need` pages over guests in proportion to what each can give (largest remainder)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total <= need:
+        return counts
+    quota = counts * need // total
+    rest = need - int(quota.sum())
+    order = np.argsort(-(counts * need % total), kind="stable")
+    quota[order[:rest]] += 1
+    return np.minimum(quota, counts)
+
+
+class Host:
+    """A host with `guests` (Guest objects or bare GuestMemory), a `budget` for their total
+    resident memory (None: proactive mode) and a reclaim `strategy` spec."""
+
+    def __init__(self, guests, budget=None, strategy="cmma", *, fault_service=None, swap=None,
+                 interval_s=0.02, headroom=0.02, sample_interval_s=0.1, exclusive=True,
+                 clock=time.monotonic):
+        if not guests:
+            raise ConfigError("a host needs at least one guest")
+        self.spec = parse_strategy(strategy)
+        self.budget_bytes = None if budget is None else parse_size(budget, "host budget")
+        if not 0 <= headroom < 0.5:
+            raise ConfigError("headroom %r must be in [0, 0.5)" % headroom)
+        self.slots = [GuestSlot(g, i) for i, g in enumerate(guests)]
+        self.fault_service = fault_service
+        self.swapper = None
+        if self.budget_bytes is not None:
+            # under pressure every strategy may have to swap: the host's last resort
+            require_fault_service("host swap under a budget (strategy %s)" % self.spec.name)
+            if swap is None:
+                from ..faults import HostSwap
+                swap = HostSwap(size=sum(s.mem.size_bytes for s in self.slots))
+                self._own_swap = swap
+            self.swapper = HostSwapper(fault_service, swap)
+        self.swap = swap
+        self.interval_s = float(interval_s)
+        self.headroom = float(headroom)
+        self.sample_interval_s = float(sample_interval_s)
+        self.exclusive = bool(exclusive)
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.strategy = make_strategy(self.spec, self)
+        self.tick = 0
+        self.t0 = clock()
+        self.timeline = []
+        self._next_sample = self.t0
+        self.cpu_s_by_thread = {}
+        self.steps = 0
+        self.reclaim_calls = 0
+        self.budget_overruns = 0
+        self.resident_npages = 0
+        self._thread = None
+        self._stop = threading.Event()
+        self.error = None
+        self.strategy.attach()
+
+    # --- measurement ---------------------------------------------------------------------
+    @property
+    def budget_npages(self):
+        return None if self.budget_bytes is None else self.budget_bytes // PAGE_SIZE
+
+    def sample(self):
+        """Re-read every guest's residency from the kernel; returns total resident pages."""
+        self.tick += 1
+        self.resident_npages = sum(s.residency.sample(self.tick) for s in self.slots)
+        return self.resident_npages
+
+    def guest_resident_bytes(self):
+        return sum(s.mem.resident_pages() for s in self.slots) * PAGE_SIZE
+
+    def host_swap_bytes(self):
+        return self.swapper.used_bytes() if self.swapper else 0
+
+    def record(self, force=False):
+        """Append a timeline sample [t_s, rss_bytes, guest_resident_bytes, host_swap_bytes]."""
+        now = self.clock()
+        if not force and now < self._next_sample:
+            return
+        self._next_sample = now + self.sample_interval_s
+        self.timeline.append([round(now - self.t0, 4), measure.rss_bytes(),
+                              self.resident_npages * PAGE_SIZE, self.host_swap_bytes()])
+
+    def over_budget(self):
+        """Cheap check for direct reclaim: are the guests above budget right now (mincore)?"""
+        if self.budget_bytes is None:
+            return False
+        return self.guest_resident_bytes() > self.budget_bytes
+
+    # --- the loop ----------------------------------------------------------------------------
+    def step(self):
+        """One pass of the reclaim loop; returns pages taken from the guests in this pass."""
+        t_cpu = time.thread_time()
+        with self.lock:
+            now = self.clock()
+            self.sample()
+            taken = self.strategy.proactive(now)
+            if self.budget_bytes is not None:
+                self.resident_npages -= taken
+                taken += self._enforce_budget()
+            self.steps += 1
+            self.record()
+        ident = threading.get_ident()
+        self.cpu_s_by_thread[ident] = self.cpu_s_by_thread.get(ident, 0.0) + time.thread_time() - t_cpu
+        return taken
+
+    def _enforce_budget(self):
+        target = int(self.budget_npages * (1.0 - self.headroom))
+        if self.resident_npages <= self.budget_npages:
+            return 0
+        self.budget_overruns += 1
+        self.reclaim_calls += 1
+        need = self.resident_npages - target
+        freed = self.strategy.reclaim(need)
+        if freed < need:
+            freed += self.swap_oldest(need - freed)
+        self.resident_npages -= freed
+        return freed
+
+    def swap_oldest(self, need):
+        """Host-swap `need` resident STABLE pages, oldest resident first across all guests
+        (the host cannot see guest access bits: FIFO is the order it has)."""
+        cands = []
+        for s in self.slots:
+            sr = s.residency.resident & ((s.mem.states & 0x0F) == SR)
+            pages = np.flatnonzero(sr)
+            cands.append((s.residency.since_tick[pages], np.full(pages.size, s.index), pages))
+        return self._swap_pick(cands, need, "STABLE")
+
+    def _swap_pick(self, cands, need, kind):
+        if not cands:
+            return 0
+        ticks = np.concatenate([c[0] for c in cands])
+        owner = np.concatenate([c[1] for c in cands])
+        pages = np.concatenate([c[2] for c in cands])
+        if ticks.size == 0 or need <= 0:
+            return 0
+        if ticks.size > need:
+            pick = np.argpartition(ticks, need - 1)[:need]
+        else:
+            pick = np.arange(ticks.size)
+        done = 0
+        for s in self.slots:
+            mine = np.sort(pages[pick[owner[pick] == s.index]])
+            done += self.swap_out(s, mine, kind)
+        return done
+
+    def swap_out(self, slot, pages, kind="STABLE"):
+        """Write pages to host swap in `batch`-sized submissions; returns pages written."""
+        if self.swapper is None or pages.size == 0:
+            return 0
+        batch = max(int(self.spec.params.get("batch", 256)), 1)
+        n = 0
+        for first in range(0, pages.size, batch):
+            n += self.swapper.swap_out(slot.mem, pages[first:first + batch])
+        slot.residency.forget(pages)
+        slot.count(kind, n, slot.swapped)
+        return n
+
+    # --- guests' side of the host -----------------------------------------------------------
+    def on_scheduled(self, guest):
+        """The runner is about to run `guest`: deliver what the host asked of it (balloon)."""
+        slot = self.slot_of(guest)
+        with self.lock:
+            self.strategy.on_scheduled(slot, self.clock())
+
+    def slot_of(self, guest):
+        for s in self.slots:
+            if s.guest is guest or s.mem is guest:
+                return s
+        raise ConfigError("%r is not a guest of this host" % (guest,))
+
+    # --- thread --------------------------------------------------------------------------------
+    def start(self):
+        """Run the reclaim loop in its own thread until stop()."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="gphint-host", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.wait(self.interval_s):
+                self.step()
+        except BaseException as e:   # recorded and re-raised by stop(): never die silently
+            self.error = e
+
+    def stop(self):
+        """Stop the loop thread; re-raise anything it failed with."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self.strategy.detach()
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # --- results ---------------------------------------------------------------------------------
+    def stats(self):
+        """Counters for the results record."""
+        discarded, swapped = {}, {}
+        for s in self.slots:
+            for table, total in ((s.discarded, discarded), (s.swapped, swapped)):
+                for k, v in table.items():
+                    total[k] = total.get(k, 0) + v
+        out = {"strategy": str(self.spec), "mode": "pressure" if self.budget_bytes else "proactive",
+               "budget_bytes": self.budget_bytes, "steps": self.steps,
+               "reclaim_calls": self.reclaim_calls, "budget_overruns": self.budget_overruns,
+               "discarded_pages": discarded, "host_swap_out_pages": swapped,
+               "host_swap_out_bytes": (self.swapper.out_npages if self.swapper else 0) * PAGE_SIZE,
+               "host_swap_calls": self.swapper.calls if self.swapper else 0,
+               "host_step_cpu_s": sum(self.cpu_s_by_thread.values())}
+        out.update(self.strategy.stats())
+        return out

@@ -1,0 +1,167 @@
+"""The five host strategies: what the host may take, in what order, and when it learns of it.
+
+    none       no hints: only host swap (the Host's last resort, oldest resident first)
+    unused     s390 mainline: discard UNUSED pages, then host swap
+    cmma       full guest page hinting: UNUSED, VOLATILE, clean POT_VOLATILE (dirty ones are
+               preserved), then host swap
+    reporting  Linux free page reporting: the guest reports free >= 2^order blocks after a delay,
+               the host discards them (gphint.host.reporting), then host swap
+    balloon    virtio-balloon with a MOM-like policy (gphint.host.balloon), then host swap
+
+Each strategy is fill -> submit -> drain in `batch`-sized submissions; they differ only in how
+they fill.  Host swap under a budget is the Host's, common to all.
+"""
+import numpy as np
+
+from ..errors import Unsupported
+from ..states import PageState, USAGE_MASK
+
+
+class Strategy:
+    """Base: no hints, nothing to take but by swapping."""
+
+    name = "none"
+
+    def __init__(self, spec, host):
+        self.spec = spec
+        self.host = host
+        p = spec.params
+        self.batch = int(p.get("batch", 256))
+        self.submit = p.get("submit", "vectored")
+        self.advice = p.get("discard", "dontneed")
+
+    def attach(self):
+        """Called once the host knows its guests (drivers are created here)."""
+
+    def detach(self):
+        """Called when the host stops."""
+
+    def proactive(self, now):
+        """Take what this strategy has been told is free, whatever the budget; returns pages."""
+        return 0
+
+    def reclaim(self, need_npages):
+        """Under pressure: take up to need_npages by hints (before host swap); returns pages."""
+        return 0
+
+    def on_scheduled(self, slot, now):
+        """The guest behind `slot` runs now (requests that need the guest are served here)."""
+
+    def stats(self):
+        return {}
+
+    def guest_driver(self, module, cls):
+        """The guest-side class a peer needs (the guest half of reporting or the balloon)."""
+        from .guests import import_layer
+        return getattr(import_layer(module, self.name, "the guest layer (issue 4) provides it"), cls)
+
+    def allocator_of(self, slot):
+        """A peer calls into the guest: it needs a guest with an allocator, not bare memory."""
+        alloc = getattr(slot.guest, "allocator", None)
+        if alloc is None:
+            raise Unsupported("%s for %s" % (self.name, slot.name),
+                              "a bare GuestMemory has no buddy allocator to call into",
+                              "give the host gphint.Guest objects")
+        return alloc
+
+    # --- the submit half of the batching cycle, shared by every hinting strategy -------------
+    def discard(self, slot, pages, kind, raw=False):
+        """Discard pages of one guest in `batch`-sized submissions; returns pages discarded.
+        raw=True is the peers' way (no CMMA states: the host only knows the page is free)."""
+        if pages.size == 0:
+            return 0
+        mem = slot.mem
+        n = 0
+        for first in range(0, pages.size, self.batch):
+            chunk = pages[first:first + self.batch]
+            if raw:
+                n += mem.discard_raw(chunk, self.advice, self.submit)
+            else:
+                n += mem.discard(chunk, advice=self.advice, submit=self.submit)
+        slot.residency.forget(pages)
+        slot.count(kind, n)
+        return n
+
+
+class HintScan(Strategy):
+    """unused and cmma: the host reads the guests' page states (no call into the guest)."""
+
+    name = "unused"
+    TIERS = (PageState.UNUSED,)
+
+    def attach(self):
+        self.scan_s = float(self.spec.params["scan"])
+        self.delay_s = float(self.spec.params["delay"])
+        self._next_scan = 0.0
+        # when each page was first seen UNUSED by a scan (for the `delay` rule), per guest
+        self._unused_since = [np.full(s.mem.npages, np.inf) for s in self.host.slots]
+        self.scans = 0
+
+    def _candidates(self, slot, state):
+        usage = slot.mem.states & USAGE_MASK
+        return np.flatnonzero(slot.residency.resident & (usage == state))
+
+    def proactive(self, now):
+        """Proactive mode only: every `scan` seconds discard resident UNUSED pages at least
+        `delay` seconds old.  Under a budget the host reclaims on demand instead."""
+        if self.host.budget_bytes is not None or now < self._next_scan:
+            return 0
+        self._next_scan = now + self.scan_s
+        self.scans += 1
+        taken = 0
+        for slot, since in zip(self.host.slots, self._unused_since):
+            unused = (slot.mem.states & USAGE_MASK) == PageState.UNUSED
+            since[~unused] = np.inf
+            since[unused & np.isinf(since)] = now
+            ripe = np.flatnonzero(slot.residency.resident & unused & (now - since >= self.delay_s))
+            taken += self.discard(slot, ripe, PageState.UNUSED.name)
+        return taken
+
+    def reclaim(self, need):
+        freed = 0
+        for state in self.TIERS:
+            if freed >= need:
+                break
+            freed += self._tier(state, need - freed)
+        return freed
+
+    def _tier(self, state, need):
+        from .host import share
+        slots = self.host.slots
+        cands = [self._candidates(s, state) for s in slots]
+        quota = share([c.size for c in cands], need)
+        if state == PageState.POT_VOLATILE:
+            return sum(self._pot_volatile(s, c[:q]) for s, c, q in zip(slots, cands, quota))
+        return sum(self.discard(s, c[:q], state.name) for s, c, q in zip(slots, cands, quota))
+
+    def stats(self):
+        return {"scans": self.scans}
+
+
+class Cmma(HintScan):
+    """Full guest page hinting."""
+
+    name = "cmma"
+    TIERS = (PageState.UNUSED, PageState.VOLATILE, PageState.POT_VOLATILE)
+
+    def _pot_volatile(self, slot, pages):
+        """Pr pages: the host's dirty bit decides -- clean ones are discarded (Pr -> Vz), dirty
+        ones preserved in host swap (Pr -> Sp).  Returns pages taken either way."""
+        if pages.size == 0:
+            return 0
+        svc = self.host.fault_service
+        dirty = np.asarray(svc.dirty_pages(slot.mem, pages))
+        if dirty.dtype == bool and dirty.shape == pages.shape:
+            mask = dirty
+        else:
+            mask = np.isin(pages, dirty)
+        n = self.discard(slot, pages[~mask], "POT_VOLATILE")
+        return n + self.host.swap_out(slot, pages[mask], "POT_VOLATILE")
+
+
+def make_strategy(spec, host):
+    from .balloon import Balloon
+    from .reporting import Reporting
+    cls = {"none": Strategy, "unused": HintScan, "cmma": Cmma, "reporting": Reporting,
+           "balloon": Balloon}[spec.name]
+    return cls(spec, host)

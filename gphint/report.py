@@ -1,0 +1,156 @@
+"""Results -> what people read: a comparison table (text or markdown) and one PNG.
+
+The plot is meant to be read without its legend: each RSS line is labelled with its strategy
+at its right end, bars carry strategy names on the axis and their values on top.
+"""
+import os
+
+from .units import fmt_bytes
+
+MiB = float(1 << 20)
+
+def _mib(key):
+    return lambda r: "%.1f" % (r[key] / MiB) if r.get(key) is not None else "-"
+
+
+def _probe(pattern):
+    def cell(r):
+        p = (r.get("proactive_probe") or {}).get(pattern)
+        if not p:
+            return "-"
+        if p["latency_s"] is None:
+            return "never (%d%%)" % round(100 * p["dropped_fraction"])
+        return "%.2f s" % p["latency_s"]
+    return cell
+
+
+# (header, function of a record) -- the columns of the comparison table
+COLUMNS = [
+    ("strategy", lambda r: r["strategy"]),
+    ("RSS peak MiB", _mib("rss_peak_bytes")),
+    ("RSS end MiB", _mib("rss_end_bytes")),
+    ("touched MiB", _mib("guest_touched_bytes")),
+    ("saved MiB", _mib("host_saved_bytes")),
+    ("discarded MiB", _mib("discarded_bytes")),
+    ("swap out MiB", _mib("host_swap_out_bytes")),
+    ("swap in MiB", _mib("host_swap_in_bytes")),
+    ("discard faults", lambda r: str(r.get("discard_faults", 0))),
+    ("guest CPU s", lambda r: "%.2f" % r["guest_cpu_s"]),
+    ("host CPU s", lambda r: "%.2f" % r["host_cpu_s"]),
+    ("ops/s", lambda r: "%.0f" % r["ops_per_s"]),
+    ("free->drop", _probe("contiguous")),
+    ("fragments", _probe("fragmented")),
+    ("integrity errors", lambda r: str(r["integrity_errors"])),
+]
+
+
+def rows(records):
+    """Header + one row of strings per record; a failed strategy shows its error."""
+    header = [c[0] for c in COLUMNS]
+    out = []
+    for r in records:
+        if r.get("error"):
+            out.append([r["strategy"], "error: " + r["error"]] + [""] * (len(COLUMNS) - 2))
+        else:
+            out.append([f(r) for _, f in COLUMNS])
+    return header, out
+
+
+def _drop_empty(header, body):
+    """Columns that say nothing in this run (all '-') are left out."""
+    keep = [i for i in range(len(header)) if i < 2 or any(row[i] not in ("-", "") for row in body)]
+    return [header[i] for i in keep], [[row[i] for i in keep] for row in body]
+
+
+def text_table(records):
+    header, body = _drop_empty(*rows(records))
+    errors = [r for r in body if r[1].startswith("error: ")]
+    ok = [r for r in body if r not in errors]
+    widths = [max([len(header[i])] + [len(r[i]) for r in ok]) for i in range(len(header))]
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    for r in ok:
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    for r in errors:
+        lines.append("%s  %s" % (r[0].ljust(widths[0]), r[1]))
+    return "\n".join(lines)
+
+
+def markdown_table(records):
+    header, body = _drop_empty(*rows(records))
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def summary(doc):
+    """One line about the run: mode, guests, memory."""
+    c = doc["config"]
+    text = "%s mode, %d x %s guests, workload %s, %g s" % (
+        c["mode"], c["guests"], fmt_bytes(c["guest_mem_bytes"]), c["workload"], c["duration_s"])
+    if c.get("host_mem_bytes"):
+        text += ", host budget %s (%.1fx overcommit)" % (
+            fmt_bytes(c["host_mem_bytes"]), c["guests"] * c["guest_mem_bytes"] / c["host_mem_bytes"])
+    return text
+
+
+def plot(doc, path):
+    """Write a PNG: RSS over time per strategy (top), swap I/O and CPU bars (bottom)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in doc["results"] if not r.get("error")]
+    fig = plt.figure(figsize=(11, 7.5), constrained_layout=True)
+    grid = fig.add_gridspec(2, 2, height_ratios=[1.4, 1])
+    ax = fig.add_subplot(grid[0, :])
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    budget = doc["config"].get("host_mem_bytes")
+    for i, r in enumerate(records):
+        t = [s[0] for s in r["timeline"]]
+        rss = [s[1] / MiB for s in r["timeline"]]
+        c = colors[i % len(colors)]
+        ax.plot(t, rss, color=c, lw=1.8)
+        if t:
+            # label at the line's end: readable without the legend
+            ax.annotate(r["strategy"], (t[-1], rss[-1]), xytext=(4, 0), textcoords="offset points",
+                        color=c, va="center", fontsize=9, fontweight="bold")
+    if budget:
+        base = min((r["rss_baseline_bytes"] for r in records), default=0)
+        ax.axhline((budget + base) / MiB, color="0.3", ls="--", lw=1)
+        ax.annotate("budget + baseline", (0, (budget + base) / MiB), xytext=(2, 3),
+                    textcoords="offset points", fontsize=8, color="0.3")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("process RSS (MiB)")
+    ax.set_title(summary(doc), fontsize=10)
+    ax.margins(x=0.12)
+    ax.grid(alpha=0.3)
+
+    names = [r["strategy"] for r in records]
+    x = range(len(records))
+
+    def bars(axis, series, ylabel, title):
+        width = 0.8 / len(series)
+        for j, (label, values, hatch) in enumerate(series):
+            pos = [k + (j - (len(series) - 1) / 2) * width for k in x]
+            b = axis.bar(pos, values, width, color=[colors[k % len(colors)] for k in x],
+                         hatch=hatch, edgecolor="black", lw=0.5)
+            axis.bar_label(b, labels=["%s\n%.3g" % (label, v) for v in values], fontsize=7)
+        axis.set_xticks(list(x))
+        axis.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
+        axis.set_ylabel(ylabel)
+        axis.set_title(title, fontsize=10)
+        axis.margins(y=0.25)
+
+    bars(fig.add_subplot(grid[1, 0]),
+         [("out", [r["host_swap_out_bytes"] / MiB for r in records], ""),
+          ("in", [r["host_swap_in_bytes"] / MiB for r in records], "//")],
+         "MiB", "host swap I/O (out | in)")
+    bars(fig.add_subplot(grid[1, 1]),
+         [("guest", [r["guest_cpu_s"] for r in records], ""),
+          ("host", [r["host_cpu_s"] for r in records], "//")],
+         "CPU seconds", "CPU (guest | host)")
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
