@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import gphint
 from gphint.errors import ConfigError, GphintError, OutOfMemory
 from gphint.guest.allocator import BuddyAllocator, aligned_blocks, block_pages
-from gphint.states import USAGE_MASK, PageState
+from gphint.states import PageState
 
 from conftest import pattern
 

@@ -5,7 +5,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gphint
 from gphint.errors import ConfigError
 from gphint.guest.hints import HintBuffer
 from gphint.states import PageState

@@ -223,6 +223,13 @@ class BuddyAllocator:
             self._hand_out(pages)
             return pages
 
+    def alloc_up_to(self, npages):
+        """Allocate min(npages, free_pages) pages in one step (no OutOfMemory): for callers
+        that take what there is, like the balloon, without racing a concurrent allocation."""
+        npages = _check_int(npages, "npages", 0)
+        with self._lock:
+            return self.alloc(min(npages, self.free_pages))
+
     def alloc_block(self, order):
         """Allocate one aligned block of 2^order pages; returns its first page."""
         order = _check_int(order, "order", 0, self.max_order)
