@@ -215,3 +215,20 @@ def test_bad_configuration_names_the_value(guest, kwargs, word):
     args.update(kwargs)
     with pytest.raises(ConfigError, match=word):
         PageReporting(a, **args)
+
+
+def test_a_block_allocated_while_a_batch_is_reported_is_skipped_not_reported(guest):
+    mem, a = guest
+    taken = []
+
+    def report(runs):
+        if not taken:
+            taken.append(a.alloc_block(10))   # one of the blocks the pass has not reached yet
+        mem.discard(runs)
+        return True
+    r = PageReporting(a, report, order=9, capacity=4, clock=FakeClock())
+    assert r.poll(102.0) == 7 * 1024
+    first = taken[0]
+    assert a.allocated_mask()[first:first + 1024].all()
+    assert not a.reported_mask()[first:first + 1024].any()
+    assert (mem.usage(np.arange(first, first + 1024)) == PageState.STABLE).all()

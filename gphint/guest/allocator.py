@@ -29,6 +29,7 @@ from ..states import PageState
 from .hints import HintBuffer
 
 NOT_FREE = -1
+STABLE, UNUSED = PageState.STABLE, PageState.UNUSED
 MAX_SUPPORTED_ORDER = 20
 
 
@@ -76,6 +77,7 @@ class BuddyAllocator:
         self._reported = np.zeros(self.npages, dtype=bool)    # meaningful at listed block heads
         self._allocated = np.zeros(self.npages, dtype=bool)
         self._isolated_pages = 0
+        self._nfree = 0           # pages on the free lists, kept by _put/_take/_remove
         self._lock = threading.RLock()
         # Hooks called as hook(first_pages, orders) after a free() placed merged blocks on the
         # free lists; page reporting uses it as Linux's page_reporting_notify_free().
@@ -95,11 +97,13 @@ class BuddyAllocator:
         self._free_lists[order].update(firsts.tolist())
         self._head_order[firsts] = order
         self._reported[firsts] = False
+        self._nfree += firsts.size << order
 
     def _put_one(self, first, order):
         self._free_lists[order].add(first)
         self._head_order[first] = order
         self._reported[first] = False
+        self._nfree += 1 << order
 
     def _take(self, order, count):
         """Take up to count blocks off the order's free list; returns their first pages."""
@@ -108,21 +112,23 @@ class BuddyAllocator:
         free_list.difference_update(firsts)
         arr = np.array(firsts, dtype=np.int64)
         self._head_order[arr] = NOT_FREE
+        self._nfree -= arr.size << order
         self._reported[arr] = False     # allocated or split: no longer reported (as in Linux)
         return arr
 
     def _remove(self, firsts, order):
         self._free_lists[order].difference_update(firsts.tolist())
         self._head_order[firsts] = NOT_FREE
+        self._nfree -= firsts.size << order
         self._reported[firsts] = False  # merged into a bigger block: unreported (as in Linux)
 
-    def _insert(self, firsts, order):
+    def _insert(self, firsts, order, sorted_unique=False):
         """Free blocks of one order, merging with free buddies up to max_order.
 
         Order by order: a block merges if its buddy is also being inserted or is a listed free
         block of the same order (isolated blocks are not listed: they never merge).  Returns
         (first_pages, orders) of the blocks that ended on the free lists."""
-        cand = np.unique(np.asarray(firsts, dtype=np.int64))
+        cand = firsts if sorted_unique else np.unique(np.asarray(firsts, dtype=np.int64))
         if cand.size == 1:
             return self._insert_one(int(cand[0]), order)
         out_firsts, out_orders = [], []
@@ -167,6 +173,7 @@ class BuddyAllocator:
                 break
             self._free_lists[k].discard(buddy)
             head_order[buddy] = NOT_FREE
+            self._nfree -= 1 << k
             self._reported[buddy] = False
             self.stats["merges"] += 1
             first &= ~(1 << k)
@@ -185,7 +192,7 @@ class BuddyAllocator:
     def _hand_out(self, pages):
         """The last step of every allocation: pages become STABLE before the caller sees them."""
         self._allocated[pages] = True
-        self.hints.hint(pages, PageState.STABLE)
+        self.hints.hint(pages, STABLE)
         self.stats["allocs"] += 1
         self.stats["alloc_pages"] += pages.size
 
@@ -259,18 +266,18 @@ class BuddyAllocator:
         if lo < 0 or hi >= self.npages:
             raise ConfigError("page %d out of range [0, %d)" % (lo if lo < 0 else hi, self.npages))
         with self._lock:
-            uniq = np.unique(arr)
+            uniq = arr if arr.size == 1 else np.unique(arr)
             if uniq.size != arr.size:
                 dup = int(uniq[np.flatnonzero(np.bincount(np.searchsorted(uniq, arr)) > 1)[0]])
                 raise ConfigError("page %d appears twice in one free()" % dup)
-            not_allocated = np.flatnonzero(~self._allocated[uniq])
-            if not_allocated.size:
+            if not self._allocated[uniq].all():
+                not_allocated = np.flatnonzero(~self._allocated[uniq])
                 raise ConfigError("page %d is not allocated (double free, or never allocated); "
                                   "%d of the %d pages are not" % (int(uniq[not_allocated[0]]),
                                                                   not_allocated.size, uniq.size))
             self._allocated[uniq] = False
-            self.hints.hint(uniq, PageState.UNUSED)
-            firsts, orders = self._insert(uniq, 0)
+            self.hints.hint(uniq, UNUSED)
+            firsts, orders = self._insert(uniq, 0, sorted_unique=True)
             self.stats["frees"] += 1
             self.stats["free_pages"] += uniq.size
         for hook in list(self.on_free):
@@ -292,6 +299,16 @@ class BuddyAllocator:
             self._remove(np.array([first], dtype=np.int64), order)
             self._isolated_order[first] = order
             self._isolated_pages += 1 << order
+
+    def try_isolate(self, first, order):
+        """isolate() if (first, order) is still a listed free block; False otherwise.  One
+        step under the lock: a reporter that looked at the free lists earlier may race an
+        allocation in another thread."""
+        with self._lock:
+            if not self.is_free_block(first, order):
+                return False
+            self.isolate(first, order)
+            return True
 
     def putback(self, first, order, reported=True):
         """Return an isolated block to the free lists, merging with free buddies.  It is marked
@@ -325,7 +342,7 @@ class BuddyAllocator:
     @property
     def free_pages(self):
         """Pages on the free lists (isolated blocks not counted, as Linux's NR_FREE_PAGES)."""
-        return sum(len(s) << k for k, s in enumerate(self._free_lists))
+        return self._nfree
 
     @property
     def isolated_pages(self):

@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from ..states import USAGE_MASK, PageState, parse_state
 
 NO_PENDING = -1
+STABLE = int(PageState.STABLE)   # plain ints on the hot path: enum attribute access is slow
 
 
 class HintBuffer:
@@ -46,6 +47,8 @@ class HintBuffer:
         self.mem = mem
         self.capacity = int(capacity)
         self.enabled = bool(enabled)
+        # a read-only view kept for the buffer's life (mem.states builds a new view per call)
+        self._states = mem.states
         # target usage state of each page's pending transition; NO_PENDING = none.  A per-page
         # table (not a list) so that a later transition supersedes an earlier one in O(1).
         self._pending_state = np.full(mem.npages, NO_PENDING, dtype=np.int8)
@@ -65,46 +68,74 @@ class HintBuffer:
         in the buffer until it holds `capacity` of them or until flush()."""
         if not self.enabled:
             return
-        state = parse_state(state)
+        state = int(state) if type(state) is PageState else int(parse_state(state))
         pages = np.asarray(pages, dtype=np.int64).reshape(-1)
-        if pages.size == 0:
+        if pages.size <= 1:
+            if pages.size:
+                self._hint_one(pages, state)
             return
         with self._lock:
-            if state == PageState.STABLE:
+            if state == STABLE:
                 self._make_stable(pages)
                 return
-            usage = self.mem.states[pages] & USAGE_MASK
-            stable = usage == PageState.STABLE
-            if not stable.all():
+            usage = self._states[pages] & USAGE_MASK
+            if usage.any():            # STABLE is 0: some page is not stable
                 # between non-stable states, or freeing a volatile page: never deferred (see top)
-                self._cancel(pages[~stable])
-                self._apply(pages[~stable], state)
-                pages = pages[stable]
-            new = self._pending_state[pages] == NO_PENDING
-            nnew = int(np.count_nonzero(new))
-            self.cancelled += pages.size - nnew
-            self._npending += nnew
-            self._pending_state[pages] = int(state)
-            self._queue.append(pages)
-            self._nqueued += pages.size
-            if self._npending >= self.capacity:
-                self._submit(whole_batches_only=True)
-            elif self._nqueued > 4 * self.capacity + 1024:
-                # free/re-alloc churn leaves cancelled entries behind: keep the queue bounded
-                self._queue = [self._live()]
-                self._nqueued = self._queue[0].size
+                live = usage != STABLE
+                self._cancel(pages[live])
+                self._apply(pages[live], state)
+                pages = pages[~live]
+            new = int(np.count_nonzero(self._pending_state[pages] == NO_PENDING))
+            self.cancelled += pages.size - new
+            self._npending += new
+            self._pending_state[pages] = state
+            self._enqueue(pages)
+
+    def _hint_one(self, page_arr, state):
+        """hint() for a single page: the same rules with Python scalars, since a cache miss or
+        a single-page free would otherwise pay a dozen numpy calls for one byte."""
+        page = int(page_arr[0])
+        with self._lock:
+            was = int(self._pending_state[page])
+            non_stable = int(self._states[page]) & USAGE_MASK
+            if state == STABLE or non_stable:
+                if was != NO_PENDING:
+                    self._pending_state[page] = NO_PENDING
+                    self._npending -= 1
+                    self.cancelled += 1
+                if non_stable:
+                    self._apply(page_arr, state)
+                return
+            if was == NO_PENDING:
+                self._npending += 1
+            else:
+                self.cancelled += 1
+            self._pending_state[page] = state
+            self._enqueue(page_arr)
+
+    def _enqueue(self, pages):
+        """Queue deferred pages (their _pending_state is set); submit when the buffer is full."""
+        self._queue.append(pages)
+        self._nqueued += pages.size
+        if self._npending >= self.capacity:
+            self._submit(whole_batches_only=True)
+        elif self._nqueued > 4 * self.capacity + 1024:
+            # free/re-alloc churn leaves cancelled entries behind: keep the queue bounded
+            self._queue = [self._live()]
+            self._nqueued = self._queue[0].size
 
     def _make_stable(self, pages):
         """Cancel pending transitions of pages and make the non-stable ones STABLE now."""
         self._cancel(pages)
-        usage = self.mem.states[pages] & USAGE_MASK
+        usage = self._states[pages] & USAGE_MASK
         # already STABLE (e.g. freed and re-allocated within one batch): no transition at all
-        self._apply(pages[usage != PageState.STABLE], PageState.STABLE)
+        if usage.any():
+            self._apply(pages[usage != STABLE], STABLE)
 
     def _cancel(self, pages):
         had = self._pending_state[pages] != NO_PENDING
-        n = int(np.count_nonzero(had))
-        if n:
+        if had.any():
+            n = int(np.count_nonzero(had))
             self._pending_state[pages] = NO_PENDING
             self._npending -= n
             self.cancelled += n

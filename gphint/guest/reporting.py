@@ -26,6 +26,7 @@ them.  With hinting off they are still STABLE in the state table, and the host m
 `mem.discard_raw(runs)` -- safe because the blocks are isolated while reported and the
 guest writes any page it allocates before reading it.
 """
+import threading
 import time
 
 import numpy as np
@@ -60,6 +61,9 @@ class PageReporting:
         self.low_watermark_pages = _check_int(low_watermark_pages, "low_watermark_pages", 0)
         self.state = IDLE
         self.due_at = None           # clock time of the scheduled pass, None when idle
+        # Linux changes the state with atomics: a free in the guest thread may request while
+        # a pass runs in another (the host's) thread
+        self._state_lock = threading.Lock()
         self.stats = {"passes": 0, "blocks_reported": 0, "pages_reported": 0, "report_calls": 0,
                       "report_errors": 0, "skipped_watermark": 0, "requests": 0}
         allocator.on_free.append(self._on_free)
@@ -79,32 +83,34 @@ class PageReporting:
 
     def request(self, now=None):
         """Ask for a pass: scheduled delay_s from now if idle; otherwise nothing moves."""
-        if self.state == REQUESTED:
-            return
-        previous, self.state = self.state, REQUESTED
-        self.stats["requests"] += 1
-        if previous == IDLE:
-            self.due_at = (self.clock() if now is None else now) + self.delay_s
-        # previous == ACTIVE: the running pass sees REQUESTED at its end and reschedules
+        with self._state_lock:
+            if self.state == REQUESTED:
+                return
+            previous, self.state = self.state, REQUESTED
+            self.stats["requests"] += 1
+            if previous == IDLE:
+                self.due_at = (self.clock() if now is None else now) + self.delay_s
+            # previous == ACTIVE: the running pass sees REQUESTED at its end and reschedules
 
     # --- the pass ---------------------------------------------------------------------------
     def poll(self, now=None):
         """Run the pass if one is due at `now` (default: clock()).  Returns pages reported."""
         now = self.clock() if now is None else now
-        if self.state != REQUESTED or now < self.due_at:
-            return 0
-        self.state = ACTIVE
-        self.due_at = None
+        with self._state_lock:
+            if self.state != REQUESTED or now < self.due_at:
+                return 0
+            self.state, self.due_at = ACTIVE, None
         self.stats["passes"] += 1
         reported = 0
         try:
             reported = self._process()
         finally:
-            if self.state == REQUESTED:
-                # more frees (or an exhausted budget) during the pass: again after the delay
-                self.due_at = now + self.delay_s
-            else:
-                self.state = IDLE
+            with self._state_lock:
+                if self.state == REQUESTED:
+                    # more frees (or an exhausted budget) during the pass: again after the delay
+                    self.due_at = now + self.delay_s
+                else:
+                    self.state = IDLE
         return reported
 
     def _process(self):
@@ -119,7 +125,7 @@ class PageReporting:
             budget = -(-a.nr_free(order) // (self.capacity * BUDGET_DIVISOR))
             for first in a.unreported_blocks(order).tolist():
                 if budget < 0:
-                    self.state = REQUESTED     # budget spent: leave the rest for the next pass
+                    self._rerequest()          # budget spent: leave the rest for the next pass
                     break
                 if len(batch) == self.capacity:
                     npages, ok = self._report_batch(batch)
@@ -128,15 +134,18 @@ class PageReporting:
                     if not ok:
                         return reported        # a failed report ends the pass, as in Linux
                     if budget < 0:
-                        self.state = REQUESTED
+                        self._rerequest()
                         break
-                # the report ran without the allocator lock: re-check the block is still free
-                if a.is_free_block(first, order):
-                    a.isolate(first, order)
+                # the report ran without the allocator lock: the block may be gone meanwhile
+                if a.try_isolate(first, order):
                     batch.append((first, order))
         if batch:
             reported += self._report_batch(batch)[0]    # the final flush of a partial batch
         return reported
+
+    def _rerequest(self):
+        with self._state_lock:
+            self.state = REQUESTED
 
     def _report_batch(self, batch):
         """report -> drain: put every block back, marked reported only if the report worked.
