@@ -1,1 +1,278 @@
-# The discard-fault service seam (issue 3) is included here; see ext/faults.c.
+# The discard-fault service seam (issue 3): buffers in, GIL released, -errno -> SyscallError.
+# No policy here: gphint.faults decides what to register, discard and swap; ext/faults.c serves.
+from libc.stdint cimport int32_t
+
+FAULT_STAT_FIELDS = ("faults", "discard_faults", "zero_fills", "file_reloads", "swap_ins",
+                     "pages_served", "bytes_served", "fault_around_hits", "lost_pages", "eexist",
+                     "ring_overflows")
+SVC_USER_MODE_ONLY = GPH_SVC_USER_MODE_ONLY
+SVC_DIRTY = GPH_SVC_DIRTY
+SVC_MOVE = GPH_SVC_MOVE
+MAX_STORES = GPH_MAX_STORES
+
+
+cdef raise_errno(long rc, gph_err *err, what):
+    from gphint.errors import SyscallError
+    name = (<bytes>err.syscall).decode() if err.syscall != NULL else "?"
+    raise SyscallError(-rc, name, what)
+
+
+def store_set(int32_t store_id, int fd, uint8_t[::1] slot_used=None):
+    """Enter a store in the process-wide table the fault thread reads (slot_used: swap stores)."""
+    cdef uint8_t *used = NULL
+    cdef int64_t nslots = 0
+    if slot_used is not None and slot_used.shape[0] > 0:
+        used = &slot_used[0]
+        nslots = slot_used.shape[0]
+    rc = gph_store_set(store_id, fd, used, nslots)
+    if rc < 0:
+        raise ValueError("store id %d out of range [1, %d)" % (store_id, GPH_MAX_STORES))
+
+
+def store_clear(int32_t store_id):
+    gph_store_clear(store_id)
+
+
+def guest_set_usage(uint8_t[::1] states not None, const int64_t[::1] pages, int usage,
+                    const uint8_t[::1] next_table not None):
+    """set_usage that waits out pages the host or the fault thread holds (protocol.c)."""
+    cdef gph_err err
+    cdef uint8_t old = 0
+    cdef long rc
+    cdef size_t n = pages.shape[0]
+    if next_table.shape[0] != 64:
+        raise ValueError("next_table must have 64 entries")
+    if n == 0:
+        return (0, -1, 0)
+    with nogil:
+        rc = gph_guest_set_usage(&states[0], states.shape[0], &pages[0], n, <uint8_t>usage,
+                                 &next_table[0], &old, &err)
+    if rc < 0:
+        return (rc, err.first_page, old)
+    return (rc, -1, 0)
+
+
+def make_stable(uint8_t[::1] states not None, const int64_t[::1] pages, int64_t[::1] out not None):
+    """Make pages STABLE; discarded VOLATILE pages go to out.  Returns how many were."""
+    cdef gph_err err
+    cdef long rc
+    cdef size_t n = pages.shape[0]
+    if n == 0:
+        return 0
+    if out.shape[0] < <Py_ssize_t>n:
+        raise ValueError("out has %d entries for %d pages" % (out.shape[0], n))
+    with nogil:
+        rc = gph_make_stable(&states[0], states.shape[0], &pages[0], n, &out[0], &err)
+    if rc < 0:
+        raise_errno(rc, &err, "make_stable: page %d" % err.first_page)
+    return rc
+
+
+def dirty_scan(unsigned char[::1] region not None, size_t page_size, int64_t first, int64_t n,
+               bint clear, uint8_t[::1] written not None):
+    """written[i] = page first+i written since last cleared (clear: test-and-clear)."""
+    cdef gph_err err
+    cdef long rc
+    if n <= 0:
+        return 0
+    if written.shape[0] < n or first < 0 or (first + n) * <int64_t>page_size > region.shape[0]:
+        raise ValueError("dirty_scan: pages %d..%d out of range" % (first, first + n - 1))
+    with nogil:
+        rc = gph_dirty_scan(&region[0], page_size, first, n, clear, &written[0], &err)
+    if rc < 0:
+        raise_errno(rc, &err, "dirty bits of pages %d..%d" % (first, first + n - 1))
+    return rc
+
+
+def _page_io(bint to_file, unsigned char[::1] region, size_t page_size, const int64_t[::1] pages,
+             int fd, const int64_t[::1] offsets, bint force_bounce):
+    cdef gph_err err
+    cdef long rc
+    cdef int64_t bounced = 0
+    cdef size_t n = pages.shape[0]
+    cdef int64_t npages = region.shape[0] // page_size
+    if n == 0:
+        return (0, 0)
+    if offsets.shape[0] != <Py_ssize_t>n:
+        raise ValueError("%d offsets for %d pages" % (offsets.shape[0], n))
+    with nogil:
+        if to_file:
+            rc = gph_write_to_file(&region[0], page_size, npages, &pages[0], n, fd, &offsets[0],
+                                   force_bounce, &bounced, &err)
+        else:
+            rc = gph_fill_from_file(&region[0], page_size, npages, &pages[0], n, fd, &offsets[0],
+                                    force_bounce, &bounced, &err)
+    if rc < 0:
+        raise_errno(rc, &err, "%s: pages %d..%d" % ("write_to_file" if to_file else "fill_from_file",
+                                                     err.first_page, err.first_page + err.npages - 1))
+    return (rc, bounced)
+
+
+def fill_from_file(region, size_t page_size, pages, int fd, offsets, bint force_bounce=False):
+    """Read whole pages of fd at offsets into frames pages.  Returns (pages, bounced)."""
+    return _page_io(False, region, page_size, pages, fd, offsets, force_bounce)
+
+
+def write_to_file(region, size_t page_size, pages, int fd, offsets, bint force_bounce=False):
+    """Write frames pages to fd at offsets.  Returns (pages, bounced)."""
+    return _page_io(True, region, page_size, pages, fd, offsets, force_bounce)
+
+
+def uffd_baseline(unsigned char[::1] region not None, size_t page_size):
+    """The minimal userfaultfd loop over region (benchmark baseline).  Returns elapsed ns."""
+    cdef gph_err err
+    cdef long rc
+    with nogil:
+        rc = gph_uffd_baseline(&region[0], region.shape[0], page_size, &err)
+    if rc < 0:
+        raise_errno(rc, &err, "uffd baseline")
+    return rc
+
+
+cdef class FaultThread:
+    """One C fault-service pthread and its userfaultfd (ext/faults.c)."""
+    cdef gph_service *s
+    cdef readonly uint64_t features
+
+    def __cinit__(self, int flags, size_t window_bytes):
+        cdef gph_err err
+        cdef long rc
+        self.s = NULL
+        with nogil:
+            rc = gph_service_create(&self.s, flags, window_bytes, &self.features, &err)
+        if rc < 0:
+            raise_errno(rc, &err, "creating the fault service")
+
+    def __dealloc__(self):
+        if self.s != NULL:
+            with nogil:
+                gph_service_destroy(self.s)
+            self.s = NULL
+
+    cdef gph_service *_svc(self) except NULL:
+        if self.s == NULL:
+            from gphint.errors import ClosedError
+            raise ClosedError("the fault service is closed")
+        return self.s
+
+    def start(self):
+        cdef gph_err err
+        rc = gph_service_start(self._svc(), &err)
+        if rc < 0:
+            raise_errno(rc, &err, "starting the fault thread")
+
+    def set_window(self, size_t window_bytes):
+        if gph_service_set_window(self._svc(), window_bytes) < 0:
+            raise ValueError("window of %d bytes exceeds 2 MiB" % window_bytes)
+
+    def register(self, unsigned char[::1] region not None, size_t page_size, uint8_t[::1] states not None,
+                 int32_t[::1] backing_store not None, int64_t[::1] backing_offset not None,
+                 int32_t[::1] swap_store not None, int64_t[::1] swap_slot not None):
+        cdef gph_region_desc d
+        cdef gph_err err
+        cdef long rc
+        cdef gph_service *s = self._svc()
+        d.base = &region[0]
+        d.page_size = page_size
+        d.npages = region.shape[0] // page_size
+        if (states.shape[0] < d.npages or backing_store.shape[0] < d.npages or
+                backing_offset.shape[0] < d.npages or swap_store.shape[0] < d.npages or
+                swap_slot.shape[0] < d.npages):
+            raise ValueError("page tables shorter than the region's %d pages" % d.npages)
+        d.states = &states[0]
+        d.backing_store = &backing_store[0]
+        d.backing_offset = &backing_offset[0]
+        d.swap_store = &swap_store[0]
+        d.swap_slot = &swap_slot[0]
+        with nogil:
+            rc = gph_service_register(s, &d, &err)
+        if rc < 0:
+            raise_errno(rc, &err, "registering %d pages" % d.npages)
+        return rc
+
+    def unregister(self, int region, bint materialize):
+        cdef gph_err err
+        cdef long rc
+        cdef gph_service *s = self._svc()
+        err.syscall = NULL
+        with nogil:
+            rc = gph_service_unregister(s, region, materialize, &err)
+        if rc < 0 and rc != -2:   # -ENOENT: already gone
+            raise_errno(rc, &err, "unregistering region %d" % region)
+
+    def stop(self):
+        cdef gph_service *s = self._svc()
+        with nogil:
+            gph_service_stop(s)
+
+    def close(self):
+        if self.s != NULL:
+            with nogil:
+                gph_service_destroy(self.s)
+            self.s = NULL
+
+    def stats(self, int region=-1):
+        """(counters dict, histogram list) for a region, or the total with region=-1."""
+        cdef gph_fault_stats st
+        if gph_service_stats(self._svc(), region, &st) < 0:
+            return None
+        d = {"faults": st.faults, "discard_faults": st.discard_faults, "zero_fills": st.zero_fills,
+             "file_reloads": st.file_reloads, "swap_ins": st.swap_ins, "pages_served": st.pages_served,
+             "bytes_served": st.bytes_served, "fault_around_hits": st.fault_around_hits,
+             "lost_pages": st.lost_pages, "eexist": st.eexist, "ring_overflows": st.ring_overflows}
+        return d, [st.hist[i] for i in range(GPH_HIST_BUCKETS)]
+
+    def error(self):
+        """(count, errno, syscall, region, page) of the first recorded reload failure."""
+        cdef gph_fault_error e
+        n = gph_service_error(self._svc(), &e)
+        if n == 0:
+            return (0, 0, "", -1, -1)
+        return (n, e.errnum, (<bytes>e.syscall).decode() if e.syscall != NULL else "?", e.region, e.page)
+
+    def drain(self, int region, int64_t[::1] out not None):
+        cdef long rc
+        cdef gph_service *s = self._svc()
+        if out.shape[0] == 0:
+            return 0
+        with nogil:
+            rc = gph_service_drain(s, region, &out[0], out.shape[0])
+        return max(rc, 0)
+
+    def host_discard(self, int region, const int64_t[::1] pages, int advice, int submit, int pidfd,
+                     int32_t swap_id, const int64_t[::1] slots, uint8_t[::1] used_slots):
+        """Protocol discard of U/V/P pages.  Returns (discarded, preserved)."""
+        cdef gph_err err
+        cdef long rc
+        cdef int64_t preserved = 0
+        cdef size_t n = pages.shape[0]
+        cdef size_t nslots = slots.shape[0] if slots is not None else 0
+        cdef const int64_t *sp = &slots[0] if nslots else NULL
+        cdef uint8_t *up = &used_slots[0] if nslots else NULL
+        cdef gph_service *s = self._svc()
+        if n == 0:
+            return (0, 0)
+        with nogil:
+            rc = gph_host_discard(s, region, &pages[0], n, advice, submit, pidfd, swap_id, sp, nslots,
+                                  up, &preserved, &err)
+        if rc < 0:
+            raise_errno(rc, &err, "discard: pages %d..%d" % (err.first_page, err.first_page + err.npages - 1))
+        return (rc, preserved)
+
+    def host_swap_out(self, int region, const int64_t[::1] pages, int32_t swap_id,
+                      const int64_t[::1] slots, uint8_t[::1] used_slots):
+        cdef gph_err err
+        cdef long rc
+        cdef size_t n = pages.shape[0]
+        cdef size_t nslots = slots.shape[0]
+        cdef gph_service *s = self._svc()
+        if n == 0:
+            return 0
+        if used_slots.shape[0] < <Py_ssize_t>nslots:
+            raise ValueError("used_slots shorter than slots")
+        with nogil:
+            rc = gph_host_swap_out(s, region, &pages[0], n, swap_id, &slots[0] if nslots else NULL,
+                                   nslots, &used_slots[0] if nslots else NULL, &err)
+        if rc < 0:
+            raise_errno(rc, &err, "swap-out: pages %d..%d" % (err.first_page, err.first_page + err.npages - 1))
+        return rc

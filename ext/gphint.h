@@ -70,4 +70,126 @@ long gph_set_content(uint8_t *states, int64_t npages, const int64_t *pages, size
 long gph_residency(uint8_t *base, size_t page_size, int64_t npages, uint8_t *vec,
                    struct gph_err *err);
 
+
+/* ======================= issue 3: discard faults, stores, protocol, dirty bits =======================
+ * The fault service (faults.c) is one pthread per FaultService that never touches Python: it reads
+ * only the C-owned tables below (state bytes, backing records, the global store table).  See
+ * docs/state-protocol.md for the per-page protocol the flags implement. */
+
+/* State-byte flags (bits 4-7), owned by the state protocol (protocol.c). */
+#define GPH_FLAG_BUSY    0x10  /* the host holds the page: picked for discard / swap-out (one C call) */
+#define GPH_FLAG_FILLED  0x20  /* the fault thread served the page while the host held it */
+#define GPH_FLAG_SERVING 0x40  /* the fault thread holds the page: filling it right now */
+#define GPH_FLAG_HELD    (GPH_FLAG_BUSY | GPH_FLAG_SERVING)  /* guest transitions wait these out */
+
+/* --- stores.c: the process-wide store table (store id > 0 -> fd); the only thing the reload path
+ * knows about files.  A swap store also carries its slot-in-use table (one byte per slot), which
+ * the fault thread clears after a swap-in. */
+#define GPH_MAX_STORES 4096
+long gph_store_set(int32_t id, int fd, uint8_t *slot_used, int64_t nslots);
+long gph_store_clear(int32_t id);
+/* Read len bytes at off, looping short reads and retrying EINTR/EAGAIN; bytes past EOF read as zero
+ * (file-mapping semantics).  Returns bytes that came from the file, or -errno. */
+long gph_read_full(int fd, void *buf, size_t len, int64_t off);
+long gph_write_full(int fd, const void *buf, size_t len, int64_t off);
+
+/* --- protocol.c: the guest side of the state protocol --- */
+/* Like gph_set_usage, but waits out pages held by the host or the fault thread (GPH_FLAG_HELD),
+ * so a guest transition never overlaps a discard or a fill of the same page. */
+long gph_guest_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
+                         uint8_t usage, const uint8_t next[64], uint8_t *old_out, struct gph_err *err);
+/* Make pages STABLE; pages found discarded (Vz) are left as they are and listed in
+ * discarded_out (page indices).  Returns the number of discarded pages found. */
+long gph_make_stable(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
+                     int64_t *discarded_out, struct gph_err *err);
+
+/* --- faults.c: the service --- */
+struct gph_service;
+enum { GPH_SRC_ZERO = 0, GPH_SRC_FILE = 1, GPH_SRC_SWAP = 2 };
+#define GPH_HIST_BUCKETS 256   /* latency histogram: 4 buckets per power of two of ns */
+
+struct gph_fault_stats {
+    uint64_t faults;             /* fault messages served */
+    uint64_t discard_faults;     /* faults on a discarded VOLATILE page */
+    uint64_t zero_fills;         /* pages served as zeros */
+    uint64_t file_reloads;       /* pages served from a backing file */
+    uint64_t swap_ins;           /* pages served from host swap */
+    uint64_t pages_served;
+    uint64_t bytes_served;
+    uint64_t fault_around_hits;  /* neighbour pages served with a fault */
+    uint64_t lost_pages;         /* pages served as zeros because the source failed */
+    uint64_t eexist;             /* benign: the page was already there */
+    uint64_t ring_overflows;     /* discarded-page list entries dropped (list full) */
+    uint64_t hist[GPH_HIST_BUCKETS];
+};
+
+struct gph_fault_error {         /* the first reload failure, re-raised by FaultService.check() */
+    int errnum;
+    const char *syscall;
+    int region;
+    int64_t page;
+};
+
+struct gph_region_desc {
+    uint8_t *base; size_t page_size; int64_t npages;
+    uint8_t *states; int32_t *backing_store; int64_t *backing_offset;
+    int32_t *swap_store; int64_t *swap_slot;   /* host swap record per page (0 = none) */
+};
+
+/* flags: GPH_SVC_USER_MODE_ONLY, GPH_SVC_DIRTY (ask for WP_ASYNC write tracking). */
+#define GPH_SVC_USER_MODE_ONLY 1
+#define GPH_SVC_DIRTY          2
+#define GPH_SVC_MOVE           4
+long gph_service_create(struct gph_service **out, int flags, size_t window_bytes, uint64_t *features_out,
+                        struct gph_err *err);
+long gph_service_start(struct gph_service *s, struct gph_err *err);
+long gph_service_set_window(struct gph_service *s, size_t window_bytes);
+/* Returns the region id (>= 0). */
+long gph_service_register(struct gph_service *s, const struct gph_region_desc *d, struct gph_err *err);
+/* materialize: first reload every page whose content lives elsewhere (file/swap), so the memory
+ * stays correct without the service.  Then unregister (wakes any thread still waiting). */
+long gph_service_unregister(struct gph_service *s, int region, int materialize, struct gph_err *err);
+long gph_service_stop(struct gph_service *s);
+void gph_service_destroy(struct gph_service *s);
+long gph_service_stats(struct gph_service *s, int region, struct gph_fault_stats *out);
+long gph_service_error(struct gph_service *s, struct gph_fault_error *out);
+long gph_service_drain(struct gph_service *s, int region, int64_t *out, size_t cap);
+int gph_service_uffd(struct gph_service *s);
+
+/* --- host side (hostops.c): discard and swap-out under the protocol --- */
+/* Discard VOLATILE / UNUSED / clean POT_VOLATILE pages.  Pages the protocol does not allow right
+ * now (held, or changed state) are skipped.  Dirty or changed POT_VOLATILE pages are preserved in
+ * swap (needs swap_id > 0 and free slots; else they stay as they were).  Returns pages discarded;
+ * *preserved gets pages preserved; slots are consumed in order, used_slots[j] = 1 for each used. */
+long gph_host_discard(struct gph_service *s, int region, const int64_t *pages, size_t n,
+                      int advice, int submit, int pidfd, int32_t swap_id, const int64_t *slots,
+                      size_t nslots, uint8_t *used_slots, int64_t *preserved, struct gph_err *err);
+/* Swap out STABLE (and POT_VOLATILE) resident pages to swap_id at slots[i]: detach atomically
+ * (UFFDIO_MOVE), write, record, mark PRESERVED.  slots as above.  Returns pages swapped. */
+long gph_host_swap_out(struct gph_service *s, int region, const int64_t *pages, size_t n,
+                       int32_t swap_id, const int64_t *slots, size_t nslots, uint8_t *used_slots,
+                       struct gph_err *err);
+
+/* --- dirty.c: the host dirty bit (UFFD WP_ASYNC + PAGEMAP_SCAN, Linux >= 6.7) --- */
+/* written[i] = 1 if page i of [first, first+n) was written since its bit was last cleared.
+ * clear != 0: test-and-clear (write-protect again) atomically. */
+long gph_dirty_scan(uint8_t *base, size_t page_size, int64_t first, int64_t n, int clear,
+                    uint8_t *written, struct gph_err *err);
+
+/* --- fill.c: kernel-mode fills of guest frames (the guest's page-cache I/O) --- */
+/* pread/pwrite whole pages between fd at offsets[i] and frame pages[i]; contiguous runs become
+ * one preadv/pwritev.  EFAULT (UFFD_USER_MODE_ONLY: kernel access to a missing page) falls back
+ * to a user-space bounce copy.  *bounced counts pages that took the bounce path. */
+long gph_fill_from_file(uint8_t *base, size_t page_size, int64_t npages, const int64_t *pages,
+                        size_t n, int fd, const int64_t *offsets, int force_bounce, int64_t *bounced,
+                        struct gph_err *err);
+long gph_write_to_file(uint8_t *base, size_t page_size, int64_t npages, const int64_t *pages,
+                       size_t n, int fd, const int64_t *offsets, int force_bounce, int64_t *bounced,
+                       struct gph_err *err);
+
+/* --- uffd_baseline.c: the minimal userfaultfd loop (benchmark baseline only) --- */
+/* Register [base, base+len), touch every page from the calling thread while a helper thread serves
+ * each fault with one UFFDIO_COPY of a static page.  Returns elapsed ns, or -errno. */
+long gph_uffd_baseline(uint8_t *base, size_t len, size_t page_size, struct gph_err *err);
+
 #endif /* GPHINT_H */

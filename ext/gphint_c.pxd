@@ -24,3 +24,78 @@ cdef extern from "gphint.h" nogil:
                          uint8_t content, gph_err *err)
     long gph_residency(uint8_t *base, size_t page_size, int64_t npages, uint8_t *vec,
                        gph_err *err)
+
+# --- issue 3: discard faults, stores, protocol, dirty bits (ext/gphint.h, second half) ---
+from libc.stdint cimport int32_t
+cdef extern from "gphint.h" nogil:
+    int GPH_HIST_BUCKETS
+    int GPH_MAX_STORES
+    int GPH_SVC_USER_MODE_ONLY
+    int GPH_SVC_DIRTY
+    int GPH_SVC_MOVE
+
+    struct gph_service:
+        pass
+
+    struct gph_fault_stats:
+        uint64_t faults
+        uint64_t discard_faults
+        uint64_t zero_fills
+        uint64_t file_reloads
+        uint64_t swap_ins
+        uint64_t pages_served
+        uint64_t bytes_served
+        uint64_t fault_around_hits
+        uint64_t lost_pages
+        uint64_t eexist
+        uint64_t ring_overflows
+        uint64_t hist[256]
+
+    struct gph_fault_error:
+        int errnum
+        const char *syscall
+        int region
+        int64_t page
+
+    struct gph_region_desc:
+        uint8_t *base
+        size_t page_size
+        int64_t npages
+        uint8_t *states
+        int32_t *backing_store
+        int64_t *backing_offset
+        int32_t *swap_store
+        int64_t *swap_slot
+
+    long gph_store_set(int32_t id, int fd, uint8_t *slot_used, int64_t nslots)
+    long gph_store_clear(int32_t id)
+    long gph_guest_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
+                             uint8_t usage, const uint8_t *next, uint8_t *old_out, gph_err *err)
+    long gph_make_stable(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
+                         int64_t *discarded_out, gph_err *err)
+    long gph_service_create(gph_service **out, int flags, size_t window_bytes, uint64_t *features_out,
+                            gph_err *err)
+    long gph_service_start(gph_service *s, gph_err *err)
+    long gph_service_set_window(gph_service *s, size_t window_bytes)
+    long gph_service_register(gph_service *s, const gph_region_desc *d, gph_err *err)
+    long gph_service_unregister(gph_service *s, int region, int materialize, gph_err *err)
+    long gph_service_stop(gph_service *s)
+    void gph_service_destroy(gph_service *s)
+    long gph_service_stats(gph_service *s, int region, gph_fault_stats *out)
+    long gph_service_error(gph_service *s, gph_fault_error *out)
+    long gph_service_drain(gph_service *s, int region, int64_t *out, size_t cap)
+    long gph_host_discard(gph_service *s, int region, const int64_t *pages, size_t n,
+                          int advice, int submit, int pidfd, int32_t swap_id, const int64_t *slots,
+                          size_t nslots, uint8_t *used_slots, int64_t *preserved, gph_err *err)
+    long gph_host_swap_out(gph_service *s, int region, const int64_t *pages, size_t n,
+                           int32_t swap_id, const int64_t *slots, size_t nslots, uint8_t *used_slots,
+                           gph_err *err)
+    long gph_dirty_scan(uint8_t *base, size_t page_size, int64_t first, int64_t n, int clear,
+                        uint8_t *written, gph_err *err)
+    long gph_fill_from_file(uint8_t *base, size_t page_size, int64_t npages, const int64_t *pages,
+                            size_t n, int fd, const int64_t *offsets, int force_bounce, int64_t *bounced,
+                            gph_err *err)
+    long gph_write_to_file(uint8_t *base, size_t page_size, int64_t npages, const int64_t *pages,
+                           size_t n, int fd, const int64_t *offsets, int force_bounce, int64_t *bounced,
+                           gph_err *err)
+    long gph_uffd_baseline(uint8_t *base, size_t len, size_t page_size, gph_err *err)

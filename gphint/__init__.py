@@ -10,8 +10,10 @@ from .errors import (ClosedError, ConfigError, GphintError, StateError, SyscallE
 from .states import HostState, PageState, discardable
 from .memory import GuestMemory, PAGE_SIZE
 from . import caps, measure
+from .faults import FaultService, ReloadError
+from .stores import FileStore, HostSwap
 from .host import Host
 
 __all__ = ["__version__", "GuestMemory", "PageState", "HostState", "discardable", "PAGE_SIZE",
            "GphintError", "ConfigError", "StateError", "ClosedError", "Unsupported", "SyscallError",
-           "caps", "measure"]
+           "caps", "measure", "FaultService", "ReloadError", "FileStore", "HostSwap"]

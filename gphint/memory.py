@@ -30,6 +30,17 @@ def _table(nbytes):
     return mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
+def _runs_with_offsets(idx, offs):
+    """Yield ((first_page, first_offset), npages) for runs contiguous in both pages and offsets."""
+    if idx.size == 0:
+        return
+    brk = np.flatnonzero((np.diff(idx) != 1) | (np.diff(offs) != PAGE_SIZE)) + 1
+    starts = np.concatenate(([0], brk))
+    ends = np.concatenate((brk, [idx.size]))
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        yield (int(idx[a]), int(offs[a])), b - a
+
+
 def expand_runs(runs):
     """(n, 2) array of (first_page, npages) -> flat array of page indices."""
     runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
@@ -157,7 +168,9 @@ class GuestMemory:
         (StateError naming the page and both states) before changing anything."""
         usage = parse_state(state)
         idx = self._pages(pages)
-        rc, bad, old = mech.set_usage(self._states, idx, int(usage), NEXT_TABLE)
+        # the protocol's version waits out pages the host or the fault thread holds (issue 3)
+        set_usage = getattr(mech, "guest_set_usage", mech.set_usage)
+        rc, bad, old = set_usage(self._states, idx, int(usage), NEXT_TABLE)
         if rc < 0:
             page = int(idx[bad])
             raise StateError("page %d: %s -> %s is forbidden (state %s)"
@@ -185,6 +198,10 @@ class GuestMemory:
             raise StateError("page %d is STABLE (%s): discarding it would lose data; %d of %d pages "
                              "in this request are stable" % (p, pair_name(self._states[p]), stable.size, idx.size),
                              page=p, old=pair_name(self._states[p]), new="discarded")
+        if self.fault_service is not None:
+            # with a service every discard goes through the state protocol (pick, discard, finish),
+            # UNUSED included: a concurrent allocation must never see its page vanish
+            return self.fault_service.discard(self, idx, advice=advice, submit=submit)
         reloadable = usage != PageState.UNUSED
         if reloadable.any():
             if self.fault_service is None:
@@ -238,6 +255,96 @@ class GuestMemory:
             raise ConfigError("unknown submit mode %r (expected one of %s)" % (submit, ", ".join(SUBMIT_MODES)))
         return SUBMIT_MODES.index(submit)
 
+
+    # --- issue 3: backing records, the guest side of the protocol, page-cache I/O -------------
+    def set_backing(self, pages, store, offsets):
+        """Record where pages' content lives: store (a FileStore or its id), byte offsets (one per
+        page, or one start offset for consecutive pages).  Record BEFORE the pages are discarded."""
+        idx = self._pages(pages)
+        store_id = getattr(store, "id", store)
+        if isinstance(store_id, bool) or not isinstance(store_id, (int, np.integer)) or store_id <= 0:
+            raise ConfigError("backing store must be a FileStore or a store id > 0, got %r" % (store,))
+        if getattr(store, "closed", False):
+            raise ConfigError("backing store %r is closed" % (store,))
+        offs = self._offsets(idx, offsets)
+        # offset first, then the store id the fault thread keys on (x86 keeps store order)
+        self.backing_offset[idx] = offs
+        self.backing_store[idx] = int(store_id)
+        return idx.size
+
+    def clear_backing(self, pages):
+        """Forget pages' backing records: a later discard fault serves zeros."""
+        idx = self._pages(pages)
+        self.backing_store[idx] = 0
+        self.backing_offset[idx] = 0
+
+    def _offsets(self, idx, offsets):
+        offs = np.asarray(offsets, dtype=np.int64) if not np.isscalar(offsets) else None
+        if offs is None:
+            offs = int(offsets) + np.arange(idx.size, dtype=np.int64) * PAGE_SIZE
+        offs = offs.reshape(-1)
+        if offs.size != idx.size:
+            raise ConfigError("%d offsets for %d pages" % (offs.size, idx.size))
+        if offs.size and offs.min() < 0:
+            raise ConfigError("file offset %d is negative" % int(offs.min()))
+        return offs
+
+    def make_stable(self, pages):
+        """Guest side of the state protocol: make pages STABLE, waiting out any in-flight host
+        discard.  Returns the pages found already discarded (Vz): they were NOT made stable --
+        the guest must reload (fill_from_file) or drop them."""
+        idx = self._pages(pages)
+        out = np.empty(idx.size, dtype=np.int64)
+        if mech.COMPILED:
+            n = mech.make_stable(self._states, idx, out)
+        else:
+            # no fault thread in the pure mechanism: nothing else holds pages, numpy is enough
+            s = self._states[idx]
+            vz = (s & 0x0F) == (PageState.VOLATILE | HostState.ZERO)
+            n = int(np.count_nonzero(vz))
+            out[:n] = idx[vz]
+            keep = idx[~vz]
+            c = self._states[keep] & CONTENT_MASK
+            self._states[keep] = np.where((self._states[keep] & USAGE_MASK) == PageState.POT_VOLATILE,
+                                          0, c).astype(np.uint8)
+        self.stats["hint_ops"] += 1
+        return out[:n].copy()
+
+    def fill_from_file(self, pages, fd, offsets):
+        """Read page-sized blocks of fd at byte offsets into frames pages (the guest's page-cache
+        read miss).  C, GIL released; under UFFD_USER_MODE_ONLY it bounces through user space."""
+        return self._page_io(False, pages, fd, offsets)
+
+    def write_to_file(self, pages, fd, offsets):
+        """Write frames pages to fd at byte offsets (the guest's writeback)."""
+        return self._page_io(True, pages, fd, offsets)
+
+    def _page_io(self, to_file, pages, fd, offsets):
+        idx = self._pages(pages)
+        offs = self._offsets(idx, offsets)
+        if idx.size == 0:
+            return 0
+        if mech.COMPILED:
+            svc = self.fault_service
+            bounce = svc is not None and getattr(svc, "mode", "full") == "user_mode_only"
+            io = mech.write_to_file if to_file else mech.fill_from_file
+            n, _ = io(self._region, PAGE_SIZE, idx, int(fd), offs, bounce)
+            return n
+        import os
+        for first, n in _runs_with_offsets(idx, offs):
+            view = memoryview(self._region[first[0] * PAGE_SIZE:(first[0] + n) * PAGE_SIZE])
+            off, done = int(first[1]), 0
+            while done < n * PAGE_SIZE:
+                if to_file:
+                    got = os.pwrite(fd, view[done:], off + done)
+                else:
+                    got = os.preadv(fd, [view[done:]], off + done)
+                    if got == 0:
+                        view[done:] = bytes(len(view) - done)   # past EOF: zeros
+                        break
+                done += got
+        return idx.size
+
     # --- measurement --------------------------------------------------------------------------
     def residency(self):
         """Boolean array: which pages the kernel says are resident (mincore)."""
@@ -265,7 +372,7 @@ class GuestMemory:
         if self._closed:
             return
         if self.fault_service is not None:
-            self.fault_service.unregister(self)
+            self.fault_service.unregister(self, materialize=False)   # closing: nothing to keep
         self._closed = True
         region_map = self._map
         for attr in ("_frames", "_region", "_states", "backing_store", "backing_offset"):

@@ -1,0 +1,682 @@
+/* faults.c -- the discard-fault service: one pthread that gives discarded pages back.
+ *
+ * Every GuestMemory region it serves is registered with UFFDIO_REGISTER_MODE_MISSING on one
+ * userfaultfd.  The thread polls (uffd, wake eventfd), reads fault messages in batches and serves
+ * each missing page by what the C-owned tables say about it (docs/state-protocol.md):
+ *   content PRESERVED                      -> host swap slot (swap_store/swap_slot); slot freed
+ *   VOLATILE with a backing record          -> backing file at backing_offset (a discard fault)
+ *   anything else (UNUSED, zero, untouched) -> zeros (UFFDIO_ZEROPAGE on reads, a zeroed
+ *                                              UFFDIO_COPY on writes: no second CoW fault)
+ * Fault-around: neighbours in the same aligned window with the same kind of source (zero run,
+ * contiguous file offsets, contiguous swap slots) are served by the same UFFDIO_COPY; REFERENCE §3:
+ * a 4 KiB round trip costs 10+ us, a 2 MiB copy 1.2 us/page.
+ *
+ * Rules (kernel selftests uffd-common.c, Firecracker's handlers): EINTR/EAGAIN are retried; EEXIST
+ * is benign (the page is there; wake the waiter); short reads are looped and past-EOF reads give
+ * zeros.  The thread never calls Python, never takes the GIL, and never waits for the guest: on a
+ * source that cannot be read it records the error, serves zeros, counts the pages lost and goes
+ * on, so no faulting thread is left hanging.  UFFD_FEATURE_EVENT_REMOVE is deliberately not used
+ * (it would make every discard a synchronous round trip): the host records what it discards. */
+#include "faults_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include <sched.h>
+
+#ifndef SYS_userfaultfd
+#define SYS_userfaultfd 323
+#endif
+
+uint64_t gph_now_ns_(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void set_err(struct gph_err *err, const char *sc, int64_t first, int64_t n)
+{
+    if (err) {
+        err->syscall = sc;
+        err->first_page = first;
+        err->npages = n;
+    }
+}
+
+#define ADD(field, v) __atomic_fetch_add(&(field), (uint64_t)(v), __ATOMIC_RELAXED)
+
+static unsigned hist_bucket(uint64_t ns)
+{
+    if (ns < 4)
+        return (unsigned)ns;
+    unsigned e = 63 - (unsigned)__builtin_clzll(ns);
+    return 4 * e + (unsigned)((ns >> (e - 2)) & 3);
+}
+
+void gph_record_error_(struct gph_service *s, int errnum, const char *syscall, int region, int64_t page)
+{
+    pthread_mutex_lock(&s->err_lock);
+    if (s->nerrors++ == 0) {   /* keep the first: later ones are usually its consequences */
+        s->error.errnum = errnum;
+        s->error.syscall = syscall;
+        s->error.region = region;
+        s->error.page = page;
+    }
+    pthread_mutex_unlock(&s->err_lock);
+}
+
+/* Fill [dst, dst+len) without waking: UFFDIO_COPY from src, or UFFDIO_ZEROPAGE when src is NULL.
+ * The caller updates the tables first and wakes afterwards: a woken thread must find the state it
+ * expects.  EAGAIN/EINTR are retried; EEXIST (the page is already there) is benign and drops to
+ * page-by-page so every other page still gets filled.  Returns 0 or -errno. */
+static long uffd_fill(struct gph_service *s, uint8_t *dst, const uint8_t *src, size_t len, size_t ps)
+{
+    size_t done = 0;
+    int per_page = 0;
+    while (done < len) {
+        size_t chunk = per_page ? ps : len - done;
+        int64_t progress = 0;
+        int rc;
+        if (src) {
+            struct uffdio_copy c = {.dst = (uint64_t)(uintptr_t)(dst + done),
+                                    .src = (uint64_t)(uintptr_t)(src + done), .len = chunk,
+                                    .mode = UFFDIO_COPY_MODE_DONTWAKE};
+            rc = ioctl(s->uffd, UFFDIO_COPY, &c);
+            progress = c.copy;
+        } else {
+            struct uffdio_zeropage z = {.range = {.start = (uint64_t)(uintptr_t)(dst + done), .len = chunk},
+                                        .mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE};
+            rc = ioctl(s->uffd, UFFDIO_ZEROPAGE, &z);
+            progress = z.zeropage;
+        }
+        if (rc == 0) {
+            done += chunk;
+            continue;
+        }
+        int e = errno;
+        if (progress > 0)   /* partial progress: keep it */
+            done += (size_t)progress;
+        if (e == EAGAIN || e == EINTR)
+            continue;
+        if (e == EEXIST) {
+            ADD(s->total.eexist, 1);
+            if (per_page || chunk == ps)
+                done += ps;   /* this page is there: skip it (the final wake covers it) */
+            per_page = 1;
+            continue;
+        }
+        return -e;
+    }
+    return 0;
+}
+
+long gph_uffd_copy_(struct gph_service *s, uint8_t *dst, const uint8_t *src, size_t len, size_t ps)
+{
+    return uffd_fill(s, dst, src, len, ps);
+}
+
+void gph_uffd_wake_(struct gph_service *s, uint8_t *start, size_t len)
+{
+    struct uffdio_range w = {.start = (uint64_t)(uintptr_t)start, .len = len};
+    while (ioctl(s->uffd, UFFDIO_WAKE, &w) != 0 && (errno == EINTR || errno == EAGAIN))
+        ;
+}
+
+/* --- deciding a page's source ------------------------------------------------------------- */
+struct source {
+    int kind;
+    int32_t store;
+    int64_t off;   /* byte offset in the store (file offset, or slot * page_size) */
+};
+
+static struct source page_source(const struct gph_region *r, int64_t p, uint8_t s)
+{
+    struct source src = {GPH_SRC_ZERO, 0, 0};
+    uint8_t usage = s & GPH_USAGE_MASK, content = s & GPH_CONTENT_MASK;
+    if (content == GPH_CONTENT_PRESERVED) {
+        src.kind = GPH_SRC_SWAP;
+        src.store = __atomic_load_n(&r->d.swap_store[p], __ATOMIC_ACQUIRE);
+        src.off = __atomic_load_n(&r->d.swap_slot[p], __ATOMIC_ACQUIRE) * (int64_t)r->d.page_size;
+    } else if (usage == GPH_USAGE_VOLATILE) {
+        int32_t st = __atomic_load_n(&r->d.backing_store[p], __ATOMIC_ACQUIRE);
+        if (st > 0) {
+            src.kind = GPH_SRC_FILE;
+            src.store = st;
+            src.off = __atomic_load_n(&r->d.backing_offset[p], __ATOMIC_ACQUIRE);
+        }
+    }
+    return src;
+}
+
+/* May neighbour q join a fault-around run next to a page with source `want` at distance d? */
+static int neighbour_fits(const struct gph_region *r, int64_t q, int64_t d, const struct source *want,
+                          uint8_t *seen)
+{
+    uint8_t s = __atomic_load_n(&r->d.states[q], __ATOMIC_ACQUIRE);
+    if (s & GPH_FLAG_MASK)
+        return 0;
+    /* only pages the tables say are missing: never copy over a resident page */
+    uint8_t content = s & GPH_CONTENT_MASK;
+    if (content == GPH_CONTENT_RESIDENT)
+        return 0;
+    struct source src = page_source(r, q, s);
+    if (src.kind != want->kind)
+        return 0;
+    if (src.kind != GPH_SRC_ZERO &&
+        (src.store != want->store || src.off != want->off + d * (int64_t)r->d.page_size))
+        return 0;
+    *seen = s;
+    return 1;
+}
+
+static void ring_append(struct gph_region *r, int64_t p)
+{
+    pthread_mutex_lock(&r->ring_lock);
+    if (r->ring_head - r->ring_tail < r->ring_cap) {
+        r->ring[r->ring_head % r->ring_cap] = p;
+        r->ring_head++;
+    } else {
+        ADD(r->st.ring_overflows, 1);
+    }
+    pthread_mutex_unlock(&r->ring_lock);
+}
+
+/* After a successful fill: content RESIDENT, hold released; a page the host holds is marked
+ * FILLED instead (the host's finish then leaves it resident). */
+static void mark_served(uint8_t *b)
+{
+    uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE), want;
+    do {
+        if (old & GPH_FLAG_BUSY)
+            want = (uint8_t)((old & ~GPH_FLAG_SERVING) | GPH_FLAG_FILLED);
+        else
+            want = (uint8_t)((old & ~(GPH_FLAG_SERVING | GPH_CONTENT_MASK)) | GPH_CONTENT_RESIDENT);
+    } while (!__atomic_compare_exchange_n(b, &old, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+}
+
+static void spin_pause(unsigned *spins)
+{
+    if (++*spins < 64)
+        __builtin_ia32_pause();
+    else
+        sched_yield();
+}
+
+/* Serve page p of region rid (a fault, or a materialize step when `write` is -1).
+ * bounce: GPH_WINDOW_MAX bytes owned by the calling thread. */
+static void serve_page(struct gph_service *s, int rid, int64_t p, int write, uint8_t *bounce, uint64_t t0)
+{
+    struct gph_region *r = &s->regions[rid];
+    size_t ps = r->d.page_size;
+    uint8_t *states = r->d.states;
+    int64_t lo = p, hi = p + 1;
+    struct source src;
+    unsigned spins = 0;
+    for (;;) {
+        uint8_t st = __atomic_load_n(&states[p], __ATOMIC_ACQUIRE);
+        uint8_t usage = st & GPH_USAGE_MASK;
+        if (st & GPH_FLAG_BUSY) {
+            if (usage == GPH_USAGE_STABLE || usage == GPH_USAGE_POTVOL) {
+                /* host is detaching/writing this page (swap-out, P discard): its bytes are in
+                 * flight to swap.  The host never waits for us, so waiting here is bounded. */
+                spin_pause(&spins);
+                continue;
+            }
+            if (st & GPH_FLAG_FILLED)
+                goto wake_only;   /* served already (another fault of the same page) */
+            /* V/U held by the host: the page is clean (file) or don't-care (zeros) */
+            src = page_source(r, p, (uint8_t)((st & ~GPH_CONTENT_MASK) | GPH_CONTENT_ZERO));
+            break;
+        }
+        if (st & GPH_FLAG_SERVING) {   /* another thread (materialize) is filling it */
+            spin_pause(&spins);
+            continue;
+        }
+        src = page_source(r, p, st);
+        if (write < 0 && src.kind == GPH_SRC_ZERO)
+            return;   /* materialize: zeros need no filling */
+        if (__atomic_compare_exchange_n(&states[p], &st, (uint8_t)(st | GPH_FLAG_SERVING), 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            break;
+    }
+    /* fault-around within the aligned window: take each fitting neighbour's hold by CAS */
+    size_t window = __atomic_load_n(&s->window_bytes, __ATOMIC_RELAXED);
+    int64_t wpages = (int64_t)(window / ps);
+    if (wpages > 1 && !(__atomic_load_n(&states[p], __ATOMIC_ACQUIRE) & GPH_FLAG_BUSY)) {
+        int64_t wstart = p - p % wpages, wend = wstart + wpages;
+        if (wend > r->d.npages)
+            wend = r->d.npages;
+        for (int64_t q = p + 1; q < wend; q++) {
+            uint8_t seen;
+            if (!neighbour_fits(r, q, q - p, &src, &seen) ||
+                !__atomic_compare_exchange_n(&states[q], &seen, (uint8_t)(seen | GPH_FLAG_SERVING), 0,
+                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                break;
+            hi = q + 1;
+        }
+        for (int64_t q = p - 1; q >= wstart; q--) {
+            uint8_t seen;
+            if (!neighbour_fits(r, q, q - p, &src, &seen) ||
+                !__atomic_compare_exchange_n(&states[q], &seen, (uint8_t)(seen | GPH_FLAG_SERVING), 0,
+                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                break;
+            lo = q;
+        }
+    }
+    size_t npg = (size_t)(hi - lo), len = npg * ps;
+    uint8_t *dst = r->d.base + (size_t)lo * ps;
+    int64_t off0 = src.off - (p - lo) * (int64_t)ps;
+    long rc = 0;
+    int lost = 0;
+    if (src.kind != GPH_SRC_ZERO) {
+        int fd = gph_store_fd_(src.store);
+        long got = fd < 0 ? fd : gph_read_full(fd, bounce, len, off0);
+        if (got < 0) {   /* unreadable source: record, serve zeros, count lost -- never hang */
+            gph_record_error_(s, (int)-got, fd < 0 ? "store lookup" : "pread", rid, p);
+            memset(bounce, 0, len);
+            lost = 1;
+        }
+        rc = gph_uffd_copy_(s, dst, bounce, len, ps);
+    } else if (write == 0) {
+        rc = uffd_fill(s, dst, NULL, len, ps);
+    } else {
+        /* write fault: a zeroed copy (a zero page would cost a second, copy-on-write fault) */
+        rc = gph_uffd_copy_(s, dst, s->zeros, len, ps);
+    }
+    if (rc < 0)   /* the range vanished (unregistered/unmapped) or the kernel refused */
+        gph_record_error_(s, (int)-rc, src.kind == GPH_SRC_ZERO ? "UFFDIO_ZEROPAGE" : "UFFDIO_COPY", rid, p);
+    for (int64_t q = lo; q < hi; q++) {
+        uint8_t st = __atomic_load_n(&states[q], __ATOMIC_ACQUIRE);
+        int32_t swap_id = __atomic_load_n(&r->d.swap_store[q], __ATOMIC_ACQUIRE);
+        if (swap_id != 0 && !(st & GPH_FLAG_BUSY)) {
+            /* swap-in -- or a preserved page the guest gave up (Sp -> Uz/Vz): either way its
+             * slot is free again; the record goes before the state says resident */
+            gph_store_free_slots_(swap_id, __atomic_load_n(&r->d.swap_slot[q], __ATOMIC_ACQUIRE), 1);
+            __atomic_store_n(&r->d.swap_store[q], 0, __ATOMIC_RELEASE);
+        }
+        if (src.kind == GPH_SRC_FILE && (st & GPH_USAGE_MASK) == GPH_USAGE_VOLATILE)
+            ring_append(r, q);
+        mark_served(&states[q]);
+    }
+    struct gph_fault_stats *sts[2] = {&r->st, &s->total};
+    uint64_t dt = gph_now_ns_() - t0;
+    for (int i = 0; i < 2; i++) {
+        struct gph_fault_stats *x = sts[i];
+        ADD(x->faults, 1);
+        ADD(x->pages_served, npg);
+        ADD(x->bytes_served, len);
+        ADD(x->fault_around_hits, npg - 1);
+        if (src.kind == GPH_SRC_ZERO)
+            ADD(x->zero_fills, npg);
+        else if (src.kind == GPH_SRC_FILE) {
+            ADD(x->file_reloads, npg);
+            ADD(x->discard_faults, 1);
+        } else
+            ADD(x->swap_ins, npg);
+        if (lost)
+            ADD(x->lost_pages, npg);
+        ADD(x->hist[hist_bucket(dt)], 1);
+    }
+    gph_uffd_wake_(s, dst, len);   /* tables and counters first, then the waiters */
+    return;
+wake_only:;
+    struct uffdio_range w = {.start = (uint64_t)(uintptr_t)(r->d.base + (size_t)p * ps), .len = ps};
+    ioctl(s->uffd, UFFDIO_WAKE, &w);
+}
+
+static int find_region(struct gph_service *s, uint64_t addr)
+{
+    for (int i = 0; i < GPH_MAX_REGIONS; i++) {
+        struct gph_region *r = &s->regions[i];
+        if (r->active && addr >= (uint64_t)(uintptr_t)r->d.base &&
+            addr < (uint64_t)(uintptr_t)r->d.base + (uint64_t)r->d.npages * r->d.page_size)
+            return i;
+    }
+    return -1;
+}
+
+static void serve_msg(struct gph_service *s, const struct uffd_msg *m, uint64_t t0)
+{
+    if (m->event != UFFD_EVENT_PAGEFAULT)
+        return;   /* no other event was asked for (no EVENT_REMOVE: see the header comment) */
+    uint64_t addr = m->arg.pagefault.address;
+    int write = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
+    int rid = find_region(s, addr);
+    if (rid < 0) {
+        /* the host's scratch area (a hole left by UFFDIO_MOVE), or a region unregistered since
+         * the message was queued: zeros for scratch, a wake for the rest */
+        uint64_t page = addr & ~(uint64_t)4095;
+        if (addr >= (uint64_t)(uintptr_t)s->scratch &&
+            addr < (uint64_t)(uintptr_t)s->scratch + GPH_SCRATCH_BYTES) {
+            uffd_fill(s, (uint8_t *)(uintptr_t)page, s->zeros, 4096, 4096);
+        }
+        struct uffdio_range w = {.start = page, .len = 4096};
+        ioctl(s->uffd, UFFDIO_WAKE, &w);
+        return;
+    }
+    struct gph_region *r = &s->regions[rid];
+    int64_t p = (int64_t)((addr - (uint64_t)(uintptr_t)r->d.base) / r->d.page_size);
+    serve_page(s, rid, p, write, s->bounce, t0);
+}
+
+#define MSG_BATCH 64
+
+static void *fault_main(void *arg)
+{
+    struct gph_service *s = arg;
+    struct uffd_msg msgs[MSG_BATCH];
+    struct pollfd pf[2] = {{.fd = s->uffd, .events = POLLIN}, {.fd = s->wakefd, .events = POLLIN}};
+    for (;;) {
+        int stopping = __atomic_load_n(&s->stopping, __ATOMIC_ACQUIRE);
+        /* when stopping, drain what is queued without blocking, then leave */
+        int n = poll(pf, 2, stopping ? 0 : -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            gph_record_error_(s, errno, "poll", -1, -1);
+            break;
+        }
+        if (pf[1].revents & POLLIN) {
+            uint64_t v;
+            ssize_t rr = read(s->wakefd, &v, sizeof v);
+            (void)rr;
+            continue;   /* re-read `stopping` and drain */
+        }
+        if (!(pf[0].revents & POLLIN)) {
+            if (stopping)
+                break;
+            continue;
+        }
+        ssize_t got = read(s->uffd, msgs, sizeof msgs);
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                continue;
+            gph_record_error_(s, errno, "read(userfaultfd)", -1, -1);
+            break;
+        }
+        uint64_t t0 = gph_now_ns_();
+        pthread_rwlock_rdlock(&s->lock);
+        for (size_t i = 0; i < (size_t)got / sizeof msgs[0]; i++)
+            serve_msg(s, &msgs[i], t0);
+        pthread_rwlock_unlock(&s->lock);
+    }
+    return NULL;
+}
+
+/* --- lifetime ------------------------------------------------------------------------------ */
+static void *map_buf(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    madvise(p, len, MADV_NOHUGEPAGE);
+    return p;
+}
+
+long gph_service_create(struct gph_service **out, int flags, size_t window_bytes, uint64_t *features_out,
+                        struct gph_err *err)
+{
+    struct gph_service *s = calloc(1, sizeof *s);
+    if (!s) {
+        set_err(err, "calloc", 0, 0);
+        return -ENOMEM;
+    }
+    s->uffd = s->wakefd = -1;
+    s->flags = flags;
+    s->window_bytes = window_bytes;
+    pthread_rwlock_init(&s->lock, NULL);
+    pthread_mutex_init(&s->err_lock, NULL);
+    pthread_mutex_init(&s->host_lock, NULL);
+    long rc;
+    int uflags = O_CLOEXEC | O_NONBLOCK | ((flags & GPH_SVC_USER_MODE_ONLY) ? UFFD_USER_MODE_ONLY : 0);
+    s->uffd = (int)syscall(SYS_userfaultfd, uflags);
+    if (s->uffd < 0) {
+        rc = -errno;
+        set_err(err, (flags & GPH_SVC_USER_MODE_ONLY) ? "userfaultfd(UFFD_USER_MODE_ONLY)" : "userfaultfd", 0, 0);
+        goto fail;
+    }
+    struct uffdio_api api = {.api = UFFD_API, .features = 0};
+    if (flags & GPH_SVC_DIRTY)
+        api.features |= UFFD_FEATURE_WP_ASYNC;
+    if (flags & GPH_SVC_MOVE)
+        api.features |= UFFD_FEATURE_MOVE;
+    if (ioctl(s->uffd, UFFDIO_API, &api) != 0) {
+        rc = -errno;
+        set_err(err, "ioctl(UFFDIO_API)", 0, 0);
+        goto fail;
+    }
+    s->features = api.features;
+    if (features_out)
+        *features_out = api.features;
+    s->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->wakefd < 0) {
+        rc = -errno;
+        set_err(err, "eventfd", 0, 0);
+        goto fail;
+    }
+    s->bounce = map_buf(GPH_WINDOW_MAX);
+    s->zeros = map_buf(GPH_WINDOW_MAX);
+    s->host_buf = map_buf(GPH_SCRATCH_BYTES);
+    s->scratch = map_buf(GPH_SCRATCH_BYTES);
+    if (!s->bounce || !s->zeros || !s->host_buf || !s->scratch) {
+        rc = -ENOMEM;
+        set_err(err, "mmap", 0, 0);
+        goto fail;
+    }
+    memset(s->bounce, 0, GPH_WINDOW_MAX);     /* populate: the thread never faults on its own buffers */
+    memset(s->host_buf, 0, GPH_SCRATCH_BYTES);
+    for (size_t i = 0; i < GPH_WINDOW_MAX; i += 4096)
+        ((volatile uint8_t *)s->zeros)[i];
+    if (flags & GPH_SVC_MOVE) {
+        struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)s->scratch, .len = GPH_SCRATCH_BYTES},
+                                      .mode = UFFDIO_REGISTER_MODE_MISSING |
+                                              ((flags & GPH_SVC_DIRTY) ? UFFDIO_REGISTER_MODE_WP : 0)};
+        if (ioctl(s->uffd, UFFDIO_REGISTER, &reg) != 0) {
+            rc = -errno;
+            set_err(err, "ioctl(UFFDIO_REGISTER) scratch", 0, 0);
+            goto fail;
+        }
+    }
+    *out = s;
+    return 0;
+fail:
+    gph_service_destroy(s);
+    return rc;
+}
+
+long gph_service_start(struct gph_service *s, struct gph_err *err)
+{
+    if (s->started)
+        return 0;
+    int e = pthread_create(&s->thread, NULL, fault_main, s);
+    if (e) {
+        set_err(err, "pthread_create", 0, 0);
+        return -e;
+    }
+    s->started = 1;
+    return 0;
+}
+
+long gph_service_set_window(struct gph_service *s, size_t window_bytes)
+{
+    if (window_bytes > GPH_WINDOW_MAX)
+        return -EINVAL;
+    __atomic_store_n(&s->window_bytes, window_bytes, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int gph_service_uffd(struct gph_service *s)
+{
+    return s->uffd;
+}
+
+long gph_service_register(struct gph_service *s, const struct gph_region_desc *d, struct gph_err *err)
+{
+    int rid = -1;
+    pthread_rwlock_wrlock(&s->lock);
+    for (int i = 0; i < GPH_MAX_REGIONS; i++)
+        if (!s->regions[i].active && !s->regions[i].ring) {
+            rid = i;
+            break;
+        }
+    pthread_rwlock_unlock(&s->lock);
+    if (rid < 0) {
+        set_err(err, "register: region table full", 0, 0);
+        return -ENOSPC;
+    }
+    struct gph_region *r = &s->regions[rid];
+    memset(&r->st, 0, sizeof r->st);
+    r->d = *d;
+    r->ring_cap = (uint64_t)d->npages + 1024;
+    r->ring = calloc(r->ring_cap, sizeof(int64_t));
+    if (!r->ring) {
+        set_err(err, "calloc", 0, 0);
+        return -ENOMEM;
+    }
+    r->ring_head = r->ring_tail = 0;
+    pthread_mutex_init(&r->ring_lock, NULL);
+    struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)d->base,
+                                            .len = (uint64_t)d->npages * d->page_size},
+                                  .mode = UFFDIO_REGISTER_MODE_MISSING |
+                                          ((s->features & UFFD_FEATURE_WP_ASYNC) ? UFFDIO_REGISTER_MODE_WP : 0)};
+    /* the region must be in the table before a fault can arrive */
+    pthread_rwlock_wrlock(&s->lock);
+    r->active = 1;
+    pthread_rwlock_unlock(&s->lock);
+    if (ioctl(s->uffd, UFFDIO_REGISTER, &reg) != 0) {
+        long rc = -errno;
+        pthread_rwlock_wrlock(&s->lock);
+        r->active = 0;
+        free(r->ring);
+        r->ring = NULL;
+        pthread_rwlock_unlock(&s->lock);
+        set_err(err, "ioctl(UFFDIO_REGISTER)", 0, d->npages);
+        return rc;
+    }
+    return rid;
+}
+
+long gph_service_unregister(struct gph_service *s, int rid, int materialize, struct gph_err *err)
+{
+    if (rid < 0 || rid >= GPH_MAX_REGIONS || !s->regions[rid].active)
+        return -ENOENT;
+    struct gph_region *r = &s->regions[rid];
+    long rc = 0;
+    if (materialize) {
+        uint8_t *bounce = map_buf(GPH_WINDOW_MAX);
+        if (!bounce) {
+            set_err(err, "mmap", 0, 0);
+            return -ENOMEM;
+        }
+        memset(bounce, 0, GPH_WINDOW_MAX);
+        pthread_rwlock_rdlock(&s->lock);
+        for (int64_t p = 0; p < r->d.npages; p++) {
+            uint8_t st = __atomic_load_n(&r->d.states[p], __ATOMIC_ACQUIRE);
+            uint8_t c = st & GPH_CONTENT_MASK;
+            if (c == GPH_CONTENT_PRESERVED ||
+                (c == GPH_CONTENT_ZERO && (st & GPH_USAGE_MASK) == GPH_USAGE_VOLATILE))
+                serve_page(s, rid, p, -1, bounce, gph_now_ns_());
+        }
+        pthread_rwlock_unlock(&s->lock);
+        munmap(bounce, GPH_WINDOW_MAX);
+    }
+    struct uffdio_range range = {.start = (uint64_t)(uintptr_t)r->d.base,
+                                 .len = (uint64_t)r->d.npages * r->d.page_size};
+    /* UNREGISTER wakes every thread still waiting on this range; with the write lock held the
+     * fault thread is between batches, so it never serves into a region being torn down */
+    pthread_rwlock_wrlock(&s->lock);
+    if (ioctl(s->uffd, UFFDIO_UNREGISTER, &range) != 0) {
+        rc = -errno;
+        set_err(err, "ioctl(UFFDIO_UNREGISTER)", 0, r->d.npages);
+    }
+    r->active = 0;
+    free(r->ring);
+    r->ring = NULL;
+    pthread_rwlock_unlock(&s->lock);
+    return rc;
+}
+
+long gph_service_stop(struct gph_service *s)
+{
+    if (!s->started)
+        return 0;
+    __atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    ssize_t w = write(s->wakefd, &one, sizeof one);
+    (void)w;
+    pthread_join(s->thread, NULL);
+    s->started = 0;
+    __atomic_store_n(&s->stopping, 0, __ATOMIC_RELEASE);
+    return 0;
+}
+
+void gph_service_destroy(struct gph_service *s)
+{
+    if (!s)
+        return;
+    gph_service_stop(s);
+    for (int i = 0; i < GPH_MAX_REGIONS; i++)
+        if (s->regions[i].active)
+            gph_service_unregister(s, i, 0, NULL);
+    if (s->uffd >= 0)
+        close(s->uffd);   /* wakes anything left; the ranges become ordinary memory */
+    if (s->wakefd >= 0)
+        close(s->wakefd);
+    if (s->bounce)
+        munmap(s->bounce, GPH_WINDOW_MAX);
+    if (s->zeros)
+        munmap(s->zeros, GPH_WINDOW_MAX);
+    if (s->host_buf)
+        munmap(s->host_buf, GPH_SCRATCH_BYTES);
+    if (s->scratch)
+        munmap(s->scratch, GPH_SCRATCH_BYTES);
+    pthread_rwlock_destroy(&s->lock);
+    pthread_mutex_destroy(&s->err_lock);
+    pthread_mutex_destroy(&s->host_lock);
+    free(s);
+}
+
+long gph_service_stats(struct gph_service *s, int rid, struct gph_fault_stats *out)
+{
+    const struct gph_fault_stats *src = &s->total;
+    if (rid >= 0) {
+        if (rid >= GPH_MAX_REGIONS || !s->regions[rid].active)
+            return -ENOENT;
+        src = &s->regions[rid].st;
+    }
+    const uint64_t *a = (const uint64_t *)src;
+    uint64_t *b = (uint64_t *)out;
+    for (size_t i = 0; i < sizeof *out / sizeof(uint64_t); i++)
+        b[i] = __atomic_load_n(&a[i], __ATOMIC_RELAXED);
+    return 0;
+}
+
+long gph_service_error(struct gph_service *s, struct gph_fault_error *out)
+{
+    pthread_mutex_lock(&s->err_lock);
+    long n = (long)s->nerrors;
+    *out = s->error;
+    pthread_mutex_unlock(&s->err_lock);
+    return n;
+}
+
+long gph_service_drain(struct gph_service *s, int rid, int64_t *out, size_t cap)
+{
+    if (rid < 0 || rid >= GPH_MAX_REGIONS || !s->regions[rid].active)
+        return -ENOENT;
+    struct gph_region *r = &s->regions[rid];
+    size_t n = 0;
+    pthread_mutex_lock(&r->ring_lock);
+    while (r->ring_tail < r->ring_head && n < cap)
+        out[n++] = r->ring[r->ring_tail++ % r->ring_cap];
+    pthread_mutex_unlock(&r->ring_lock);
+    return (long)n;
+}

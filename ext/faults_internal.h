@@ -1,0 +1,53 @@
+/* faults_internal.h -- the fault service's private state, shared by faults.c (the fault thread)
+ * and hostops.c (host discard / swap-out, which use the service's uffd and scratch area). */
+#ifndef GPHINT_FAULTS_INTERNAL_H
+#define GPHINT_FAULTS_INTERNAL_H
+
+#include "gphint.h"
+#include "uffd_compat.h"
+
+#include <pthread.h>
+
+#define GPH_MAX_REGIONS 64
+#define GPH_WINDOW_MAX (2u << 20)    /* fault-around cap: 2 MiB, one UFFDIO_COPY */
+#define GPH_SCRATCH_BYTES (2u << 20) /* host's detach area for UFFDIO_MOVE */
+
+struct gph_region {
+    struct gph_region_desc d;
+    int active;
+    pthread_mutex_t ring_lock;    /* fault thread (and materialize) append, Python drains */
+    int64_t *ring;
+    uint64_t ring_cap, ring_head, ring_tail;
+    struct gph_fault_stats st;
+};
+
+struct gph_service {
+    int uffd, wakefd, flags;
+    uint64_t features;
+    size_t window_bytes;          /* atomic: Python may tune it while the thread runs */
+    int started, stopping;
+    pthread_t thread;
+    pthread_rwlock_t lock;        /* regions: the fault thread reads, register/unregister write */
+    struct gph_region regions[GPH_MAX_REGIONS];
+    uint8_t *bounce;              /* fault thread's read buffer (GPH_WINDOW_MAX) */
+    uint8_t *zeros;               /* GPH_WINDOW_MAX of zeros, never written */
+    struct gph_fault_stats total;
+    pthread_mutex_t err_lock;
+    struct gph_fault_error error;
+    uint64_t nerrors;
+    pthread_mutex_t host_lock;    /* one host operation at a time uses the scratch area */
+    uint8_t *scratch;             /* registered with our uffd: UFFDIO_MOVE destination */
+    uint8_t *host_buf;            /* host's compare buffer (GPH_SCRATCH_BYTES) */
+};
+
+/* stores.c */
+int gph_store_fd_(int32_t id);
+void gph_store_free_slots_(int32_t id, int64_t slot, int64_t n);
+
+/* faults.c */
+void gph_record_error_(struct gph_service *s, int errnum, const char *syscall, int region, int64_t page);
+void gph_uffd_wake_(struct gph_service *s, uint8_t *start, size_t len);
+long gph_uffd_copy_(struct gph_service *s, uint8_t *dst, const uint8_t *src, size_t len, size_t ps);
+uint64_t gph_now_ns_(void);
+
+#endif

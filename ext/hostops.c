@@ -1,0 +1,332 @@
+/* hostops.c -- the host side of the state protocol: discard and swap-out without losing a write.
+ *
+ * Each operation is pick -> act -> finish inside one C call (GIL released):
+ *   pick    CAS Xr -> Xr|BUSY; a page held or changed since the caller chose it is skipped;
+ *   act     UNUSED/VOLATILE: madvise (their bytes are don't-care / clean copies of a file);
+ *           STABLE and POT_VOLATILE: *detach* the page atomically with UFFDIO_MOVE into the
+ *           service's scratch area first, so a concurrent guest write lands either before the
+ *           detach (and is carried along) or after it (it faults, and the fault thread waits for
+ *           BUSY to clear).  A plain "write to swap, then madvise" would lose a write made between
+ *           the two -- the race a host's try_to_unmap closes in the kernel;
+ *   finish  record (swap slot) before the state says PRESERVED/ZERO; release BUSY.
+ * POT_VOLATILE: the dirty bit (PAGEMAP_SCAN) sends written pages to swap; a page that reads clean
+ * is detached and compared with its backing file -- a write that slipped in between the scan and
+ * the detach shows up as a difference and the page is preserved instead (Pr -> Sp, never lost). */
+#include "faults_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+static void set_err(struct gph_err *err, const char *sc, int64_t first, int64_t n)
+{
+    if (err) {
+        err->syscall = sc;
+        err->first_page = first;
+        err->npages = n;
+    }
+}
+
+static int pick(uint8_t *b, uint8_t usage_mask_ok)
+{
+    uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if (old & GPH_FLAG_MASK)
+            return 0;
+        if ((old & GPH_CONTENT_MASK) != GPH_CONTENT_RESIDENT)
+            return 0;
+        if (!(usage_mask_ok & (1u << ((old & GPH_USAGE_MASK) >> 2))))
+            return 0;
+        if (__atomic_compare_exchange_n(b, &old, (uint8_t)(old | GPH_FLAG_BUSY), 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return 1;
+    }
+}
+
+#define OK_S (1u << 0)
+#define OK_U (1u << 1)
+#define OK_P (1u << 2)
+#define OK_V (1u << 3)
+
+/* Release a page: new usage (or keep with 0xff), new content; FILLED means the fault thread
+ * already gave it back, so it is RESIDENT whatever we meant to set. */
+static void finish(uint8_t *b, uint8_t usage, uint8_t content)
+{
+    uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE), want;
+    do {
+        uint8_t u = usage == 0xff ? (old & GPH_USAGE_MASK) : usage;
+        uint8_t c = (old & GPH_FLAG_FILLED) ? GPH_CONTENT_RESIDENT : content;
+        want = (uint8_t)(u | c);
+    } while (!__atomic_compare_exchange_n(b, &old, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+}
+
+/* Move [first, first+npg) of the region into scratch.  Returns pages moved from the start of the
+ * run (the rest stay in place), or -errno when none moved. */
+static long detach(struct gph_service *s, struct gph_region *r, int64_t first, int64_t npg)
+{
+    size_t ps = r->d.page_size;
+    int64_t moved = 0;
+    int tries = 0;
+    while (moved < npg) {
+        struct uffdio_move m = {.dst = (uint64_t)(uintptr_t)(s->scratch + (size_t)moved * ps),
+                                .src = (uint64_t)(uintptr_t)(r->d.base + (size_t)(first + moved) * ps),
+                                .len = (uint64_t)(npg - moved) * ps,
+                                .mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES | UFFDIO_MOVE_MODE_DONTWAKE};
+        if (ioctl(s->uffd, UFFDIO_MOVE, &m) == 0) {
+            moved = npg;
+            break;
+        }
+        int e = errno;
+        if (m.move > 0)
+            moved += m.move / (int64_t)ps;
+        if ((e == EAGAIN || e == EINTR || e == EBUSY) && ++tries < 100)
+            continue;
+        if (moved == 0)
+            return -e;
+        break;
+    }
+    return moved;
+}
+
+/* Bytes of scratch page i: a hole (no page was there to move) reads as zero without touching
+ * scratch -- the host must never fault on scratch while the fault thread may wait for it. */
+static const uint8_t *scratch_page(struct gph_service *s, const uint8_t *resident, int64_t i, size_t ps)
+{
+    return (resident[i] & 1) ? s->scratch + (size_t)i * ps : s->zeros;
+}
+
+/* Put detached pages back (the swap write failed): the guest sees its bytes again. */
+static void reattach(struct gph_service *s, struct gph_region *r, int64_t first, int64_t i,
+                     const uint8_t *resident)
+{
+    size_t ps = r->d.page_size;
+    gph_uffd_copy_(s, r->d.base + (size_t)(first + i) * ps, scratch_page(s, resident, i, ps), ps, ps);
+    gph_uffd_wake_(s, r->d.base + (size_t)(first + i) * ps, ps);
+}
+
+struct run_ctx {
+    struct gph_service *s;
+    struct gph_region *r;
+    int32_t swap_id;
+    const int64_t *slots;   /* consumed in order; used_slots[j] = 1 for each one consumed */
+    size_t nslots, slot_next;
+    uint8_t *used_slots;
+    int dirty_ok;
+    long swapped, discarded, nerr;
+    struct gph_err *err;
+};
+
+/* Write the selected detached pages of a run to swap and mark them PRESERVED; a page that
+ * cannot be written (no slot, I/O error) is put back where it was. */
+static void preserve_run(struct run_ctx *c, int64_t first, int64_t npg, const uint8_t *which,
+                         const uint8_t *resident)
+{
+    struct gph_service *s = c->s;
+    struct gph_region *r = c->r;
+    size_t ps = r->d.page_size;
+    int fd = gph_store_fd_(c->swap_id);
+    for (int64_t i = 0; i < npg; i++) {
+        if (!which[i])
+            continue;
+        int64_t p = first + i;
+        long w = fd < 0 ? fd : -ENOSPC;
+        size_t j = c->slot_next;
+        if (fd >= 0 && j < c->nslots)
+            w = gph_write_full(fd, scratch_page(s, resident, i, ps), ps, c->slots[j] * (int64_t)ps);
+        if (w < 0) {
+            if (!c->nerr)
+                set_err(c->err, fd < 0 ? "swap store lookup" : j >= c->nslots ? "swap slots" : "pwrite(host swap)", p, 1);
+            c->nerr++;
+            reattach(s, r, first, i, resident);
+            finish(&r->d.states[p], 0xff, GPH_CONTENT_RESIDENT);
+            continue;
+        }
+        c->slot_next++;
+        c->used_slots[j] = 1;
+        /* record before the state says PRESERVED */
+        __atomic_store_n(&r->d.swap_slot[p], c->slots[j], __ATOMIC_RELEASE);
+        __atomic_store_n(&r->d.swap_store[p], c->swap_id, __ATOMIC_RELEASE);
+        finish(&r->d.states[p], GPH_USAGE_STABLE, GPH_CONTENT_PRESERVED);
+        c->swapped++;
+    }
+}
+
+/* mode 0: swap-out; mode 1: POT_VOLATILE discard (clean -> Vz, dirty/changed -> Sp). */
+static void detach_and_place(struct run_ctx *c, int64_t first, int64_t npg, int mode)
+{
+    struct gph_service *s = c->s;
+    struct gph_region *r = c->r;
+    size_t ps = r->d.page_size;
+    uint8_t resident[GPH_SCRATCH_BYTES / 4096], which[GPH_SCRATCH_BYTES / 4096], dirty[GPH_SCRATCH_BYTES / 4096];
+    memset(dirty, 1, sizeof dirty);
+    if (mode == 1 && c->dirty_ok) {
+        struct gph_err e2;
+        if (gph_dirty_scan(r->d.base, ps, first, npg, 0, dirty, &e2) < 0)
+            memset(dirty, 1, sizeof dirty);   /* unknown = dirty: preserve */
+    }
+    long moved = detach(s, r, first, npg);
+    if (moved < 0) {
+        if (!c->nerr)
+            set_err(c->err, "ioctl(UFFDIO_MOVE)", first, npg);
+        c->nerr++;
+        moved = 0;
+    }
+    for (int64_t i = moved; i < npg; i++)   /* not detached: left as they were */
+        finish(&r->d.states[first + i], 0xff, GPH_CONTENT_RESIDENT);
+    if (moved == 0)
+        return;
+    if (mincore(s->scratch, (size_t)moved * ps, resident) != 0)
+        memset(resident, 1, (size_t)moved);
+    for (int64_t i = 0; i < moved; i++) {
+        int64_t p = first + i;
+        which[i] = 1;
+        if (mode == 1 && !dirty[i]) {
+            int32_t st = __atomic_load_n(&r->d.backing_store[p], __ATOMIC_ACQUIRE);
+            int fd = gph_store_fd_(st);
+            if (st > 0 && fd >= 0 &&
+                gph_read_full(fd, s->host_buf, ps, __atomic_load_n(&r->d.backing_offset[p], __ATOMIC_ACQUIRE)) >= 0 &&
+                memcmp(s->host_buf, scratch_page(s, resident, i, ps), ps) == 0) {
+                which[i] = 0;   /* clean and equal to its file: the discard is safe */
+                finish(&r->d.states[p], GPH_USAGE_VOLATILE, GPH_CONTENT_ZERO);
+                c->discarded++;
+            }
+        }
+    }
+    preserve_run(c, first, moved, which, resident);
+    madvise(s->scratch, (size_t)moved * ps, MADV_DONTNEED);   /* dst must be empty for the next move */
+}
+
+/* pages[] ascending (the seam sorts): contiguous picked pages become one detach. */
+static void for_runs(struct run_ctx *c, const int64_t *pages, const uint8_t *picked, size_t n, int mode)
+{
+    int64_t maxrun = GPH_SCRATCH_BYTES / (int64_t)c->r->d.page_size;
+    size_t i = 0;
+    while (i < n) {
+        if (!picked[i]) {
+            i++;
+            continue;
+        }
+        int64_t first = pages[i], len = 0;
+        while (i < n && picked[i] && pages[i] == first + len && len < maxrun) {
+            len++;
+            i++;
+        }
+        detach_and_place(c, first, len, mode);
+    }
+}
+
+/* Start a host operation: one at a time (the scratch area), regions pinned (read lock), the
+ * region and every page index checked.  Returns the region or NULL with *rc set; either way the
+ * caller ends with end_host_op. */
+static struct gph_region *begin_host_op(struct gph_service *s, int rid, const int64_t *pages, size_t n,
+                                        long *rc, struct gph_err *err)
+{
+    pthread_mutex_lock(&s->host_lock);
+    pthread_rwlock_rdlock(&s->lock);
+    if (rid < 0 || rid >= GPH_MAX_REGIONS || !s->regions[rid].active) {
+        set_err(err, "region", rid, 0);
+        *rc = -ENOENT;
+        return NULL;
+    }
+    struct gph_region *r = &s->regions[rid];
+    for (size_t i = 0; i < n; i++) {
+        if (pages[i] < 0 || pages[i] >= r->d.npages) {
+            set_err(err, "page index", pages[i], 1);
+            *rc = -ERANGE;
+            return NULL;
+        }
+    }
+    return r;
+}
+
+static void end_host_op(struct gph_service *s)
+{
+    pthread_rwlock_unlock(&s->lock);
+    pthread_mutex_unlock(&s->host_lock);
+}
+
+long gph_host_swap_out(struct gph_service *s, int rid, const int64_t *pages, size_t n,
+                       int32_t swap_id, const int64_t *slots, size_t nslots, uint8_t *used_slots, struct gph_err *err)
+{
+    if (!(s->features & UFFD_FEATURE_MOVE)) {
+        set_err(err, "UFFDIO_MOVE (Linux >= 6.8)", 0, 0);
+        return -EOPNOTSUPP;
+    }
+    uint8_t *picked = calloc(n ? n : 1, 1);
+    if (!picked) {
+        set_err(err, "calloc", 0, (int64_t)n);
+        return -ENOMEM;
+    }
+    long rc = 0;
+    struct gph_region *r = begin_host_op(s, rid, pages, n, &rc, err);
+    if (!r)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        picked[i] = (uint8_t)pick(&r->d.states[pages[i]], OK_S | OK_P);
+    struct run_ctx c = {.s = s, .r = r, .swap_id = swap_id, .slots = slots, .nslots = nslots, .used_slots = used_slots,
+                        .dirty_ok = 0, .err = err};
+    for_runs(&c, pages, picked, n, 0);
+    rc = c.nerr && !c.swapped ? -EIO : c.swapped;
+out:
+    end_host_op(s);
+    free(picked);
+    return rc;
+}
+
+long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size_t n,
+                      int advice, int submit, int pidfd, int32_t swap_id, const int64_t *slots,
+                      size_t nslots, uint8_t *used_slots, int64_t *preserved, struct gph_err *err)
+{
+    uint8_t *picked = calloc(n ? 2 * n : 1, 1);
+    int64_t *vu = malloc((n ? n : 1) * sizeof(int64_t));
+    if (!picked || !vu) {
+        free(picked);
+        free(vu);
+        set_err(err, "malloc", 0, (int64_t)n);
+        return -ENOMEM;
+    }
+    uint8_t *ppicked = picked + n;
+    long rc = 0;
+    size_t nvu = 0, np = 0;
+    *preserved = 0;
+    struct gph_region *r = begin_host_op(s, rid, pages, n, &rc, err);
+    if (!r)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *b = &r->d.states[pages[i]];
+        if (pick(b, OK_U | OK_V)) {
+            vu[nvu++] = pages[i];
+        } else if ((s->features & UFFD_FEATURE_MOVE) && pick(b, OK_P)) {
+            ppicked[i] = 1;
+            np++;
+        }
+    }
+    /* UNUSED / VOLATILE: one vectored madvise; the fault thread serves any access meanwhile */
+    if (nvu) {
+        struct gph_discard_stats st = {0, 0, 0};
+        long d = gph_discard_pages(r->d.base, r->d.page_size, r->d.npages, vu, nvu, advice, submit,
+                                   pidfd, &st, err);
+        /* on failure some pages may be gone: they stay RESIDENT in the table, which is safe --
+         * a fault on a VOLATILE page reloads it from its file whatever the content bits say */
+        for (size_t i = 0; i < nvu; i++)
+            finish(&r->d.states[vu[i]], 0xff, d < 0 ? GPH_CONTENT_RESIDENT : GPH_CONTENT_ZERO);
+        if (d < 0) {
+            rc = d;
+            goto out;
+        }
+        rc = (long)nvu;
+    }
+    if (np) {
+        struct run_ctx c = {.s = s, .r = r, .swap_id = swap_id, .slots = slots, .nslots = nslots, .used_slots = used_slots,
+                            .dirty_ok = (s->features & UFFD_FEATURE_WP_ASYNC) != 0, .err = err};
+        for_runs(&c, pages, ppicked, n, 1);
+        rc += c.discarded;
+        *preserved = c.swapped;
+    }
+out:
+    end_host_op(s);
+    free(picked);
+    free(vu);
+    return rc;
+}

@@ -1,0 +1,336 @@
+"""The discard-fault service: discarded pages come back on their next access.
+
+    svc = FaultService(window="64K", mode="auto")   # one C pthread (ext/faults.c), no Python in it
+    svc.register(mem)                    # userfaultfd MISSING (+ WP for dirty bits) on mem's region
+    mem.set_backing(pages, FileStore(path), offsets); mem.discard(pages)   # Vr -> Vz
+    ... any access reloads the page from its file (a discard fault)
+    svc.swap_out(mem, pages, HostSwap("256M"))     # Sr -> Sp; an access swaps it back in
+    svc.drain_discarded(mem); svc.stats(mem); svc.check(); svc.stop()
+
+Policy lives here (which mode, which features, slot allocation, errors); the mechanism -- the
+fault thread, the per-page protocol, the detach-and-write swap-out -- is C.  The per-page state
+protocol is in docs/state-protocol.md and at the top of ext/protocol.c.
+"""
+import mmap
+import threading
+
+import numpy as np
+
+from . import caps, dirty
+from ._mechanism import COMPILED, WHY_PURE, mech, self_pidfd
+from .errors import ClosedError, ConfigError, SyscallError, Unsupported
+from .memory import PAGE_SIZE, GuestMemory
+from .states import PAIR_MASK, USAGE_MASK, HostState, PageState
+from .stores import FileStore, HostSwap, SwapFull  # noqa: F401  (re-exported: gphint.faults.HostSwap)
+from .units import parse_size
+
+MODES = ("auto", "full", "user_mode_only")
+WINDOW_MAX = 2 << 20
+STAT_FIELDS = ("discard_faults", "zero_fills", "file_reloads", "swap_ins", "pages_served",
+               "bytes_served", "fault_around_hits", "lost_pages")
+
+
+class ReloadError(SyscallError):
+    """The fault service could not read a page's source: it served zeros and counted the page
+    lost.  .guest and .page say where; .syscall what failed."""
+
+    def __init__(self, errno_, syscall, guest, page, count):
+        super().__init__(errno_, syscall, "reloading page %d of guest %s (%d failure%s recorded)"
+                         % (page, guest, count, "" if count == 1 else "s"))
+        self.guest = guest
+        self.page = page
+        self.count = count
+
+
+def _table(dtype, n):
+    m = mmap.mmap(-1, max(np.dtype(dtype).itemsize * n, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return m, np.frombuffer(m, dtype=dtype, count=n)
+
+
+class _Registration:
+    """What the service keeps per guest: the C region id and the host swap record tables."""
+
+    def __init__(self, mem, rid, maps, swap_store, swap_slot):
+        self.mem, self.rid, self.maps = mem, rid, maps
+        self.swap_store, self.swap_slot = swap_store, swap_slot
+
+
+def _percentile_ns(hist, q):
+    total = sum(hist)
+    if total == 0:
+        return 0
+    want = q * total
+    acc = 0
+    for b, n in enumerate(hist):
+        acc += n
+        if acc >= want:
+            if b < 4:
+                return b
+            e, m = divmod(b, 4)
+            lo, hi = (4 + m) << (e - 2), (5 + m) << (e - 2)
+            return (lo + hi) // 2
+    return 0
+
+
+class FaultService:
+    """One userfaultfd and one C pthread serving every registered GuestMemory.
+
+    window: fault-around window (bytes or '64K'), a power of two from one page up to 2 MiB.
+    mode:   'full' (kernel-mode faults served too: root or vm.unprivileged_userfaultfd=1),
+            'user_mode_only' (UFFD_USER_MODE_ONLY: kernel-mode fills go through a bounce copy),
+            'auto' (full if available, else user_mode_only).
+    swap:   default HostSwap for swap_out and for POT_VOLATILE pages found written at discard.
+    dirty:  use kernel write tracking for POT_VOLATILE pages when available (gphint.dirty).
+    """
+
+    def __init__(self, window="64K", mode="auto", swap=None, dirty_tracking=True):
+        if not COMPILED:
+            raise Unsupported("the discard-fault service",
+                              "it needs the compiled mechanism (a C fault thread that never takes "
+                              "the GIL); this run uses pure Python: %s" % WHY_PURE,
+                              "build gphint._mech (python setup.py build_ext --inplace) and unset "
+                              "GPHINT_PUREPYTHON")
+        self.window_bytes = self._parse_window(window)
+        self.mode = self._choose_mode(mode)
+        flags = mech.SVC_USER_MODE_ONLY if self.mode == "user_mode_only" else 0
+        self.dirty_tracking = bool(dirty_tracking) and dirty.available()
+        if self.dirty_tracking:
+            flags |= mech.SVC_DIRTY
+        self.can_swap = "MOVE" in caps.probe().uffd_features
+        if self.can_swap:
+            flags |= mech.SVC_MOVE
+        self._thread = mech.FaultThread(flags, self.window_bytes)
+        self._thread.start()
+        self._regs = {}
+        self._lock = threading.Lock()
+        self._errors_raised = 0
+        self.swap = swap
+        self._stopped = False
+
+    # --- configuration ----------------------------------------------------------------------
+    @staticmethod
+    def _parse_window(window):
+        w = parse_size(window, "fault-around window")
+        if w % PAGE_SIZE or w > WINDOW_MAX or (w // PAGE_SIZE) & (w // PAGE_SIZE - 1):
+            raise ConfigError("fault-around window %r must be a power-of-two number of pages from "
+                              "%d bytes to 2 MiB" % (window, PAGE_SIZE))
+        return w
+
+    @staticmethod
+    def _choose_mode(mode):
+        if mode not in MODES:
+            raise ConfigError("unknown fault-service mode %r (expected one of %s)" % (mode, ", ".join(MODES)))
+        if mode == "auto":
+            if caps.has("userfaultfd"):
+                return "full"
+            mode = "user_mode_only"
+        if mode == "full":
+            caps.require("userfaultfd")
+        else:
+            caps.require("userfaultfd_user_mode_only")
+        return mode
+
+    @property
+    def window(self):
+        return self.window_bytes
+
+    @window.setter
+    def window(self, window):
+        w = self._parse_window(window)
+        self._thread.set_window(w)
+        self.window_bytes = w
+
+    def _check_running(self):
+        if self._stopped:
+            raise ClosedError("the fault service is stopped")
+
+    # --- guests -------------------------------------------------------------------------------
+    def register(self, mem):
+        """Serve mem's discard faults.  A memory is served by at most one service."""
+        self._check_running()
+        if not isinstance(mem, GuestMemory):
+            raise ConfigError("register() takes a GuestMemory, got %r" % (mem,))
+        mem._check_open()
+        if mem.fault_service is self:
+            return
+        if mem.fault_service is not None:
+            raise ConfigError("guest memory %r is already served by another FaultService" % (mem.name,))
+        # pages never touched are logically zero (Sr -> Sz, Ur -> Uz): saying so lets their first
+        # faults be served in fault-around runs instead of one round trip per page
+        c = mem._states & PAIR_MASK
+        fresh = np.flatnonzero(~mem.residency() & ((c == PageState.STABLE) | (c == PageState.UNUSED)))
+        mech.set_content(mem._states, fresh.astype(np.int64), int(HostState.ZERO))
+        m1, swap_store = _table(np.int32, mem.npages)
+        m2, swap_slot = _table(np.int64, mem.npages)
+        rid = self._thread.register(mem.region, PAGE_SIZE, mem._states, mem.backing_store,
+                                    mem.backing_offset, swap_store, swap_slot)
+        with self._lock:
+            self._regs[id(mem)] = _Registration(mem, rid, (m1, m2), swap_store, swap_slot)
+        mem.fault_service = self
+        mem.dirty_tracker = self if self.dirty_tracking else None
+
+    def _reg(self, mem):
+        reg = self._regs.get(id(mem))
+        if reg is None or reg.mem is not mem:
+            raise ConfigError("guest memory %r is not registered with this FaultService" % (mem.name,))
+        return reg
+
+    def unregister(self, mem, materialize=None):
+        """Stop serving mem.  materialize (default: unless mem is closing): first reload every page
+        whose content lives in a file or in swap, so the memory stays correct on its own."""
+        with self._lock:
+            reg = self._regs.pop(id(mem), None)
+        if reg is None or reg.mem is not mem:
+            return
+        if materialize is None:
+            materialize = not mem._closed
+        self._thread.unregister(reg.rid, bool(materialize))
+        # swap slots this guest still holds go back to their swap
+        held = np.flatnonzero(reg.swap_store != 0)
+        if held.size and self.swap is not None and not self.swap.closed:
+            mine = held[reg.swap_store[held] == self.swap.id]
+            self.swap.free(reg.swap_slot[mine])
+        mem.fault_service = None
+        mem.dirty_tracker = None
+
+    @property
+    def guests(self):
+        return [r.mem for r in self._regs.values()]
+
+    # --- host side ----------------------------------------------------------------------------
+    def discard(self, mem, idx, advice="dontneed", submit="vectored"):
+        """The protocol discard (called by GuestMemory.discard): UNUSED and VOLATILE pages are
+        discarded; POT_VOLATILE pages only while clean (dirty ones go to self.swap if set, else
+        stay).  Pages that changed state meanwhile are skipped.  Returns pages discarded."""
+        self._check_running()
+        reg = self._reg(mem)
+        idx = np.unique(np.asarray(idx, dtype=np.int64))
+        advice_code, submit_code = mem._advice(advice), mem._submit(submit)
+        if submit_code == 2 and not caps.has("process_madvise"):
+            submit_code = 1
+            mem.stats["vectored_fallbacks"] += 1
+        pidfd = self_pidfd() if submit_code == 2 else -1
+        npot = int(np.count_nonzero((mem._states[idx] & USAGE_MASK) == PageState.POT_VOLATILE))
+        swap = self.swap if (npot and self.swap is not None and not self.swap.closed) else None
+        slots = swap.alloc(npot) if swap is not None else np.zeros(0, dtype=np.int64)
+        used = np.zeros(slots.size, dtype=np.uint8)
+        try:
+            discarded, preserved = self._thread.host_discard(reg.rid, idx, advice_code, submit_code, pidfd,
+                                                             swap.id if swap is not None else 0, slots, used)
+        finally:
+            if swap is not None:
+                swap.free(slots[used == 0])
+        mem.stats["discard_calls"] += 1
+        mem.stats["discarded_pages"] += discarded
+        self._preserved = getattr(self, "_preserved", 0) + preserved
+        return discarded
+
+    def swap_out(self, mem, pages, swap=None):
+        """Host preserves pages in swap: detach atomically, write to slots, record (Sr -> Sp, dirty
+        Pr -> Sp).  Pages not STABLE/POT_VOLATILE-resident, or held, are skipped.  Returns pages
+        swapped out."""
+        self._check_running()
+        swap = swap if swap is not None else self.swap
+        if swap is None:
+            raise ConfigError("swap_out needs a HostSwap (pass swap= or FaultService(swap=...))")
+        if self.swap is None:
+            self.swap = swap
+        if not self.can_swap:
+            raise Unsupported("host swap-out", "UFFDIO_MOVE is not offered by this kernel (it detaches a "
+                              "page atomically so no concurrent write is lost)", "Linux >= 6.8")
+        reg = self._reg(mem)
+        idx = np.unique(mem._pages(pages))
+        if idx.size == 0:
+            return 0
+        slots = swap.alloc(idx.size)
+        if slots.size == 0:
+            raise SwapFull("host swap %r is full (%d slots)" % (swap, swap.nslots))
+        used = np.zeros(slots.size, dtype=np.uint8)
+        try:
+            n = self._thread.host_swap_out(reg.rid, idx, swap.id, slots, used)
+        finally:
+            swap.free(slots[used == 0])
+        return n
+
+    # --- guest-facing results -----------------------------------------------------------------
+    def drain_discarded(self, mem):
+        """int64 array: VOLATILE pages of mem served as discard faults since the last drain."""
+        reg = self._reg(mem)
+        out = []
+        buf = np.empty(max(1024, min(mem.npages, 65536)), dtype=np.int64)
+        while True:
+            n = self._thread.drain(reg.rid, buf)
+            out.append(buf[:n].copy())
+            if n < buf.size:
+                break
+        return np.concatenate(out)
+
+    def dirty_pages(self, mem, pages):
+        """bool per page: written since its dirty bit was last cleared (all True without kernel
+        write tracking: POT_VOLATILE pages are then treated as STABLE)."""
+        self._reg(mem)
+        idx = mem._pages(pages)
+        return dirty.dirty_pages(mem, idx) if self.dirty_tracking else np.ones(idx.size, dtype=bool)
+
+    def clear_dirty(self, mem, pages):
+        """Clear the pages' dirty bits (the guest does this only after making them stable)."""
+        self._reg(mem)
+        idx = mem._pages(pages)
+        return dirty.clear_dirty(mem, idx) if self.dirty_tracking else 0
+
+    # --- observation ----------------------------------------------------------------------------
+    def stats(self, mem=None):
+        """Counters (discard_faults, zero_fills, file_reloads, swap_ins, pages_served, bytes_served,
+        fault_around_hits, lost_pages, faults, ...) and latency_p50_ns / latency_p99_ns, for one
+        guest or (mem=None) for all since the service started."""
+        rid = -1 if mem is None else self._reg(mem).rid
+        got = self._thread.stats(rid)
+        if got is None:
+            raise ConfigError("no statistics for %r" % (mem,))
+        d, hist = got
+        d["latency_p50_ns"] = _percentile_ns(hist, 0.50)
+        d["latency_p99_ns"] = _percentile_ns(hist, 0.99)
+        if mem is None:
+            d["preserved_at_discard"] = getattr(self, "_preserved", 0)
+        return d
+
+    def check(self):
+        """Re-raise (ReloadError) the first reload failure recorded since the last check."""
+        if self._stopped:
+            return
+        n, errno_, syscall, region, page = self._thread.error()
+        if n > self._errors_raised:
+            self._errors_raised = n
+            guest = next((repr(r.mem.name) for r in self._regs.values() if r.rid == region),
+                         "#%d" % region)
+            raise ReloadError(errno_, syscall, guest, page, n)
+
+    def stop(self):
+        """Reload what still lives elsewhere, unregister every guest, end the thread; then
+        re-raise a recorded reload failure.  Idempotent."""
+        if self._stopped:
+            return
+        try:
+            for reg in list(self._regs.values()):
+                self.unregister(reg.mem)
+        finally:
+            self._thread.stop()
+            err = self._thread.error()
+            self._thread.close()
+            self._stopped = True
+        n, errno_, syscall, region, page = err
+        if n > self._errors_raised:
+            self._errors_raised = n
+            raise ReloadError(errno_, syscall, "#%d" % region, page, n)
+
+    close = stop
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def __repr__(self):
+        return "<FaultService %s window=%d guests=%d%s>" % (self.mode, self.window_bytes, len(self._regs),
+                                                             " stopped" if self._stopped else "")
