@@ -52,7 +52,8 @@ def config_from(args):
         host_mem_bytes=None if args.host_mem is None else parse_size(args.host_mem, "--host-mem"),
         duration_s=args.duration, seed=args.seed, files=args.files, nops=args.nops,
         idle_sched_s=args.idle_sched, discard_mode=args.discard_mode,
-        probe=not args.no_probe, probe_bytes=parse_size(args.probe_mem, "--probe-mem")).validate()
+        probe=not args.no_probe, probe_bytes=parse_size(args.probe_mem, "--probe-mem"),
+        probe_timeout_s=args.probe_timeout).validate()
 
 
 def _print_results(doc, out=sys.stdout):
@@ -133,10 +134,12 @@ def _run_options(sp, duration, guests, guest_mem, host_mem=None):
     sp.add_argument("--nops", type=int, default=64, help="guest operations per scheduling")
     sp.add_argument("--idle-sched", type=float, default=1.0, metavar="SECONDS",
                     help="an idle guest is scheduled at most this often (default: 1.0)")
-    sp.add_argument("--discard-mode", default="transparent", choices=("transparent", "visible"),
+    sp.add_argument("--discard-mode", default="transparent", choices=("transparent", "guest"),
                     help="how guests take discard faults")
     sp.add_argument("--probe-mem", default="16M", metavar="SIZE",
                     help="proactive mode: memory freed to time free -> host RSS drop")
+    sp.add_argument("--probe-timeout", type=float, default=None, metavar="SECONDS",
+                    help="how long the probe waits for the drop (default: 3 s or 1.5 x delay + 1.5 s)")
     sp.add_argument("--no-probe", action="store_true", help="skip the free -> RSS drop probe")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 

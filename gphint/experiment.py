@@ -47,6 +47,7 @@ class RunConfig:
     sample_interval_s: float = 0.1  # timeline sampling period
     probe: bool = True              # proactive mode: measure free -> host RSS drop
     probe_bytes: int = 16 << 20
+    probe_timeout_s: float = None   # None: max(3 s, 1.5 x the strategy's delay + 1.5 s)
 
     @property
     def mode(self):
@@ -84,6 +85,8 @@ class RunConfig:
                 "--seed", str(self.seed), "--nops", str(self.nops),
                 "--idle-sched", repr(self.idle_sched_s), "--discard-mode", self.discard_mode,
                 "--probe-mem", str(self.probe_bytes)]
+        if self.probe_timeout_s is not None:
+            args += ["--probe-timeout", repr(self.probe_timeout_s)]
         if self.host_mem_bytes is not None:
             args += ["--host-mem", str(self.host_mem_bytes)]
         if self.files:
@@ -137,7 +140,9 @@ class Runner:
         self.rss_baseline_bytes = measure.rss_bytes()
         if fault_service_available()[0]:
             self.svc = self.api.fault_service()
-        self.guests = [self.api.make_guest(i, cfg, self.spec, self.svc) for i in range(cfg.guests)]
+        self.fileset = self.api.shared_files(cfg)
+        self.guests = [self.api.make_guest(i, cfg, self.spec, self.svc, self.fileset)
+                       for i in range(cfg.guests)]
         self.host = Host(self.guests, cfg.host_mem_bytes, self.spec, fault_service=self.svc,
                          interval_s=cfg.interval_s, sample_interval_s=cfg.sample_interval_s)
 
@@ -167,6 +172,8 @@ class Runner:
                 now = time.monotonic()
                 if now >= end:
                     break
+                with host.lock:
+                    host.guest_timers()      # guest timers fire whether or not a guest runs
                 for g in self.guests:
                     ops += self._schedule(g, now, last)
                 if self.progress:
@@ -190,40 +197,49 @@ class Runner:
         out = {}
         g = self.guests[0]
         npages = min(self.config.probe_bytes // PAGE_SIZE, g.mem.npages // 4)
-        timeout_s = max(3.0, 1.5 + float(self.spec.params.get("delay", 0.0)) * 1.5)
+        timeout_s = self.config.probe_timeout_s
+        if timeout_s is None:
+            timeout_s = max(3.0, 1.5 + float(self.spec.params.get("delay", 0.0)) * 1.5)
         for pattern in ("contiguous", "fragmented"):
             with self.host.lock:
-                pages = self.api.alloc(g, npages)
-            if pages is None or len(pages) == 0:
-                out[pattern] = {"freed_bytes": 0, "latency_s": None, "dropped_fraction": 0.0}
-                continue
-            pages = np.sort(np.asarray(pages, dtype=np.int64))
+                frames = self.api.probe_alloc(g, npages)
             if pattern == "fragmented":
-                # keep every other 16-page (64 KiB) piece: the freed runs never form 2 MiB blocks
-                keep = (np.arange(pages.size) // 16) % 2 == 1
-                kept, pages = pages[keep], pages[~keep]
+                # free every other 16-page (64 KiB) piece: no freed run reaches 2 MiB
+                free_now = (np.arange(frames.size) // 16) % 2 == 0
             else:
-                kept = pages[:0]
-            time.sleep(0.2)       # the host settles: the pages are resident and counted
+                free_now = np.ones(frames.size, dtype=bool)
+            freed = frames[free_now]
+            # settle: the pages are resident and counted, and whatever the strategy had
+            # pending from before (a reporting pass already due) has run
+            self._idle(0.2 + float(self.spec.params.get("delay", 0.0)), g)
             t0 = time.monotonic()
             with self.host.lock:
-                self.api.free(g, pages)
-            latency = None
-            gone = 0.0
-            while time.monotonic() - t0 < timeout_s:
-                self.host.on_scheduled(g)
-                gone = 1.0 - float(np.count_nonzero(g.mem.residency()[pages])) / pages.size
+                self.api.probe_free(g, freed)
+            latency, gone = None, 0.0
+            while freed.size and time.monotonic() - t0 < timeout_s:
+                with self.host.lock:
+                    self.host.guest_timers()
+                    self.host.on_scheduled(g)
+                gone = 1.0 - float(np.count_nonzero(g.mem.residency()[freed])) / freed.size
                 if gone >= 0.9:
                     latency = time.monotonic() - t0
                     break
                 time.sleep(0.01)
-            out[pattern] = {"freed_bytes": int(pages.size * PAGE_SIZE),
+            out[pattern] = {"freed_bytes": int(freed.size * PAGE_SIZE),
                             "latency_s": None if latency is None else round(latency, 4),
                             "dropped_fraction": round(gone, 4), "timeout_s": timeout_s}
             with self.host.lock:
-                if kept.size:
-                    self.api.free(g, kept)
+                if (~free_now).any():
+                    self.api.probe_free(g, frames[~free_now])
         return out
+
+    def _idle(self, seconds, g):
+        """Let time pass with the guest's timers running but no workload."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            with self.host.lock:
+                self.host.guest_timers()
+            time.sleep(0.01)
 
     def record(self, ops, wall_s, guest_cpu_s, process_cpu_s, probe):
         host = self.host
@@ -254,8 +270,8 @@ class Runner:
             "zero_fills": svc.get("zero_fills", 0),
             "file_reloads": svc.get("file_reloads", 0),
             "swap_ins": svc.get("swap_ins", 0),
-            "fault_latency_p50_us": svc.get("latency_p50_us"),
-            "fault_latency_p99_us": svc.get("latency_p99_us"),
+            "fault_latency_p50_us": _us(svc.get("latency_p50_ns")),
+            "fault_latency_p99_us": _us(svc.get("latency_p99_ns")),
             "hint_ops": int(sum(m.stats["hint_ops"] for m in mems)),
             "discard_syscalls": int(sum(m.stats["discard_calls"] for m in mems)),
             "guest_cpu_s": round(guest_cpu_s, 4),
@@ -277,8 +293,16 @@ class Runner:
     def close(self):
         for g in self.guests:
             self.api.close(g)
+        if self.host is not None:
+            self.host.close()
         if self.svc is not None:
             self.svc.stop()
+        if getattr(self, "fileset", None) is not None:
+            self.fileset.close()
+
+
+def _us(ns):
+    return None if ns is None else round(ns / 1000.0, 2)
 
 
 def run_one(config, strategy, progress=None):

@@ -105,15 +105,29 @@ def plot(doc, path):
     ax = fig.add_subplot(grid[0, :])
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     budget = doc["config"].get("host_mem_bytes")
+    ends = []
     for i, r in enumerate(records):
         t = [s[0] for s in r["timeline"]]
         rss = [s[1] / MiB for s in r["timeline"]]
         c = colors[i % len(colors)]
         ax.plot(t, rss, color=c, lw=1.8)
         if t:
-            # label at the line's end: readable without the legend
-            ax.annotate(r["strategy"], (t[-1], rss[-1]), xytext=(4, 0), textcoords="offset points",
-                        color=c, va="center", fontsize=9, fontweight="bold")
+            ends.append((rss[-1], t[-1], r["strategy"], c))
+    # label each line at its end (readable without a legend), spread apart where ends crowd
+    lo, hi = ax.get_ylim()
+    gap = (hi - lo) * 0.06
+    ends.sort()
+    placed = []
+    for y, *_ in ends:
+        placed.append(max([y] + [p + gap for p in placed[-1:]]))
+    excess = max(placed, default=hi) - hi
+    if excess > 0:               # the stack ran above the axes: move it down, keep the gaps
+        placed = [max(lo, p - excess) for p in placed]
+    x_label = max((e[1] for e in ends), default=0) * 1.03
+    for (y, t_end, name, c), y_label in zip(ends, placed):
+        ax.annotate(name, (t_end, y), xytext=(x_label, y_label),
+                    textcoords="data", color=c, va="center", fontsize=9, fontweight="bold",
+                    arrowprops=dict(arrowstyle="-", color=c, lw=0.6, alpha=0.6))
     if budget:
         base = min((r["rss_baseline_bytes"] for r in records), default=0)
         ax.axhline((budget + base) / MiB, color="0.3", ls="--", lw=1)
@@ -122,7 +136,7 @@ def plot(doc, path):
     ax.set_xlabel("time (s)")
     ax.set_ylabel("process RSS (MiB)")
     ax.set_title(summary(doc), fontsize=10)
-    ax.margins(x=0.12)
+    ax.margins(x=0.15)
     ax.grid(alpha=0.3)
 
     names = [r["strategy"] for r in records]

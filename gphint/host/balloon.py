@@ -53,7 +53,6 @@ class Balloon(Strategy):
         self.requests = 0
         for slot in self.host.slots:
             slot.balloon = BalloonDriver(self.allocator_of(slot), getattr(slot.guest, "reclaim", None))
-            slot.balloon_npages = 0
             slot.request = None          # (target_npages, t_requested)
 
     def host_free_fraction(self):
@@ -72,11 +71,11 @@ class Balloon(Strategy):
             size = slot.mem.npages
             if host_free < self.threshold:
                 free = int(slot.guest.allocator.free_pages)
-                target, _ = shrink_target_npages(size, free, slot.balloon_npages, host_free,
+                target, _ = shrink_target_npages(size, free, slot.balloon.size_pages, host_free,
                                                  self.threshold, self.change)
             else:
-                target = grow_target_npages(size, slot.balloon_npages, self.change)
-            if target != slot.balloon_npages:
+                target = grow_target_npages(size, slot.balloon.size_pages, self.change)
+            if target != slot.balloon.size_pages:
                 # a newer target replaces an unserved one but keeps its request time
                 t_req = slot.request[1] if slot.request else now
                 slot.request = (target, t_req)
@@ -89,15 +88,13 @@ class Balloon(Strategy):
             return
         target, t_req = slot.request
         slot.request = None
-        delta = target - slot.balloon_npages
+        delta = target - slot.balloon.size_pages
         if delta > 0:
             pages = np.asarray(slot.balloon.inflate(delta), dtype=np.int64)
             # the device discards what the guest handed over (no states: MADV_DONTNEED)
             self.discard(slot, np.sort(pages), "ballooned", raw=True)
-            slot.balloon_npages += pages.size
         elif delta < 0:
-            pages = slot.balloon.deflate(-delta)
-            slot.balloon_npages -= len(pages)
+            slot.balloon.deflate(-delta)
         self.latencies_s.append(now - t_req)
 
     def stats(self):
@@ -105,4 +102,4 @@ class Balloon(Strategy):
         return {"balloon_requests": self.requests, "balloon_served": int(lat.size),
                 "balloon_latency_mean_s": float(lat.mean()) if lat.size else None,
                 "balloon_latency_max_s": float(lat.max()) if lat.size else None,
-                "balloon_npages": int(sum(s.balloon_npages for s in self.host.slots))}
+                "balloon_npages": int(sum(s.balloon.size_pages for s in self.host.slots))}

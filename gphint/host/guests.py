@@ -7,6 +7,8 @@ A guest under `none`, `reporting` or `balloon` runs without CMMA hints (its page
 STABLE): those peers must not profit from states they do not have.  `unused` guests hint
 UNUSED only (s390 mainline); `cmma` guests hint everything.
 """
+import numpy as np
+
 from ..errors import Unsupported
 
 MIXED_CYCLE = ("fileserver", "build", "database", "idle", "churn")
@@ -47,19 +49,34 @@ def fault_service():
     return FaultService()
 
 
-def make_guest(index, config, spec, svc):
-    """Guest `index` of a run: its own memory, workload, seed (seed + index) and hint level."""
+PROBE_ORDER = 9           # the probe frees whole 2 MiB blocks (free page reporting's unit)
+
+
+def shared_files(config):
+    """One generated file set for all guests of a run (guests booted from one image): written
+    once instead of once per guest.  None when the user gave --files."""
+    if config.files is not None:
+        return None
+    from ..guest.files import FileSet
+    return FileSet(None, seed=config.seed, total_bytes=2 * config.guest_mem_bytes)
+
+
+def make_guest(index, config, spec, svc, fileset=None):
+    """Guest `index` of a run: its own memory, workload, seed (seed + index) and hint level.
+    Guests only read the shared tree; their writes go to private overlays."""
     mod = _guest_module()
     hints = spec.hints
-    kwargs = dict(files=config.files, seed=config.seed + index, batch=int(spec.params.get("batch", 32)),
-                  hinting=hints != "off", discard_mode=config.discard_mode, fault_service=svc)
-    g = mod.Guest(config.guest_mem_bytes, **kwargs)
-    g.name = "g%d" % index
-    if hints == "unused" and hasattr(g, "set_hint_level"):
-        g.set_hint_level("unused")
+    name = "g%d" % index
+    files = fileset.root if fileset is not None else config.files
+    g = mod.Guest(config.guest_mem_bytes, files=files, seed=config.seed + index,
+                  batch=int(spec.params.get("batch", 32)), hinting=hints != "off",
+                  discard_mode=config.discard_mode, fault_service=svc,
+                  workload=workload_for(index, config.workload), name=name)
     g.workload_name = workload_for(index, config.workload)
-    from ..guest.workloads import WORKLOADS
-    g.workload = WORKLOADS[g.workload_name](g, seed=config.seed + index)
+    if hints == "unused":
+        # s390 mainline: the allocator's UNUSED/STABLE hooks only; the page cache never marks
+        # VOLATILE or POT_VOLATILE (its Hinter is what would)
+        g.hinter.hinting = False
     return g
 
 
@@ -68,16 +85,36 @@ def is_idle(g):
 
 
 def step(g, nops):
-    n = g.workload.step(nops)
+    n = g.step(nops)
     return nops if n is None else int(n)
 
 
-def alloc(g, npages):
-    return g.alloc(npages)
+def probe_alloc(g, npages):
+    """A guest kernel buffer of 2 MiB blocks (like a huge page), written so that it is
+    resident: returns its frames.  The guest shrinks its caches first if it must."""
+    from ..errors import GphintError
+    a = g.allocator
+    nblocks = max(1, npages >> PROBE_ORDER)
+    firsts = []
+    try:
+        for _ in range(nblocks):
+            try:
+                firsts.append(a.alloc_block(PROBE_ORDER))
+            except MemoryError:
+                g.reclaim(2 << PROBE_ORDER)
+                firsts.append(a.alloc_block(PROBE_ORDER))
+    except (MemoryError, GphintError):
+        pass            # fewer blocks: the probe frees what it got
+    a.flush_hints()
+    frames = (np.asarray(firsts, dtype=np.int64)[:, None]
+              + np.arange(1 << PROBE_ORDER, dtype=np.int64)).reshape(-1)
+    g.mem.frames[frames] = 0x5A        # touched: resident, counted by the host
+    return frames
 
 
-def free(g, pages):
-    g.free(pages)
+def probe_free(g, frames):
+    g.allocator.free(frames)
+    g.allocator.flush_hints()     # the free is complete when its UNUSED hints are submitted
 
 
 def verify(g):

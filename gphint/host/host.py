@@ -76,13 +76,13 @@ class Host:
         self.slots = [GuestSlot(g, i) for i, g in enumerate(guests)]
         self.fault_service = fault_service
         self.swapper = None
+        self._own_swap = None
         if self.budget_bytes is not None:
             # under pressure every strategy may have to swap: the host's last resort
             require_fault_service("host swap under a budget (strategy %s)" % self.spec.name)
             if swap is None:
                 from ..faults import HostSwap
-                swap = HostSwap(size=sum(s.mem.size_bytes for s in self.slots))
-                self._own_swap = swap
+                swap = self._own_swap = HostSwap(size=sum(s.mem.size_bytes for s in self.slots))
             self.swapper = HostSwapper(fault_service, swap)
         self.swap = swap
         self.interval_s = float(interval_s)
@@ -215,6 +215,14 @@ class Host:
         with self.lock:
             self.strategy.on_scheduled(slot, self.clock())
 
+    def guest_timers(self):
+        """Guests' own timers (the free page reporting work item) fire now; called by the
+        runner every round whether or not a guest is scheduled."""
+        now = self.clock()
+        with self.lock:
+            for slot in self.slots:
+                self.strategy.guest_timer(slot, now)
+
     def slot_of(self, guest):
         for s in self.slots:
             if s.guest is guest or s.mem is guest:
@@ -247,6 +255,14 @@ class Host:
         if self.error is not None:
             err, self.error = self.error, None
             raise err
+
+    def close(self):
+        """Stop, and close the host swap file if the host created it (after the guests are
+        closed: a swapped page must stay readable while its guest may still touch it)."""
+        self.stop()
+        if self._own_swap is not None:
+            self._own_swap.close()
+            self._own_swap = None
 
     def __enter__(self):
         return self

@@ -26,24 +26,23 @@ class Reporting(Strategy):
             slot.reporter = PageReporting(self.allocator_of(slot), partial(self._report, slot), order=p["order"],
                                           capacity=p["capacity"], delay_s=p["delay"])
 
-    def _report(self, slot, blocks):
-        """Called by the guest's reporting pass with up to `capacity` blocks [first_page, order].
-        Discards them (the device's handling of the report) and returns True: acknowledged, so
-        the guest may mark them reported.  Raising leaves them unreported (the kernel's rule)."""
-        blocks = np.asarray(blocks, dtype=np.int64).reshape(-1, 2)
-        runs = np.stack([blocks[:, 0], np.left_shift(1, blocks[:, 1])], axis=1)
+    def _report(self, slot, runs):
+        """Called by the guest's reporting pass with up to `capacity` blocks as (n, 2) runs
+        [first_page, npages].  Discards them (the device's handling of the report) and returns
+        True: acknowledged, so the guest may mark them reported.  Raising leaves them
+        unreported (the kernel's rule: mark only after success)."""
+        runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
         with self.host.lock:
-            pages = expand_runs(runs)
-            self.discard(slot, pages, "reported", raw=True)
+            # the blocks are isolated in the guest while reported: raw discard is safe even
+            # though a guest without CMMA states still calls them STABLE
+            self.discard(slot, expand_runs(runs), "reported", raw=True)
         self.reports += 1
-        self.reported_blocks += len(blocks)
+        self.reported_blocks += len(runs)
         return True
 
-    def on_scheduled(self, slot, now):
-        """The reporting work item runs in the guest: give it the chance when the guest runs."""
-        poll = getattr(slot.reporter, "poll", None)
-        if poll is not None:
-            poll(now)
+    def guest_timer(self, slot, now):
+        """page_reporting_process: the delayed work item, due `delay` after a qualifying free."""
+        slot.reporter.poll(now)
 
     def proactive(self, now):
         return 0    # the host waits to be told: reports arrive through _report

@@ -47,6 +47,9 @@ class Strategy:
     def on_scheduled(self, slot, now):
         """The guest behind `slot` runs now (requests that need the guest are served here)."""
 
+    def guest_timer(self, slot, now):
+        """The guest's own delayed work runs (it does not wait to be scheduled by the host)."""
+
     def stats(self):
         return {}
 

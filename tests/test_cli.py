@@ -1,0 +1,88 @@
+"""The command line end to end, in child processes as a user runs it: errors are one line and
+exit 2, results JSON validates against docs/results.md, the demo writes its table, JSON and
+plot."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_experiment import HAS_SERVICE, check_document
+
+SMALL = ["--guests", "2", "--guest-mem", "16M", "--duration", "0.5", "--probe-mem", "2M",
+         "--probe-timeout", "0.5", "--seed", "2"]
+
+
+def gphint(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "gphint"] + list(args), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "--strategy", "zap"], ["unknown strategy 'zap'", "cmma"]),
+    (["run", "--strategy", "cmma:bogus=1"], ["'bogus'", "valid keys"]),
+    (["run", "--strategy", "cmma", "--guest-mem", "12Q"], ["--guest-mem", "'12Q'"]),
+    (["run", "--strategy", "cmma", "--host-mem", "-5"], ["--host-mem", "'-5'"]),
+    (["run", "--strategy", "cmma", "--workload", "zap"], ["'zap'", "fileserver"]),
+    (["run", "--strategy", "cmma", "--guests", "0"], ["--guests", "0"]),
+    (["run", "--strategy", "cmma", "--files", "/nonexistent"], ["/nonexistent"]),
+    (["run", "--strategy", "cmma", "--duration", "soon"], ["--duration", "'soon'"]),
+    (["run"], ["--strategy"]),
+    (["compare", "--strategies", "none,zap"], ["'zap'"]),
+])
+def test_bad_input_is_one_line_and_exit_2(args, words):
+    r = gphint(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in lines[0]
+
+
+def test_debug_shows_the_traceback():
+    r = gphint("--debug", "run", "--strategy", "zap")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "ConfigError" in r.stderr
+
+
+def test_run_writes_valid_json(tmp_path):
+    out = tmp_path / "run.json"
+    r = gphint("run", "--strategy", "cmma:batch=256,submit=coalesce", "--json", str(out), *SMALL)
+    assert r.returncode == 0, r.stderr
+    assert "cmma:batch=256,submit=coalesce" in r.stdout and "integrity errors" in r.stdout
+    assert "\r" not in r.stderr             # not a TTY: no progress bar
+    doc = json.loads(out.read_text())
+    check_document(doc)
+    assert doc["config"]["guests"] == 2 and doc["config"]["mode"] == "proactive"
+    assert doc["results"][0]["params"]["submit"] == "coalesce"
+
+
+def test_compare_runs_each_strategy_in_a_child(tmp_path):
+    out, png = tmp_path / "c.json", tmp_path / "c.png"
+    r = gphint("compare", "--strategies", "none,unused:batch=1", "--json", str(out),
+               "--plot", str(png), *SMALL)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    check_document(doc)
+    assert [x["strategy"] for x in doc["results"]] == ["none", "unused:batch=1"]
+    # fresh child processes: each run starts from an interpreter's RSS, not the last run's
+    base = [x["rss_baseline_bytes"] for x in doc["results"]]
+    assert max(base) < 2 * min(base)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20000
+
+
+def test_demo_reduced(tmp_path):
+    """The headline demo at a reduced size: all five strategies, under a budget when the fault
+    service is there (otherwise it says so and runs proactive)."""
+    r = gphint("demo", "--out-dir", str(tmp_path), "--host-mem", "12M", *SMALL, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads((tmp_path / "demo.json").read_text())
+    check_document(doc)
+    assert [x["strategy"] for x in doc["results"]] == ["none", "balloon", "reporting", "unused", "cmma"]
+    assert doc["config"]["mode"] == ("pressure" if HAS_SERVICE else "proactive")
+    if not HAS_SERVICE:
+        assert "running proactive mode instead" in r.stderr
+    for name in ("none", "balloon", "reporting", "unused", "cmma"):
+        assert name in r.stdout
+    assert os.path.getsize(tmp_path / "demo.png") > 20000
