@@ -72,6 +72,7 @@ class BuddyAllocator:
         self.hints = HintBuffer(mem, batch, enabled=hinting)
         self.hinting = bool(hinting)
         self._free_lists = [set() for _ in range(self.max_order + 1)]   # first pages per order
+        self._list_peak = [0] * (self.max_order + 1)   # largest size since the set was built
         self._head_order = np.full(self.npages, NOT_FREE, dtype=np.int8)   # order of a listed free block
         self._isolated_order = np.full(self.npages, NOT_FREE, dtype=np.int8)
         self._reported = np.zeros(self.npages, dtype=bool)    # meaningful at listed block heads
@@ -94,7 +95,9 @@ class BuddyAllocator:
     # --- free-list primitives (caller holds the lock) -------------------------------------
     def _put(self, firsts, order):
         """Place blocks on the order's free list without merging (fresh ones: unreported)."""
-        self._free_lists[order].update(firsts.tolist())
+        free_list = self._free_lists[order]
+        free_list.update(firsts.tolist())
+        self._list_peak[order] = max(self._list_peak[order], len(free_list))
         self._head_order[firsts] = order
         self._reported[firsts] = False
         self._nfree += firsts.size << order
@@ -108,8 +111,14 @@ class BuddyAllocator:
     def _take(self, order, count):
         """Take up to count blocks off the order's free list; returns their first pages."""
         free_list = self._free_lists[order]
+        # iteration order of a set of ints is roughly by address: low blocks are reused first
+        # (address-ordered first fit), which also re-allocates a just-freed low page at once
         firsts = list(itertools.islice(free_list, count))
         free_list.difference_update(firsts)
+        if len(free_list) < self._list_peak[order] >> 3:
+            # a set never shrinks its table, and iteration walks it from the start: rebuild
+            self._free_lists[order] = set(free_list)
+            self._list_peak[order] = len(free_list)
         arr = np.array(firsts, dtype=np.int64)
         self._head_order[arr] = NOT_FREE
         self._nfree -= arr.size << order

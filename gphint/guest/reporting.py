@@ -115,8 +115,6 @@ class PageReporting:
 
     def _process(self):
         a = self.allocator
-        # the states the host will read must be current: pending UNUSED hints first
-        a.flush_hints()
         if a.free_pages <= self.watermark_pages:
             self.stats["skipped_watermark"] += 1
             return 0
@@ -154,6 +152,10 @@ class PageReporting:
         runs = np.column_stack([blocks[:, 0], np.left_shift(1, blocks[:, 1])])
         ok = False
         self.stats["report_calls"] += 1
+        # The host reads the states of what it is told: pages freed shortly before their block
+        # was isolated may still have their UNUSED hint pending (STABLE in mem).  Flushing now,
+        # after isolation, is enough: an isolated block has no allocated page to free into it.
+        self.allocator.flush_hints()
         try:
             ok = self.report(runs) is not False
         finally:
