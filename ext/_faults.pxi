@@ -165,6 +165,10 @@ cdef class FaultThread:
         if gph_service_set_window(self._svc(), window_bytes) < 0:
             raise ValueError("window of %d bytes exceeds 2 MiB" % window_bytes)
 
+    def set_race_delay(self, uint64_t ns):
+        """Tests only: sleep ns inside every hold (widens the protocol's race windows)."""
+        gph_service_set_race_delay(self._svc(), ns)
+
     def register(self, unsigned char[::1] region not None, size_t page_size, uint8_t[::1] states not None,
                  int32_t[::1] backing_store not None, int64_t[::1] backing_offset not None,
                  int32_t[::1] swap_store not None, int64_t[::1] swap_slot not None):

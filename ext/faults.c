@@ -273,6 +273,7 @@ static void serve_page(struct gph_service *s, int rid, int64_t p, int write, uin
     }
     size_t npg = (size_t)(hi - lo), len = npg * ps;
     uint8_t *dst = r->d.base + (size_t)lo * ps;
+    gph_race_delay_(s);   /* holding SERVING: a test widens this window */
     int64_t off0 = src.off - (p - lo) * (int64_t)ps;
     long rc = 0;
     int lost = 0;
@@ -502,6 +503,21 @@ long gph_service_start(struct gph_service *s, struct gph_err *err)
         return -e;
     }
     s->started = 1;
+    return 0;
+}
+
+void gph_race_delay_(struct gph_service *s)
+{
+    uint64_t ns = __atomic_load_n(&s->race_delay_ns, __ATOMIC_RELAXED);
+    if (ns) {
+        struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+long gph_service_set_race_delay(struct gph_service *s, uint64_t ns)
+{
+    __atomic_store_n(&s->race_delay_ns, ns, __ATOMIC_RELAXED);
     return 0;
 }
 

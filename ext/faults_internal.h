@@ -38,7 +38,10 @@ struct gph_service {
     pthread_mutex_t host_lock;    /* one host operation at a time uses the scratch area */
     uint8_t *scratch;             /* registered with our uffd: UFFDIO_MOVE destination */
     uint8_t *host_buf;            /* host's compare buffer (GPH_SCRATCH_BYTES) */
+    uint64_t race_delay_ns;       /* tests only: sleep inside each hold to widen race windows */
 };
+
+void gph_race_delay_(struct gph_service *s);
 
 /* stores.c */
 int gph_store_fd_(int32_t id);

@@ -144,6 +144,8 @@ long gph_service_create(struct gph_service **out, int flags, size_t window_bytes
                         struct gph_err *err);
 long gph_service_start(struct gph_service *s, struct gph_err *err);
 long gph_service_set_window(struct gph_service *s, size_t window_bytes);
+/* Tests only: sleep ns inside every host/fault-thread hold, to widen race windows. */
+long gph_service_set_race_delay(struct gph_service *s, uint64_t ns);
 /* Returns the region id (>= 0). */
 long gph_service_register(struct gph_service *s, const struct gph_region_desc *d, struct gph_err *err);
 /* materialize: first reload every page whose content lives elsewhere (file/swap), so the memory

@@ -77,6 +77,7 @@ cdef extern from "gphint.h" nogil:
                             gph_err *err)
     long gph_service_start(gph_service *s, gph_err *err)
     long gph_service_set_window(gph_service *s, size_t window_bytes)
+    long gph_service_set_race_delay(gph_service *s, uint64_t ns)
     long gph_service_register(gph_service *s, const gph_region_desc *d, gph_err *err)
     long gph_service_unregister(gph_service *s, int region, int materialize, gph_err *err)
     long gph_service_stop(gph_service *s)

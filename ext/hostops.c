@@ -172,6 +172,7 @@ static void detach_and_place(struct run_ctx *c, int64_t first, int64_t npg, int 
         c->nerr++;
         moved = 0;
     }
+    gph_race_delay_(s);   /* detached, not yet written: a test widens this window too */
     for (int64_t i = moved; i < npg; i++)   /* not detached: left as they were */
         finish(&r->d.states[first + i], 0xff, GPH_CONTENT_RESIDENT);
     if (moved == 0)
@@ -264,6 +265,7 @@ long gph_host_swap_out(struct gph_service *s, int rid, const int64_t *pages, siz
         goto out;
     for (size_t i = 0; i < n; i++)
         picked[i] = (uint8_t)pick(&r->d.states[pages[i]], OK_S | OK_P);
+    gph_race_delay_(s);   /* holding BUSY: a test widens this window */
     struct run_ctx c = {.s = s, .r = r, .swap_id = swap_id, .slots = slots, .nslots = nslots, .used_slots = used_slots,
                         .dirty_ok = 0, .err = err};
     for_runs(&c, pages, picked, n, 0);
@@ -302,6 +304,7 @@ long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size
             np++;
         }
     }
+    gph_race_delay_(s);   /* holding BUSY: a test widens this window */
     /* UNUSED / VOLATILE: one vectored madvise; the fault thread serves any access meanwhile */
     if (nvu) {
         struct gph_discard_stats st = {0, 0, 0};

@@ -140,6 +140,11 @@ class FaultService:
         self._thread.set_window(w)
         self.window_bytes = w
 
+    def set_race_delay(self, ns):
+        """Tests only: make every host and fault-thread hold last ns longer, so concurrent
+        guest transitions land inside the windows the protocol must make safe."""
+        self._thread.set_race_delay(int(ns))
+
     def _check_running(self):
         if self._stopped:
             raise ClosedError("the fault service is stopped")
