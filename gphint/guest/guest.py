@@ -74,6 +74,7 @@ class Guest:
                                    discard_mode=self.discard_mode, store_for=self._store_for)
             # keep a little free memory so that one operation never has to reclaim mid-way
             self.low_watermark = max(RECLAIM_CLUSTER, self.mem.npages // 128)
+            self.high_watermark = 3 * self.low_watermark
             self.stats = {"reclaim_calls": 0, "reclaimed": 0, "evicted": 0, "swapped_out": 0,
                           "drained_discarded": 0, "dropped_drained": 0, "ops": 0,
                           "stores_refused": 0}
@@ -106,9 +107,10 @@ class Guest:
         return store
 
     def _alloc_frames(self, npages):
-        short = npages + self.low_watermark - self.allocator.free_pages
-        if short > 0:
-            self.reclaim(max(short, RECLAIM_CLUSTER))
+        # below the low watermark: reclaim up to the high one, so that reclaim (an LRU scan and
+        # one free per pass) runs once per many allocations, as kswapd does
+        if self.allocator.free_pages - npages < self.low_watermark:
+            self.reclaim(npages + self.high_watermark - self.allocator.free_pages)
         try:
             return self.allocator.alloc(npages)
         except MemoryError:

@@ -297,7 +297,8 @@ class PageCache(GuestPart):
 
     # --- lookup and fill ------------------------------------------------------------------
     def _get(self, fid, pages):
-        """Frames holding these pages of fid, filling misses with real reads."""
+        """(frames holding these pages of fid, the frames just filled): misses are filled with
+        real reads."""
         pf, _ = self._tables(fid, int(pages[-1]) + 1 if pages.size else 0)
         frames = pf[pages]
         if self.discard_mode == "guest" and frames.size:
@@ -307,6 +308,7 @@ class PageCache(GuestPart):
         nmiss = int(np.count_nonzero(miss))
         self.stats["hits"] += int(frames.size) - nmiss
         self.stats["misses"] += nmiss
+        new = frames[:0]
         if nmiss:
             mpages = pages[miss]
             held = frames[~miss]
@@ -327,7 +329,7 @@ class PageCache(GuestPart):
             self.stats["fills"] += nmiss
             frames = pf[pages]
         self.table.touch(frames)
-        return frames
+        return frames, new
 
     def _drop_discarded(self, frames):
         """Guest-visible discard faults: cached pages the host discarded are dropped from the
@@ -359,7 +361,7 @@ class PageCache(GuestPart):
         page cannot go back to volatile.  A page found discarded is reloaded (transparent) or,
         guest-visible, dropped and read again -- the original design's discard fault."""
         for _ in range(8):
-            frames = self._get(fid, pages)
+            frames, _ = self._get(fid, pages)
             self.table.flags[frames] |= mark
             if self.discard_mode == "guest":
                 lost = self.hinter.settle(frames)
@@ -381,24 +383,17 @@ class PageCache(GuestPart):
         if end <= offset:
             return b""
         pages = np.arange(offset // PAGE_SIZE, -(-end // PAGE_SIZE), dtype=np.int64)
-        frames = self._get(fid, pages)
-        # a new page becomes VOLATILE once clean and up to date; a hit in the right state
-        # changes nothing (counted by the hinter)
-        self._settle_file(fid, frames)
+        frames, new = self._get(fid, pages)
+        # a new page becomes VOLATILE once clean and up to date.  A hit needs no state work at
+        # all (the minor-fault optimisation, patch 7): every descriptor change settles its page
+        # at once, so a cached page is always in the state its descriptor allows -- counted.
+        self.hinter.stats["unchanged"] += int(frames.size - new.size)
+        self._settle_cached(new)
         # copying out of a volatile frame needs no state change: if the host discards it
         # meanwhile, the access is a discard fault the service serves from the backing file
         data = self.mem.frames[frames].reshape(-1)
         start = offset - int(pages[0]) * PAGE_SIZE
         return data[start:start + end - offset].tobytes()
-
-    def _settle_file(self, fid, frames):
-        lost = self.hinter.settle(frames)
-        if lost.size:            # only when a frame had to become stable: pinned/locked etc.
-            if self.discard_mode == "guest":
-                self.drop(lost)
-                self.stats["dropped_discarded"] += int(lost.size)
-            else:
-                self.hinter.stabilise(lost, self._reload)
 
     def write(self, path, offset, data=None, length=None):
         """Write data (bytes-like) at offset; data=None writes the next version of every page
