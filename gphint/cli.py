@@ -53,7 +53,7 @@ def config_from(args):
         duration_s=args.duration, seed=args.seed, files=args.files, nops=args.nops,
         idle_sched_s=args.idle_sched, discard_mode=args.discard_mode,
         probe=not args.no_probe, probe_bytes=parse_size(args.probe_mem, "--probe-mem"),
-        probe_timeout_s=args.probe_timeout).validate()
+        probe_timeout_s=args.probe_timeout, status_path=args.status).validate()
 
 
 def _print_results(doc, out=sys.stdout):
@@ -141,6 +141,8 @@ def _run_options(sp, duration, guests, guest_mem, host_mem=None):
     sp.add_argument("--probe-timeout", type=float, default=None, metavar="SECONDS",
                     help="how long the probe waits for the drop (default: 3 s or 1.5 x delay + 1.5 s)")
     sp.add_argument("--no-probe", action="store_true", help="skip the free -> RSS drop probe")
+    sp.add_argument("--status", metavar="PATH", default=None,
+                    help="keep a live per-guest snapshot here (watch it with scripts/watch.py PATH)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -27,6 +27,7 @@ from .memory import PAGE_SIZE
 from .units import parse_size
 
 SCHEMA_VERSION = 1
+STATUS_INTERVAL_S = 0.5
 
 
 @dataclasses.dataclass
@@ -48,6 +49,7 @@ class RunConfig:
     probe: bool = True              # proactive mode: measure free -> host RSS drop
     probe_bytes: int = 16 << 20
     probe_timeout_s: float = None   # None: max(3 s, 1.5 x the strategy's delay + 1.5 s)
+    status_path: str = None         # live per-guest snapshot for scripts/watch.py
 
     @property
     def mode(self):
@@ -93,6 +95,8 @@ class RunConfig:
             args += ["--files", self.files]
         if not self.probe:
             args.append("--no-probe")
+        if self.status_path:
+            args += ["--status", self.status_path]
         return args
 
 
@@ -166,6 +170,7 @@ class Runner:
         host.record(force=True)
         host.start()
         ops, last = 0, {}
+        next_status = wall0
         end = wall0 + cfg.duration_s
         try:
             while True:
@@ -178,6 +183,9 @@ class Runner:
                     ops += self._schedule(g, now, last)
                 if self.progress:
                     self.progress(min(now - wall0, cfg.duration_s))
+                if cfg.status_path and now >= next_status:
+                    next_status = now + STATUS_INTERVAL_S
+                    self.write_status(now - wall0)
                 if not any(not self.api.is_idle(g) for g in self.guests):
                     time.sleep(0.005)
             wall_s = time.monotonic() - wall0
@@ -186,6 +194,8 @@ class Runner:
             host.stop()
         host.sample()
         host.record(force=True)
+        if cfg.status_path:
+            self.write_status(time.monotonic() - wall0, done=True)
         guest_thread_s = time.thread_time() - thread0 - host.cpu_s_by_thread.get(me, 0.0)
         process_s = _process_cpu_s() - cpu0
         return self.record(ops, wall_s, guest_thread_s, process_s, probe)
@@ -232,6 +242,22 @@ class Runner:
                 if (~free_now).any():
                     self.api.probe_free(g, frames[~free_now])
         return out
+
+    def write_status(self, t_s, done=False):
+        """A snapshot for scripts/watch.py: per guest residency (mincore) and page states."""
+        host = self.host
+        guests = []
+        for slot in host.slots:
+            guests.append({"name": slot.name, "workload": getattr(slot.guest, "workload_name", None),
+                           "size_bytes": slot.mem.size_bytes,
+                           "resident_bytes": slot.mem.resident_pages() * PAGE_SIZE,
+                           "census": slot.mem.census(), "discarded_pages": dict(slot.discarded),
+                           "swapped_pages": dict(slot.swapped)})
+        write_json(self.config.status_path, {
+            "strategy": str(self.spec), "mode": self.config.mode, "t_s": round(t_s, 2),
+            "duration_s": self.config.duration_s, "budget_bytes": self.config.host_mem_bytes,
+            "rss_bytes": measure.rss_bytes(), "host_swap_bytes": host.host_swap_bytes(),
+            "done": done, "guests": guests})
 
     def _idle(self, seconds, g):
         """Let time pass with the guest's timers running but no workload."""

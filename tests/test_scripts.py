@@ -1,0 +1,85 @@
+"""scripts/ are runnable tools: run each as a user would, on real inputs."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+SCRIPTS = os.path.join(ROOT, "scripts")
+
+
+def script(name, *args, timeout=120, **kw):
+    return subprocess.run([sys.executable, os.path.join(SCRIPTS, name)] + list(args),
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def test_every_script_has_a_docstring_with_sample_output():
+    for name in ("bench_tables.py", "watch.py"):
+        text = open(os.path.join(SCRIPTS, name)).read()
+        assert text.startswith("#!/usr/bin/env python3\n\"\"\"") and "Sample output" in text
+        assert os.access(os.path.join(SCRIPTS, name), os.X_OK)
+        assert script(name, "--help").returncode == 0
+
+
+def test_bench_tables_renders_real_benchmark_json(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, GPHINT_BENCH_MB="8")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        os.path.join(ROOT, "bench", "bench_strategies.py"), "-k",
+                        "guest_free_hints and (batch32 or nohints)", "--benchmark-json", str(out)],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = script("bench_tables.py", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "### guest hints 8 MiB" in r.stdout
+    rows = [l for l in r.stdout.splitlines() if l.startswith("| test_guest_free_hints")]
+    assert len(rows) == 2
+    saved = json.loads(out.read_text())["benchmarks"]
+    ns = {b["name"]: b["extra_info"]["ns_per_page"] for b in saved}
+    for row in rows:                                    # the numbers are the saved ones
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[4]) == float("%.3g" % ns[cells[0]]) or \
+            float(cells[4]) == round(ns[cells[0]])
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:guest hints 8 MiB -->\nold\n<!-- /bench:guest hints 8 MiB -->\nend\n")
+    r = script("bench_tables.py", str(out), "--group", "guest hints 8 MiB", "--write", str(readme))
+    assert r.returncode == 0, r.stderr
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
+    assert "test_guest_free_hints[batch32]" in text
+
+    r = script("bench_tables.py", str(out), "--group", "nosuch")
+    assert r.returncode == 2 and "nosuch" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = script("bench_tables.py", str(out), "--group", "guest hints 8 MiB", "--write",
+               str(tmp_path / "bench.json"))
+    assert r.returncode == 2 and "markers" in r.stderr
+
+
+def test_watch_follows_a_running_experiment(tmp_path):
+    status = tmp_path / "status.json"
+    run = subprocess.Popen([sys.executable, "-m", "gphint", "run", "--strategy", "cmma",
+                            "--guests", "2", "--guest-mem", "16M", "--duration", "2",
+                            "--no-probe", "--quiet", "--status", str(status)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        r = script("watch.py", str(status), "--interval", "0.2", timeout=60)
+    finally:
+        assert run.wait(timeout=60) == 0, run.stderr.read()
+    assert r.returncode == 0, r.stderr
+    snapshots = r.stdout.count("process RSS")
+    assert snapshots >= 2                               # it refreshed while the run went on
+    last = r.stdout.split("cmma  proactive")[-1]
+    assert "(done)" in last and "g0" in last and "g1" in last and "fileserver" in last
+    # the view's numbers are the run's own: total residency matches the snapshot file
+    snap = json.loads(status.read_text())
+    total = sum(g["resident_bytes"] for g in snap["guests"]) / (1 << 20)
+    assert "all guests resident %.1f MiB" % total in last
+
+
+def test_watch_without_a_run_is_one_line_exit_2(tmp_path):
+    t0 = time.monotonic()
+    r = script("watch.py", str(tmp_path / "none.json"), "--wait", "0.3")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "--status" in r.stderr
+    assert time.monotonic() - t0 < 10
