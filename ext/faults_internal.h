@@ -46,6 +46,9 @@ void gph_race_delay_(struct gph_service *s);
 /* stores.c */
 int gph_store_fd_(int32_t id);
 void gph_store_free_slots_(int32_t id, int64_t slot, int64_t n);
+/* The store's mapping at [off, off+len), pinned until gph_store_map_put_; NULL: use pread. */
+const uint8_t *gph_store_map_get_(int32_t id, int64_t off, size_t len);
+void gph_store_map_put_(int32_t id);
 
 /* faults.c */
 void gph_record_error_(struct gph_service *s, int errnum, const char *syscall, int region, int64_t page);

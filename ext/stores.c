@@ -7,13 +7,23 @@
 #include "gphint.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct store_entry {
     int fd_plus1;
     uint8_t *slot_used;   /* swap stores: one byte per slot, 1 = in use */
     int64_t nslots;
+    /* A read-only shared mapping of the whole file: the fault thread hands it to UFFDIO_COPY
+     * directly (one copy from the page cache instead of pread + copy).  Only the kernel ever
+     * reads it (copy_from_user), so a file truncated under it gives EFAULT -- then pread, which
+     * zero-fills past EOF -- never SIGBUS.  `users` keeps close() from unmapping it mid-copy. */
+    uint8_t *map;
+    size_t map_len;
+    int users;
 };
 
 static struct store_entry table[GPH_MAX_STORES];
@@ -22,10 +32,41 @@ long gph_store_set(int32_t id, int fd, uint8_t *slot_used, int64_t nslots)
 {
     if (id <= 0 || id >= GPH_MAX_STORES)
         return -ERANGE;
+    gph_store_clear(id);
+    struct stat st;
+    uint8_t *map = NULL;
+    size_t len = 0;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+        void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        if (m != MAP_FAILED) {
+            map = m;
+            len = (size_t)st.st_size;
+        }
+    }
     __atomic_store_n(&table[id].slot_used, slot_used, __ATOMIC_RELAXED);
     __atomic_store_n(&table[id].nslots, nslots, __ATOMIC_RELAXED);
+    __atomic_store_n(&table[id].map_len, len, __ATOMIC_RELAXED);
+    __atomic_store_n(&table[id].map, map, __ATOMIC_SEQ_CST);
     __atomic_store_n(&table[id].fd_plus1, fd + 1, __ATOMIC_RELEASE);
     return 0;
+}
+
+const uint8_t *gph_store_map_get_(int32_t id, int64_t off, size_t len)
+{
+    if (id <= 0 || id >= GPH_MAX_STORES || off < 0)
+        return NULL;
+    struct store_entry *e = &table[id];
+    __atomic_fetch_add(&e->users, 1, __ATOMIC_SEQ_CST);
+    uint8_t *map = __atomic_load_n(&e->map, __ATOMIC_SEQ_CST);
+    if (map && (size_t)off + len <= __atomic_load_n(&e->map_len, __ATOMIC_RELAXED))
+        return map + off;
+    __atomic_fetch_sub(&e->users, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+void gph_store_map_put_(int32_t id)
+{
+    __atomic_fetch_sub(&table[id].users, 1, __ATOMIC_SEQ_CST);
 }
 
 long gph_store_clear(int32_t id)
@@ -35,6 +76,12 @@ long gph_store_clear(int32_t id)
     __atomic_store_n(&table[id].fd_plus1, 0, __ATOMIC_RELEASE);
     __atomic_store_n(&table[id].slot_used, NULL, __ATOMIC_RELEASE);   /* Python keeps the table
                                                                          mapped until GC anyway */
+    uint8_t *map = __atomic_exchange_n(&table[id].map, NULL, __ATOMIC_SEQ_CST);
+    if (map) {
+        while (__atomic_load_n(&table[id].users, __ATOMIC_SEQ_CST) > 0)   /* a copy in flight */
+            sched_yield();
+        munmap(map, table[id].map_len);
+    }
     return 0;
 }
 

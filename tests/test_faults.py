@@ -357,3 +357,21 @@ def test_bad_backing_names_the_value(mem, tmp_path):
         mem.set_backing([0], 3, [-4096])
     with pytest.raises(gphint.ConfigError, match="0"):
         mem.set_backing([0], 0, [0])
+
+
+def test_file_truncated_under_the_service_reloads_zeros_past_the_new_end(mem, svc, tmp_path):
+    """The store's mapping is only ever read by the kernel (UFFDIO_COPY): a shrunken file gives
+    EFAULT there, the service falls back to pread, and past-EOF pages are zeros -- no SIGBUS."""
+    path = tmp_path / "shrinks"
+    data = pattern(8, seed=13)
+    data.tofile(path)
+    with FileStore(path) as store:
+        svc.register(mem)
+        mem.frames[:8] = data
+        mem.set_backing(np.arange(8), store, np.arange(8) * PAGE)
+        mem.set_state(np.arange(8), "volatile")
+        mem.discard(np.arange(8))
+        os.truncate(path, 2 * PAGE)
+        assert np.array_equal(mem.frames[:2], data[:2])
+        assert (mem.frames[2:8] == 0).all()
+        assert svc.stats(mem)["lost_pages"] == 0

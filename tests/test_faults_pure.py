@@ -62,3 +62,21 @@ def test_forcing_a_missing_mode_names_the_remedy(monkeypatch):
     svc = gphint.FaultService(mode="auto")     # falls back to the mode that works
     assert svc.mode == "user_mode_only"
     svc.stop()
+
+
+@pytest.mark.skipif(not COMPILED, reason="needs the compiled mechanism (this run is pure Python)")
+def test_no_userfaultfd_at_all_refuses_the_service_and_volatile_discards(monkeypatch, mem):
+    for name in ("userfaultfd", "userfaultfd_user_mode_only"):
+        f = caps.probe().features[name]
+        monkeypatch.setattr(f, "available", False)
+        monkeypatch.setattr(f, "reason", "userfaultfd(2) failed: ENOSYS")
+        monkeypatch.setattr(f, "remedy", "a kernel built with CONFIG_USERFAULTFD")
+    with pytest.raises(gphint.Unsupported, match="userfaultfd.*CONFIG_USERFAULTFD"):
+        gphint.FaultService()
+    mem.frames[:2] = 3
+    mem.set_state([0], "volatile")
+    mem.set_state([1], "unused")
+    with pytest.raises(gphint.Unsupported):
+        mem.discard([0])                        # data would come back as zeros: refused
+    assert mem.discard([1]) == 1                # UNUSED content is don't-care: allowed
+    assert (mem.frames[0] == 3).all()
