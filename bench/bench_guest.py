@@ -62,6 +62,7 @@ def test_guest_throughput(benchmark, file_root, workload, config):
     def run(g):
         return g.step(NOPS[workload])
 
+    benchmark.group = "guest %d MiB, per configuration" % GUEST_MB
     done = benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
     g = guests.pop()
     try:
@@ -105,6 +106,7 @@ def test_batched_hinting_target(benchmark, file_root, workload):
             finally:
                 g.close()
 
+    benchmark.group = "guest %d MiB, hinting overhead (paired rounds)" % GUEST_MB
     benchmark.pedantic(one_round, rounds=PAIRED_ROUNDS, iterations=1)
     best = {c: min(t) for c, t in times.items()}
     ratios = {c: best["off"] / best[c] for c in CONFIGS if c != "off"}

@@ -199,6 +199,18 @@ class Hinter:
                 self.stats[key] += int(sel.size)
         return lost
 
+    def fresh_clean(self, frames):
+        """Frames just filled by a read miss: clean, up to date, unpinned, so VOLATILE unless
+        they have no backing store -- the read path's shortcut past desired_usage()."""
+        if not self.hinting or frames.size == 0:
+            return
+        if not self.volatile_ok or (self.table.flags[frames] & NO_BACKING).any():
+            self.settle(frames)          # nothing to stabilise: they are STABLE already
+            return
+        self.buffer.hint(frames, PageState.VOLATILE)
+        self.table.hinted[frames] = V
+        self.stats["to_volatile"] += int(frames.size)
+
     def resync(self, frames):
         """The host changed these frames' usage on its own (Pr -> Vz, Pr -> Sp): take mem's
         word for what they are now."""
@@ -388,7 +400,7 @@ class PageCache(GuestPart):
         # all (the minor-fault optimisation, patch 7): every descriptor change settles its page
         # at once, so a cached page is always in the state its descriptor allows -- counted.
         self.hinter.stats["unchanged"] += int(frames.size - new.size)
-        self._settle_cached(new)
+        self.hinter.fresh_clean(new)
         # copying out of a volatile frame needs no state change: if the host discards it
         # meanwhile, the access is a discard fault the service serves from the backing file
         data = self.mem.frames[frames].reshape(-1)
