@@ -396,10 +396,12 @@ static void *fault_main(void *arg)
         /* when stopping, drain what is queued without blocking, then leave */
         int n = poll(pf, 2, stopping ? 0 : -1);
         if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            gph_record_error_(s, errno, "poll", -1, -1);
-            break;
+            /* never leave: a faulting thread would hang.  Record, breathe, poll again. */
+            if (errno != EINTR) {
+                gph_record_error_(s, errno, "poll", -1, -1);
+                usleep(1000);
+            }
+            continue;
         }
         if (pf[1].revents & POLLIN) {
             uint64_t v;
@@ -414,10 +416,11 @@ static void *fault_main(void *arg)
         }
         ssize_t got = read(s->uffd, msgs, sizeof msgs);
         if (got < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                continue;
-            gph_record_error_(s, errno, "read(userfaultfd)", -1, -1);
-            break;
+            if (errno != EAGAIN && errno != EINTR) {
+                gph_record_error_(s, errno, "read(userfaultfd)", -1, -1);
+                usleep(1000);
+            }
+            continue;
         }
         uint64_t t0 = gph_now_ns_();
         pthread_rwlock_rdlock(&s->lock);

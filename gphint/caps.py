@@ -243,6 +243,18 @@ def probe():
     feats["uffd_wp_async"] = Feature(wp_async, detail="UFFD_FEATURE_WP_ASYNC" if wp_async else "",
                                      reason="" if wp_async else "UFFD_FEATURE_WP_ASYNC not offered",
                                      remedy="" if wp_async else "Linux >= 6.7 with userfaultfd access")
+    # issue 3: what the fault service builds on, derived from the probes above
+    track = wp_async and feats["pagemap_scan"].available and _mechanism.COMPILED
+    feats["dirty_tracking"] = Feature(
+        track, detail="host dirty bit of POT_VOLATILE pages: UFFD WP_ASYNC + PAGEMAP_SCAN" if track else "",
+        reason="" if track else "no kernel write tracking (UFFD_FEATURE_WP_ASYNC + PAGEMAP_SCAN, compiled "
+        "mechanism): POT_VOLATILE pages are treated as STABLE",
+        remedy="" if track else "Linux >= 6.7 with userfaultfd access, and the compiled mechanism")
+    move = bool(bits & UFFD_FEATURES["MOVE"])
+    feats["uffd_move"] = Feature(
+        move, detail="UFFDIO_MOVE: host swap-out detaches a page atomically" if move else "",
+        reason="" if move else "UFFD_FEATURE_MOVE not offered: host swap-out is unavailable",
+        remedy="" if move else "Linux >= 6.8 with userfaultfd access")
     return Capabilities(
         mechanism=_mechanism.NAME, gphint_version=__version__, kernel=platform.release(),
         machine=platform.machine(), page_size=mmap.PAGESIZE, euid=os.geteuid(),

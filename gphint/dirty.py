@@ -20,7 +20,7 @@ from ._fallback import coalesce   # sorted pages -> (first, npages) runs; pure n
 
 def available():
     """Is kernel write tracking usable here?  (WP_ASYNC and PAGEMAP_SCAN.)"""
-    return mech.COMPILED and caps.has("uffd_wp_async") and caps.has("pagemap_scan")
+    return caps.has("dirty_tracking")
 
 
 def _scan(mem, idx, clear):

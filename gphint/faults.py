@@ -96,7 +96,7 @@ class FaultService:
         self.dirty_tracking = bool(dirty_tracking) and dirty.available()
         if self.dirty_tracking:
             flags |= mech.SVC_DIRTY
-        self.can_swap = "MOVE" in caps.probe().uffd_features
+        self.can_swap = caps.has("uffd_move")
         if self.can_swap:
             flags |= mech.SVC_MOVE
         self._thread = mech.FaultThread(flags, self.window_bytes)
@@ -105,6 +105,9 @@ class FaultService:
         self._lock = threading.Lock()
         self._errors_raised = 0
         self.swap = swap
+        self._swaps = {}        # store id -> HostSwap this service wrote to (slot bookkeeping)
+        if swap is not None:
+            self._swaps[swap.id] = swap
         self._stopped = False
 
     # --- configuration ----------------------------------------------------------------------
@@ -192,9 +195,10 @@ class FaultService:
         self._thread.unregister(reg.rid, bool(materialize))
         # swap slots this guest still holds go back to their swap
         held = np.flatnonzero(reg.swap_store != 0)
-        if held.size and self.swap is not None and not self.swap.closed:
-            mine = held[reg.swap_store[held] == self.swap.id]
-            self.swap.free(reg.swap_slot[mine])
+        for swap_id in np.unique(reg.swap_store[held]).tolist():
+            swap = self._swaps.get(swap_id)
+            if swap is not None and not swap.closed:
+                swap.free(reg.swap_slot[held[reg.swap_store[held] == swap_id]])
         mem.fault_service = None
         mem.dirty_tracker = None
 
@@ -217,6 +221,8 @@ class FaultService:
         pidfd = self_pidfd() if submit_code == 2 else -1
         npot = int(np.count_nonzero((mem._states[idx] & USAGE_MASK) == PageState.POT_VOLATILE))
         swap = self.swap if (npot and self.swap is not None and not self.swap.closed) else None
+        if swap is not None:
+            self._swaps[swap.id] = swap
         slots = swap.alloc(npot) if swap is not None else np.zeros(0, dtype=np.int64)
         used = np.zeros(slots.size, dtype=np.uint8)
         try:
@@ -240,9 +246,11 @@ class FaultService:
             raise ConfigError("swap_out needs a HostSwap (pass swap= or FaultService(swap=...))")
         if self.swap is None:
             self.swap = swap
+        self._swaps[swap.id] = swap
         if not self.can_swap:
-            raise Unsupported("host swap-out", "UFFDIO_MOVE is not offered by this kernel (it detaches a "
-                              "page atomically so no concurrent write is lost)", "Linux >= 6.8")
+            f = caps.probe().features["uffd_move"]
+            raise Unsupported("host swap-out", f.reason + " (it detaches a page atomically so no "
+                              "concurrent write is lost)", f.remedy)
         reg = self._reg(mem)
         idx = np.unique(mem._pages(pages))
         if idx.size == 0:

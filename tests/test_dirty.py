@@ -9,8 +9,8 @@ from gphint import PageState, caps
 from gphint.faults import FaultService, FileStore, HostSwap
 from conftest import PAGE, pattern
 
-has_tracking = pytest.mark.skipif(not caps.has("uffd_wp_async") or not caps.has("pagemap_scan"),
-                                  reason="needs UFFD_FEATURE_WP_ASYNC and PAGEMAP_SCAN")
+has_tracking = pytest.mark.skipif(not caps.has("dirty_tracking"),
+                                  reason=caps.probe().features["dirty_tracking"].reason)
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from gphint.faults import FaultService, FileStore, HostSwap, ReloadError
 from conftest import PAGE, pattern
 
 needs_service = pytest.mark.usefixtures("compiled_only")
+needs_move = pytest.mark.skipif(not gphint.caps.has("uffd_move"),
+                                reason=gphint.caps.probe().features["uffd_move"].reason)
 
 
 @pytest.fixture
@@ -169,6 +171,7 @@ def test_unreadable_source_serves_zeros_counts_lost_and_check_raises(mem, svc, t
     svc.check()                                     # reported once
 
 
+@needs_move
 def test_stable_pages_swapped_out_read_back_exactly(mem, svc):
     swap = HostSwap("8M")
     svc.register(mem)
@@ -189,6 +192,7 @@ def test_stable_pages_swapped_out_read_back_exactly(mem, svc):
     swap.close()
 
 
+@needs_move
 def test_contiguous_swapped_pages_come_back_in_runs(mem, svc):
     swap = HostSwap("8M")
     svc.register(mem)
@@ -202,6 +206,7 @@ def test_contiguous_swapped_pages_come_back_in_runs(mem, svc):
     swap.close()
 
 
+@needs_move
 def test_swap_out_skips_pages_that_are_not_stable_resident(mem, svc, backing):
     data, store, _ = backing
     swap = HostSwap("1M")
@@ -214,6 +219,7 @@ def test_swap_out_skips_pages_that_are_not_stable_resident(mem, svc, backing):
     swap.close()
 
 
+@needs_move
 def test_guest_gives_up_a_preserved_page(mem, svc):
     swap = HostSwap("1M")
     svc.register(mem)
@@ -226,6 +232,7 @@ def test_guest_gives_up_a_preserved_page(mem, svc):
     swap.close()
 
 
+@needs_move
 @needs_service
 def test_unregister_materializes_so_nothing_is_lost(backing):
     data, store, _ = backing
@@ -375,3 +382,21 @@ def test_file_truncated_under_the_service_reloads_zeros_past_the_new_end(mem, sv
         assert np.array_equal(mem.frames[:2], data[:2])
         assert (mem.frames[2:8] == 0).all()
         assert svc.stats(mem)["lost_pages"] == 0
+
+
+@needs_move
+def test_huge_page_guest_discards_swaps_and_reloads_4k_pieces(svc, backing):
+    """THP guests (REFERENCE §4): a 4 KiB discard or detach inside a huge page splits it; every
+    byte still comes back."""
+    data, store, _ = backing
+    swap = HostSwap("4M")
+    with gphint.GuestMemory("8M", thp=True) as mem:
+        svc.register(mem)
+        mem.frames[:] = data[:mem.npages]
+        mem.set_backing(np.arange(mem.npages), store, np.arange(mem.npages) * PAGE)
+        mem.set_state(np.arange(0, 512, 3), "volatile")
+        assert mem.discard(np.arange(0, 512, 3)) == 171
+        assert svc.swap_out(mem, np.arange(600, 700), swap) == 100
+        assert mem.resident_pages() == mem.npages - 271
+        assert np.array_equal(mem.frames, data[:mem.npages])
+    swap.close()

@@ -15,6 +15,9 @@ from gphint.faults import FaultService, FileStore, HostSwap
 from gphint.states import pair_name
 from conftest import PAGE, pattern
 
+needs_move = pytest.mark.skipif(not gphint.caps.has("uffd_move"),
+                                reason=gphint.caps.probe().features["uffd_move"].reason)
+
 DELAY_NS = 200_000_000   # 0.2 s inside each hold
 
 
@@ -81,6 +84,7 @@ def test_make_stable_waits_out_an_inflight_discard_and_reports_it(world):
     assert np.array_equal(mem.frames[1], data[1])             # and the page reloads on access
 
 
+@needs_move
 def test_write_during_swap_out_is_not_lost(world):
     """3. A guest store while the host swaps the page out lands before or after the detach --
     either way its bytes come back."""
@@ -99,6 +103,7 @@ def test_write_during_swap_out_is_not_lost(world):
     assert np.array_equal(mem.frames[[0, 1, 2, 4, 5, 6, 7]], data[[0, 1, 2, 4, 5, 6, 7]])
 
 
+@needs_move
 def test_fault_on_a_page_being_swapped_out_waits_and_swaps_in(world):
     """3'. An access after the detach faults; the fault thread waits for the host's write and
     serves the page from swap."""
@@ -149,6 +154,7 @@ def test_access_during_a_discard_is_served_and_stays_resident(world):
     assert np.array_equal(mem.frames[:4], data[:4])
 
 
+@needs_move
 def test_guest_changes_are_refused_when_the_contract_forbids_them(world):
     svc, mem, _, swap = world
     svc.swap_out(mem, [0], swap)

@@ -14,6 +14,9 @@ from gphint import PageState
 from gphint.faults import FaultService, FileStore, HostSwap
 from conftest import PAGE
 
+needs_move = pytest.mark.skipif(not gphint.caps.has("uffd_move"),
+                                reason=gphint.caps.probe().features["uffd_move"].reason)
+
 NONE, FILE, VER = 0, 1, 2
 
 
@@ -172,6 +175,7 @@ def run_stress(tmp_path, seconds, npages=4096, race_delay_ns=0):
         swap.close()
 
 
+@needs_move
 @pytest.mark.parametrize("race_delay_ns", [0, 200_000], ids=["natural", "widened-windows"])
 def test_concurrent_guest_and_host_never_lose_a_page(compiled_only, tmp_path, stress, race_delay_ns):
     counts, st, ops = run_stress(tmp_path, 60.0 if stress else 2.5, race_delay_ns=race_delay_ns)
