@@ -183,8 +183,10 @@ class GuestMemory:
     def discard(self, pages, advice="dontneed", submit="vectored"):
         """The state-aware discard: give the host these pages' memory back.
 
-        Refuses (StateError) any STABLE page, and any dirty POT_VOLATILE page; VOLATILE and
-        POT_VOLATILE pages need a discard-fault service to come back (Unsupported otherwise).
+        Refuses (StateError) any STABLE page; VOLATILE and POT_VOLATILE pages need a discard-fault
+        service to come back (Unsupported otherwise).  With a service, every page goes through its
+        state protocol: pages that changed meanwhile are skipped, and a POT_VOLATILE page the host
+        finds written is preserved in the service's swap instead (or left alone without one).
         Content states become ZERO only after the discard succeeded.  Returns pages discarded.
         """
         idx = self._pages(pages)

@@ -8,7 +8,7 @@ import pytest
 
 import gphint
 from gphint import PageState, measure
-from gphint._mechanism import COMPILED
+from gphint._mechanism import COMPILED, mech
 from gphint.faults import FaultService, FileStore, HostSwap, ReloadError
 from conftest import PAGE, pattern
 
@@ -66,6 +66,8 @@ def test_volatile_pages_reload_from_their_file_on_read(mem, svc, backing):
     assert st["file_reloads"] == pages.size and st["lost_pages"] == 0
     assert st["discard_faults"] < pages.size        # fault-around served runs
     assert st["fault_around_hits"] == pages.size - st["discard_faults"]
+    total = svc.stats()
+    assert 0 < total["latency_p50_ns"] <= total["latency_p99_ns"] < 1e9     # a real histogram
     assert np.array_equal(np.sort(svc.drain_discarded(mem)), pages)
     assert svc.drain_discarded(mem).size == 0       # drained
 
@@ -323,6 +325,24 @@ def test_user_mode_only_mode_serves_faults_and_bounces_kernel_fills(backing, tmp
             os.close(fd)
         assert np.array_equal(mem.frames[32:64], data[500:532])
         assert np.array_equal(mem.frames[:32], data[:32])
+        # the C path itself: a direct pread into missing frames gets EFAULT and bounces
+        mem.set_state(np.arange(64, 96), "unused")
+        mem.discard(np.arange(64, 96))
+        mem.set_state(np.arange(64, 96), "stable")
+        fd = os.open(path, os.O_RDWR)
+        try:
+            n, bounced = mech.fill_from_file(mem.region, PAGE, np.arange(64, 96), fd,
+                                             np.arange(600, 632) * PAGE, False)
+            assert n == 32 and bounced == 32
+            assert np.array_equal(mem.frames[64:96], data[600:632])
+            mem.set_state(np.arange(96, 100), "unused")
+            mem.discard(np.arange(96, 100))                # missing: kernel-mode reads fault too
+            n, bounced = mech.write_to_file(mem.region, PAGE, np.arange(96, 100), fd,
+                                            np.arange(4) * PAGE, False)
+            assert n == 4 and bounced == 4
+            assert os.pread(fd, 4 * PAGE, 0) == bytes(4 * PAGE)
+        finally:
+            os.close(fd)
     svc.stop()
 
 
