@@ -91,12 +91,12 @@ def test_gphint_exports_guest():
 
 OPS = st.lists(st.tuples(st.sampled_from(["read", "write", "wgen", "writeback", "alloc", "free",
                                           "touch", "swap", "reclaim", "pin", "discard_u",
-                                          "discard_v", "map", "store", "msync"]),
+                                          "discard_v", "hostswap", "map", "store", "msync"]),
                          st.integers(0, 10 ** 6), st.integers(1, 40)),
                min_size=5, max_size=40)
 
 
-def run_sequence(g, ops, rng, volatile_discards):
+def run_sequence(g, ops, rng, volatile_discards, host_swap=None):
     anon = []
     pinned = []
     mapped = []
@@ -134,7 +134,13 @@ def run_sequence(g, ops, rng, volatile_discards):
         elif op == "discard_u":
             host_discard(g, rng, (U,))
         elif op == "discard_v" and volatile_discards:
-            host_discard(g, rng, (U, V))
+            host_discard(g, rng, (U, V, P))          # dirty P pages are preserved, not lost
+        elif op == "hostswap" and host_swap is not None:
+            g.allocator.flush_hints()
+            resident = np.flatnonzero((g.mem.states & 0x0F) == 0)      # Sr: the host swaps them
+            pick = resident[rng.random(resident.size) < 0.3]
+            if pick.size:
+                g.fault_service.swap_out(g.mem, pick, host_swap)
         elif op == "map":
             g.map_writable(path, off, b * 100)
             mapped.append((path, off, b * 100))
@@ -159,18 +165,22 @@ def test_random_sequences_with_unused_discards_lose_nothing(ops, seed):
 @pytest.mark.parametrize("mode", ["transparent", "guest"])
 def test_random_sequences_with_volatile_discards_lose_nothing(mode):
     svc = fault_service_or_skip()
+    host_swap = gphint.HostSwap("16M") if svc.can_swap else None
     try:
         @settings(max_examples=int(os.environ.get("GPHINT_EXAMPLES", 10)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
         @given(ops=OPS, seed=st.integers(0, 1000))
         def check(ops, seed):
             with Guest("4M", seed=seed, workload=None, file_bytes="6M", discard_mode=mode,
                        fault_service=svc) as g:
-                run_sequence(g, ops, np.random.default_rng(seed), volatile_discards=True)
+                run_sequence(g, ops, np.random.default_rng(seed), volatile_discards=True,
+                             host_swap=host_swap)
                 g.sync()
                 assert g.verify() == 0
         check()
     finally:
         svc.stop()
+        if host_swap is not None:
+            host_swap.close()
 
 
 def test_verify_catches_a_corrupted_page():
@@ -290,3 +300,51 @@ def test_pot_volatile_pages_with_real_dirty_tracking(svc):
         with open(g.files.path(fid), "rb") as f:
             assert f.read(4 * PAGE_SIZE) == g.read(path, 0, 4 * PAGE_SIZE)
         assert g.verify() == 0
+
+
+@pytest.mark.parametrize("mode", ["transparent", "guest"])
+def test_workload_with_a_concurrent_host_thread_loses_nothing(svc, mode):
+    """The host discards (and, where it can, swaps) in its own thread while the guest runs its
+    workload: the state protocol must keep every page right."""
+    import threading
+    host_swap = gphint.HostSwap("32M") if svc.can_swap else None
+    with Guest("8M", seed=8, workload="mixed", file_bytes="16M", fault_service=svc,
+               discard_mode=mode) as g:
+        stop = threading.Event()
+        errors = []
+        counts = {"discarded": 0, "swapped": 0, "refused": 0}
+
+        def host():
+            rng = np.random.default_rng(1)
+            try:
+                while not stop.is_set():
+                    s = g.mem.states & 0x0F
+                    cand = np.flatnonzero(np.isin(s, (U, V, P)))
+                    if cand.size:
+                        try:
+                            counts["discarded"] += g.mem.discard(cand[rng.random(cand.size) < 0.3])
+                        except gphint.StateError:
+                            # the guest made one of them stable since the snapshot: refused
+                            # whole, nothing discarded -- the protocol working, not a failure
+                            counts["refused"] += 1
+                    if host_swap is not None and host_swap.free_slots > 256:
+                        sr = np.flatnonzero(s == 0)
+                        counts["swapped"] += svc.swap_out(g.mem, sr[rng.random(sr.size) < 0.05][:128],
+                                                          host_swap)
+            except Exception as e:          # reported below, never swallowed
+                errors.append(e)
+
+        t = threading.Thread(target=host)
+        t.start()
+        try:
+            for _ in range(10):
+                g.step(100)
+        finally:
+            stop.set()
+            t.join()
+        assert not errors, errors
+        assert counts["discarded"] > 0
+        assert g.verify() == 0
+        svc.check()
+    if host_swap is not None:
+        host_swap.close()
