@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from gphint.guest.files import FileSet
@@ -117,3 +118,43 @@ def test_batched_hinting_target(benchmark, file_root, workload):
         workload, ", ".join("%s %.0f" % (c, NOPS[workload] / t) for c, t in best.items()),
         ", ".join("%s %.3f" % kv for kv in ratios.items())))
     assert min(ratios["batch32"], ratios["batch256"]) >= TARGET_RATIO, ratios
+
+
+@pytest.mark.parametrize("mode", ["transparent", "guest"])
+def test_discard_fault_modes(benchmark, file_root, mode):
+    """Both ways to take a discard fault, measured: a warmed fileserver guest whose VOLATILE
+    pages the host has just discarded (setup, outside the timer) runs nops operations.
+    transparent: the fault service reloads each discarded page from its file on access;
+    guest: the guest drops discarded pages and reads them again as ordinary misses."""
+    from gphint import caps
+    if not (caps.has("compiled") and caps.has("userfaultfd")):
+        pytest.skip("needs the C fault service (compiled mechanism and userfaultfd)")
+    from gphint.faults import FaultService
+    svc = FaultService()
+    g = Guest("%dM" % GUEST_MB, files=file_root, seed=1, workload="fileserver",
+              discard_mode=mode, fault_service=svc)
+    before = {}
+    try:
+        g.step(NOPS["fileserver"])                      # warm: the cache is full and VOLATILE
+
+        def setup():
+            g.allocator.flush_hints()
+            vol = np.flatnonzero((g.mem.states & 0x0F) == 0x0C)
+            g.mem.discard(vol)
+            before.update(svc.stats(g.mem), **g.cache.stats)
+            before["discarded"] = vol.size
+            return (), {}
+
+        benchmark.group = "guest %d MiB, discard-fault modes" % GUEST_MB
+        benchmark.pedantic(lambda: g.step(NOPS["fileserver"]), setup=setup, rounds=3, iterations=1)
+        after = svc.stats(g.mem)
+        assert g.verify() == 0
+        benchmark.extra_info.update({
+            "mode": mode, "ops": NOPS["fileserver"], "discarded": before["discarded"],
+            "ops_per_s": round(NOPS["fileserver"] / benchmark.stats.stats.min, 1),
+            "file_reloads": after["file_reloads"] - before["file_reloads"],
+            "misses": g.cache.stats["misses"] - before["misses"],
+            "dropped": g.cache.stats["dropped_discarded"] - before["dropped_discarded"]})
+    finally:
+        g.close()
+        svc.stop()
