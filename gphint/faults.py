@@ -26,8 +26,9 @@ from .units import parse_size
 
 MODES = ("auto", "full", "user_mode_only")
 WINDOW_MAX = 2 << 20
-STAT_FIELDS = ("discard_faults", "zero_fills", "file_reloads", "swap_ins", "pages_served",
-               "bytes_served", "fault_around_hits", "lost_pages")
+_POT_VOLATILE = int(PageState.POT_VOLATILE)
+_NO_SLOTS = np.zeros(0, dtype=np.int64)
+_NO_USED = np.zeros(0, dtype=np.uint8)
 
 
 class ReloadError(SyscallError):
@@ -105,6 +106,7 @@ class FaultService:
         self._lock = threading.Lock()
         self._errors_raised = 0
         self.swap = swap
+        self._preserved = 0     # POT_VOLATILE pages found written at discard, preserved instead
         self._swaps = {}        # store id -> HostSwap this service wrote to (slot bookkeeping)
         if swap is not None:
             self._swaps[swap.id] = swap
@@ -213,18 +215,23 @@ class FaultService:
         stay).  Pages that changed state meanwhile are skipped.  Returns pages discarded."""
         self._check_running()
         reg = self._reg(mem)
-        idx = np.unique(np.asarray(idx, dtype=np.int64))
+        idx = np.asarray(idx, dtype=np.int64)
+        if idx.size > 1 and not (idx[1:] > idx[:-1]).all():   # the C runs want ascending, unique
+            idx = np.unique(idx)
         advice_code, submit_code = mem._advice(advice), mem._submit(submit)
         if submit_code == 2 and not caps.has("process_madvise"):
             submit_code = 1
             mem.stats["vectored_fallbacks"] += 1
         pidfd = self_pidfd() if submit_code == 2 else -1
-        npot = int(np.count_nonzero((mem._states[idx] & USAGE_MASK) == PageState.POT_VOLATILE))
-        swap = self.swap if (npot and self.swap is not None and not self.swap.closed) else None
-        if swap is not None:
-            self._swaps[swap.id] = swap
-        slots = swap.alloc(npot) if swap is not None else np.zeros(0, dtype=np.int64)
-        used = np.zeros(slots.size, dtype=np.uint8)
+        swap, slots, used = None, _NO_SLOTS, _NO_USED
+        if self.swap is not None and not self.swap.closed:
+            # slots for the POT_VOLATILE pages the host may find written (then preserved)
+            npot = int(np.count_nonzero((mem._states[idx] & USAGE_MASK) == _POT_VOLATILE))
+            if npot:
+                swap = self.swap
+                self._swaps[swap.id] = swap
+                slots = swap.alloc(npot)
+                used = np.zeros(slots.size, dtype=np.uint8)
         try:
             discarded, preserved = self._thread.host_discard(reg.rid, idx, advice_code, submit_code, pidfd,
                                                              swap.id if swap is not None else 0, slots, used)
@@ -233,7 +240,7 @@ class FaultService:
                 swap.free(slots[used == 0])
         mem.stats["discard_calls"] += 1
         mem.stats["discarded_pages"] += discarded
-        self._preserved = getattr(self, "_preserved", 0) + preserved
+        self._preserved += preserved
         return discarded
 
     def swap_out(self, mem, pages, swap=None):
@@ -304,7 +311,7 @@ class FaultService:
         d["latency_p50_ns"] = _percentile_ns(hist, 0.50)
         d["latency_p99_ns"] = _percentile_ns(hist, 0.99)
         if mem is None:
-            d["preserved_at_discard"] = getattr(self, "_preserved", 0)
+            d["preserved_at_discard"] = self._preserved
         return d
 
     def check(self):
