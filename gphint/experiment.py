@@ -38,7 +38,8 @@ class RunConfig:
     guests: int = 4
     guest_mem_bytes: int = 64 << 20
     host_mem_bytes: int = None
-    duration_s: float = 10.0
+    duration_s: float = 10.0        # workload time; with ops_per_guest: only a cap
+    ops_per_guest: int = None       # each busy guest runs this many operations, then stops
     seed: int = 1
     files: str = None
     discard_mode: str = "transparent"
@@ -64,6 +65,8 @@ class RunConfig:
             raise ConfigError("--guests must be >= 1, got %d" % self.guests)
         if not self.duration_s > 0:
             raise ConfigError("--duration must be > 0 seconds, got %r" % self.duration_s)
+        if self.ops_per_guest is not None and self.ops_per_guest < 1:
+            raise ConfigError("--ops must be >= 1, got %r" % self.ops_per_guest)
         if self.files is not None and not os.path.isdir(self.files):
             raise ConfigError("--files %r is not a directory" % self.files)
         if self.host_mem_bytes is not None and self.host_mem_bytes < 4 * (2 << 20):
@@ -97,6 +100,8 @@ class RunConfig:
             args.append("--no-probe")
         if self.status_path:
             args += ["--status", self.status_path]
+        if self.ops_per_guest is not None:
+            args += ["--ops", str(self.ops_per_guest)]
         return args
 
 
@@ -150,9 +155,16 @@ class Runner:
         self.host = Host(self.guests, cfg.host_mem_bytes, self.spec, fault_service=self.svc,
                          interval_s=cfg.interval_s, sample_interval_s=cfg.sample_interval_s)
 
+    def _busy(self, g):
+        """Has this guest work left?  Idle guests never do; with ops_per_guest, a guest that
+        did its share is idle from then on."""
+        target = self.config.ops_per_guest
+        return not self.api.is_idle(g) and (target is None or self.ops_by_guest[id(g)] < target)
+
     def _schedule(self, g, now, last):
-        """Run one guest for `nops` operations, if it is its turn; returns ops done."""
-        if self.api.is_idle(g) and now - last.get(id(g), -1e9) < self.config.idle_sched_s:
+        """Run one guest for `nops` operations, if it is its turn; returns ops done.
+        A guest without work is scheduled at most every idle_sched_s (it sleeps)."""
+        if not self._busy(g) and now - last.get(id(g), -1e9) < self.config.idle_sched_s:
             return 0
         last[id(g)] = now
         host = self.host
@@ -161,6 +173,7 @@ class Runner:
             ops = self.api.step(g, self.config.nops)
         if host.over_budget():
             host.step()     # direct reclaim: the guest waits for the host, as in the kernel
+        self.ops_by_guest[id(g)] += ops
         return ops
 
     def run(self):
@@ -170,23 +183,29 @@ class Runner:
         host.record(force=True)
         host.start()
         ops, last = 0, {}
+        self.ops_by_guest = {id(g): 0 for g in self.guests}
+        counted = [g for g in self.guests if not self.api.is_idle(g)] or self.guests
         next_status = wall0
         end = wall0 + cfg.duration_s
+        self.finished_by = "duration"
         try:
             while True:
                 now = time.monotonic()
                 if now >= end:
+                    break
+                if cfg.ops_per_guest is not None and not any(self._busy(g) for g in counted):
+                    self.finished_by = "ops"
                     break
                 with host.lock:
                     host.guest_timers()      # guest timers fire whether or not a guest runs
                 for g in self.guests:
                     ops += self._schedule(g, now, last)
                 if self.progress:
-                    self.progress(min(now - wall0, cfg.duration_s))
+                    self.progress(self._fraction(now - wall0, counted))
                 if cfg.status_path and now >= next_status:
                     next_status = now + STATUS_INTERVAL_S
                     self.write_status(now - wall0)
-                if not any(not self.api.is_idle(g) for g in self.guests):
+                if not any(self._busy(g) for g in self.guests):
                     time.sleep(0.005)
             wall_s = time.monotonic() - wall0
             probe = self.probe() if cfg.probe and cfg.mode == "proactive" else None
@@ -199,6 +218,13 @@ class Runner:
         guest_thread_s = time.thread_time() - thread0 - host.cpu_s_by_thread.get(me, 0.0)
         process_s = _process_cpu_s() - cpu0
         return self.record(ops, wall_s, guest_thread_s, process_s, probe)
+
+    def _fraction(self, elapsed_s, counted):
+        """How far the run is, 0..1: by time, or by the slowest busy guest's ops."""
+        f = elapsed_s / self.config.duration_s
+        if self.config.ops_per_guest is not None:
+            f = max(f, min(self.ops_by_guest[id(g)] for g in counted) / self.config.ops_per_guest)
+        return min(f, 1.0)
 
     # --- proactive-mode headline: time from a guest's free to the host's RSS drop ----------------
     def probe(self):
@@ -275,6 +301,7 @@ class Runner:
         timeline = host.timeline
         touched = sum(s.residency.touched_npages for s in host.slots) * PAGE_SIZE
         resident_end = host.resident_npages * PAGE_SIZE
+        census = self.api.census(self.guests)      # before verify() reads every page back
         integrity = int(sum(self.api.verify(g) for g in self.guests))
         rec = {
             "strategy": str(self.spec), "strategy_name": self.spec.name,
@@ -302,14 +329,14 @@ class Runner:
             "discard_syscalls": int(sum(m.stats["discard_calls"] for m in mems)),
             "guest_cpu_s": round(guest_cpu_s, 4),
             "host_cpu_s": round(max(0.0, process_cpu_s - guest_cpu_s), 4),
-            "ops": int(ops), "wall_s": round(wall_s, 4),
+            "ops": int(ops), "wall_s": round(wall_s, 4), "finished_by": self.finished_by,
             "ops_per_s": round(ops / wall_s, 2) if wall_s > 0 else 0.0,
             "budget_overruns": hs["budget_overruns"],
             "over_budget_samples": (sum(1 for t in timeline if t[2] > self.config.host_mem_bytes)
                                     if self.config.host_mem_bytes else 0),
             "host": {k: v for k, v in hs.items() if k not in ("discarded_pages",)},
             "proactive_probe": probe,
-            "census_end": self.api.census(self.guests),
+            "census_end": census,
             "integrity_errors": integrity,
             "timeline_fields": ["t_s", "rss_bytes", "guest_resident_bytes", "host_swap_bytes"],
             "timeline": timeline,
@@ -356,6 +383,11 @@ def write_json(path, doc):
     os.replace(tmp, path)
 
 
+def _child_fraction(config, elapsed_s):
+    """Progress of a child by its elapsed time (what the parent can see), 0..1."""
+    return min(elapsed_s / config.duration_s, 0.99)
+
+
 def compare(config, strategies, progress=None, debug=False):
     """Each strategy in a fresh child process; returns the list of records (an error record,
     with `error`, for a strategy that failed -- the others still run)."""
@@ -371,7 +403,7 @@ def compare(config, strategies, progress=None, debug=False):
             t0 = time.monotonic()
             while proc.poll() is None:
                 if progress:
-                    progress(i, spec, min(time.monotonic() - t0, config.duration_s))
+                    progress(i, spec, _child_fraction(config, time.monotonic() - t0))
                 time.sleep(0.1)
             err = proc.stderr.read().strip()
             proc.stderr.close()

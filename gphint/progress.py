@@ -10,19 +10,19 @@ def enabled(quiet):
 
 
 class Bar:
-    """A bar over `total` units (seconds of a run); `update_to(x)` moves it to x."""
+    """A bar from 0 to 100 (percent done); `update_to(percent)` moves it forward."""
 
-    def __init__(self, total, desc, quiet=False, unit="s"):
-        self._bar = tqdm(total=round(total, 1), desc=desc, unit=unit, leave=False, file=sys.stderr,
-                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} {unit}",
+    def __init__(self, desc, quiet=False):
+        self._bar = tqdm(total=100, desc=desc, leave=False, file=sys.stderr,
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
                          disable=not enabled(quiet))
-        self._at = 0.0
+        self._at = 0
 
-    def update_to(self, x):
-        x = round(x, 1)
-        if x > self._at:
-            self._bar.update(x - self._at)
-            self._at = x
+    def update_to(self, percent):
+        percent = int(min(percent, 100))
+        if percent > self._at:
+            self._bar.update(percent - self._at)
+            self._at = percent
 
     def describe(self, desc):
         self._bar.set_description_str(desc)

@@ -8,7 +8,8 @@ JSON, so that no number in them is ever typed by hand.
 
 One table per benchmark group (pytest-benchmark's `group`, else the bench file); a row per
 case: its name, the median and fastest round, and every number in the case's extra_info
-(ns_per_page, pages, syscalls...).  --write replaces the text between the markers
+(ns_per_page, pages, syscalls...).  A gphint results file (`gphint compare/demo --json`) is
+rendered as its comparison table, in a group named after the file (results/demo.json: "demo").  --write replaces the text between the markers
 `<!-- bench:GROUP -->` and `<!-- /bench:GROUP -->` in FILE and leaves the rest alone.
 
 Sample output:
@@ -21,19 +22,40 @@ Sample output:
 """
 import argparse
 import json
+import os
 import re
 import sys
 
 
+def results_table(path, doc):
+    """A gphint results document -> (group, markdown) via gphint.report."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from gphint import report
+    env = doc["env"]
+    group = os.path.splitext(os.path.basename(path))[0]
+    text = "\n".join(["### %s" % group, "_machine: Linux %s %s, %s CPUs; python %s; gphint %s, %s; "
+                      "commit %s_" % (env["kernel"], env["machine"], env["cpu_count"], env["python"],
+                                      env["gphint_version"], env["mechanism"],
+                                      (env.get("git_commit") or "?")[:7]), "",
+                      report.summary(doc) + ":", "", report.markdown_table(doc["results"])])
+    return group, text
+
+
 def load(paths):
-    benches, machine, commit = [], {}, {}
+    benches, machine, commit, runs = [], {}, {}, {}
+    doc = {}
     for p in paths:
         with open(p) as f:
-            doc = json.load(f)
+            d = json.load(f)
+        if "results" in d and "config" in d:
+            group, text = results_table(p, d)
+            runs[group] = text
+            continue
+        doc = d
         benches += doc.get("benchmarks", [])
         machine = doc.get("machine_info", machine)
         commit = doc.get("commit_info", commit)
-    return benches, machine, commit, (doc.get("datetime") or "")[:10] if paths else ""
+    return benches, machine, commit, (doc.get("datetime") or "")[:10], runs
 
 
 def group_of(b):
@@ -71,17 +93,19 @@ def table(group, benches, machine, commit, date):
 
 
 def render(paths, groups=None):
-    benches, machine, commit, date = load(paths)
+    benches, machine, commit, date, runs = load(paths)
     by = {}
     for b in benches:
         by.setdefault(group_of(b), []).append(b)
+    tables = {g: table(g, bs, machine, commit, date) for g, bs in by.items()}
+    tables.update(runs)
     if groups:
-        missing = [g for g in groups if g not in by]
+        missing = [g for g in groups if g not in tables]
         if missing:
             raise ValueError("no benchmarks in group(s) %s (found: %s)"
-                             % (", ".join(missing), ", ".join(sorted(by)) or "none"))
-        by = {g: by[g] for g in groups}
-    return {g: table(g, bs, machine, commit, date) for g, bs in by.items()}
+                             % (", ".join(missing), ", ".join(sorted(tables)) or "none"))
+        tables = {g: tables[g] for g in groups}
+    return tables
 
 
 def write(path, tables):

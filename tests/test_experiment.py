@@ -137,3 +137,13 @@ def test_config_round_trips_through_cli_args():
     cfg = config(host_mem_bytes=24 << 20, files=None, probe=False)
     args = build_parser().parse_args(["run", "--strategy", "cmma"] + cfg.cli_args())
     assert config_from(args).to_dict() == cfg.to_dict()
+
+
+def test_fixed_work_ends_by_ops_and_is_identical_across_strategies():
+    cfg = config(ops_per_guest=300, duration_s=60.0, probe=False)
+    recs = [run_one(cfg, s) for s in ("none", "cmma")]
+    for rec in recs:
+        assert rec["finished_by"] == "ops" and rec["wall_s"] < 60
+        # two busy guests, each scheduled nops=64 at a time until it passed 300
+        assert rec["ops"] == 2 * 320
+    check_document(results_document(cfg, recs))

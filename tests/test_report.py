@@ -38,7 +38,9 @@ def test_summary_names_mode_and_overcommit(doc):
     s = report.summary(doc)
     assert s.startswith("proactive mode, 2 x 16.0 MiB guests, workload mixed")
     d = dict(doc, config=dict(doc["config"], host_mem_bytes=16 << 20, mode="pressure"))
-    assert "2.0x overcommit" in report.summary(d)
+    touched = doc["results"][0]["guest_touched_bytes"]
+    assert "host budget 16.0 MiB (2.0x guest memory, %.1fx what the guests touched)" % (
+        touched / (16 << 20)) in report.summary(d)
 
 
 def test_plot_renders(doc, tmp_path):

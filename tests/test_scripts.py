@@ -83,3 +83,16 @@ def test_watch_without_a_run_is_one_line_exit_2(tmp_path):
     r = script("watch.py", str(tmp_path / "none.json"), "--wait", "0.3")
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "--status" in r.stderr
     assert time.monotonic() - t0 < 10
+
+
+def test_bench_tables_renders_a_results_file(tmp_path):
+    """A `gphint compare --json` file becomes its comparison table (group = file name)."""
+    from gphint.experiment import RunConfig, results_document, run_one, write_json
+    cfg = RunConfig(guests=1, guest_mem_bytes=16 << 20, duration_s=0.5, probe=False)
+    path = str(tmp_path / "mini.json")
+    write_json(path, results_document(cfg, [run_one(cfg, "unused")]))
+    r = script("bench_tables.py", path, "--group", "mini")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "### mini" and "proactive mode, 1 x 16.0 MiB guests" in r.stdout
+    assert any(l.startswith("| unused |") for l in lines)
