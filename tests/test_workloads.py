@@ -86,3 +86,14 @@ def test_hinting_off_changes_no_page_state():
         assert set(g.census()) == {"Sr"}
         assert g.mem.stats["hint_ops"] == 0
         assert g.verify() == 0
+
+
+def test_fileserver_over_a_real_tree():
+    """files=DIR: a real directory (the stdlib's email package) is read through the cache."""
+    import email
+    import os
+    root = os.path.dirname(email.__file__)
+    with Guest("8M", files=root, seed=9, workload="fileserver") as g:
+        assert g.step(400) == 400
+        assert g.cache.stats["fills"] > 0
+        assert g.verify() == 0

@@ -15,9 +15,10 @@ import os
 
 import numpy as np
 
+from .._mechanism import mech
 from ..errors import ConfigError, GphintError
-from ..states import PageState
-from .content import PAGE_SIZE
+from ..states import CONTENT_MASK, HostState, PageState
+from .content import PAGE_SIZE, generate, mismatching
 from .files import pread_into
 
 S, P, V = int(PageState.STABLE), int(PageState.POT_VOLATILE), int(PageState.VOLATILE)
@@ -131,8 +132,6 @@ def mark_touched(mem, frames):
     resident here -- otherwise a later S -> V would be refused for content the guest owns."""
     if mem.fault_service is not None or len(frames) == 0:
         return
-    from .._mechanism import mech
-    from ..states import CONTENT_MASK, HostState
     frames = np.asarray(frames, dtype=np.int64)
     zero = frames[(mem.states[frames] & CONTENT_MASK) == int(HostState.ZERO)]
     if zero.size:
@@ -432,7 +431,6 @@ class PageCache(GuestPart):
         frames = self._stable_frames(fid, pages, DIRTY | UPTODATE)
         _, version = self._tables(fid, int(pages[-1]) + 1)
         if data is None:
-            from .content import generate
             end = int(pages[-1] + 1) * PAGE_SIZE
             nxt = np.maximum(version[pages], 0) + 1
             self._forget_shadow(fid, pages)
@@ -562,7 +560,6 @@ class PageCache(GuestPart):
         host demoted meanwhile (clean P discarded: Vz; dirty P preserved: Sp) are taken back to
         STABLE first -- a store into a VOLATILE page could be discarded -- and hinted
         POT_VOLATILE again afterwards."""
-        from .content import generate
         fid, offset, length = self._range(path, offset, length)
         if length == 0:
             return 0
@@ -600,20 +597,17 @@ class PageCache(GuestPart):
         frames = frames[(self.table.flags[frames] & MAPPED_WRITABLE) != 0]
         if frames.size == 0:
             return 0
-        saved = self.table.flags[frames].copy()
-        self.table.flags[frames] |= LOCKED              # lock_page: hold it stable meanwhile
-        self._settle_cached(frames)
+        # a mapped page stays in the cache (the mapping holds it): one the host discarded is
+        # reloaded in either discard mode, never dropped
+        self.table.flags[frames] |= HELD
+        self.hinter.stabilise(frames, self._reload)
         svc = self.mem.fault_service
         if self.hinter.pot_volatile_ok and svc is not None:
-            written = np.asarray(svc.dirty_pages(self.mem, frames), dtype=bool).reshape(-1)
-            if written.dtype == bool and written.size == frames.size:
-                dirty = frames[written]
-            else:                                        # an index array of written pages
-                dirty = np.intersect1d(frames, np.asarray(svc.dirty_pages(self.mem, frames)))
+            dirty = frames[np.asarray(svc.dirty_pages(self.mem, frames), dtype=bool)]
             svc.clear_dirty(self.mem, frames)
         else:
             dirty = frames          # no dirty tracking: every mapped page may have been written
-        self.table.flags[frames] = saved
+        self.table.flags[frames] &= ~FLAG_DTYPE(HELD)
         self.table.flags[dirty] |= DIRTY
         self.stats["mapped_dirty"] += int(dirty.size)
         self.writeback(dirty)
@@ -624,7 +618,6 @@ class PageCache(GuestPart):
     def expected(self, fid, pages):
         """(n, PAGE_SIZE) content pages of fid must hold: original bytes, generated version, or
         the shadow of a user write."""
-        from .content import generate
         pages = np.asarray(pages, dtype=np.int64)
         _, version = self._tables(fid, int(pages.max()) + 1 if pages.size else 0)
         v = version[pages]
@@ -642,7 +635,6 @@ class PageCache(GuestPart):
     def verify(self):
         """Mismatching pages: every cached frame against its expected content (read through
         the real fault path), and every written file's clean pages on disk."""
-        from .content import mismatching
         bad = 0
         frames = self.cached_frames()
         fids = self.table.owner[frames]
