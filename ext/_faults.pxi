@@ -243,6 +243,14 @@ cdef class FaultThread:
             rc = gph_service_drain(s, region, &out[0], out.shape[0])
         return max(rc, 0)
 
+    def reclaim_slots(self, int region, int32_t swap_id):
+        """Free slots of preserved pages the guest gave up.  Returns how many."""
+        cdef long rc
+        cdef gph_service *s = self._svc()
+        with nogil:
+            rc = gph_service_reclaim_slots(s, region, swap_id)
+        return max(rc, 0)
+
     def host_discard(self, int region, const int64_t[::1] pages, int advice, int submit, int pidfd,
                      int32_t swap_id, const int64_t[::1] slots, uint8_t[::1] used_slots):
         """Protocol discard of U/V/P pages.  Returns (discarded, preserved)."""

@@ -703,6 +703,39 @@ long gph_service_error(struct gph_service *s, struct gph_fault_error *out)
     return n;
 }
 
+long gph_service_reclaim_slots(struct gph_service *s, int rid, int32_t swap_id)
+{
+    if (rid < 0 || rid >= GPH_MAX_REGIONS)
+        return -ENOENT;
+    long freed = 0;
+    pthread_rwlock_rdlock(&s->lock);
+    struct gph_region *r = &s->regions[rid];
+    if (!r->active) {
+        pthread_rwlock_unlock(&s->lock);
+        return -ENOENT;
+    }
+    for (int64_t p = 0; p < r->d.npages; p++) {
+        if (__atomic_load_n(&r->d.swap_store[p], __ATOMIC_ACQUIRE) != swap_id)
+            continue;
+        uint8_t st = __atomic_load_n(&r->d.states[p], __ATOMIC_ACQUIRE);
+        /* a preserved page still needs its slot; a held one is the host's or the fault
+         * thread's business (they free or set records only while holding the page) */
+        if ((st & GPH_FLAG_MASK) || (st & GPH_CONTENT_MASK) == GPH_CONTENT_PRESERVED)
+            continue;
+        if (!__atomic_compare_exchange_n(&r->d.states[p], &st, (uint8_t)(st | GPH_FLAG_SERVING), 0,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            continue;
+        if (__atomic_load_n(&r->d.swap_store[p], __ATOMIC_ACQUIRE) == swap_id) {
+            gph_store_free_slots_(swap_id, __atomic_load_n(&r->d.swap_slot[p], __ATOMIC_ACQUIRE), 1);
+            __atomic_store_n(&r->d.swap_store[p], 0, __ATOMIC_RELEASE);
+            freed++;
+        }
+        __atomic_fetch_and(&r->d.states[p], (uint8_t)~GPH_FLAG_SERVING, __ATOMIC_ACQ_REL);
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return freed;
+}
+
 long gph_service_drain(struct gph_service *s, int rid, int64_t *out, size_t cap)
 {
     if (rid < 0 || rid >= GPH_MAX_REGIONS || !s->regions[rid].active)

@@ -156,6 +156,9 @@ void gph_service_destroy(struct gph_service *s);
 long gph_service_stats(struct gph_service *s, int region, struct gph_fault_stats *out);
 long gph_service_error(struct gph_service *s, struct gph_fault_error *out);
 long gph_service_drain(struct gph_service *s, int region, int64_t *out, size_t cap);
+/* Free the swap slots of pages the guest gave up while preserved (Sp -> Uz/Vz, never accessed
+ * since).  Returns slots freed. */
+long gph_service_reclaim_slots(struct gph_service *s, int region, int32_t swap_id);
 int gph_service_uffd(struct gph_service *s);
 
 /* --- host side (hostops.c): discard and swap-out under the protocol --- */

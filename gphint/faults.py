@@ -263,6 +263,11 @@ class FaultService:
         if idx.size == 0:
             return 0
         slots = swap.alloc(idx.size)
+        if slots.size < idx.size:
+            # preserved pages the guest gave up since (Sp -> Uz/Vz) still hold slots: take them back
+            swap.free(slots)
+            self.reclaim_slots(swap)
+            slots = swap.alloc(idx.size)
         if slots.size == 0:
             raise SwapFull("host swap %r is full (%d slots)" % (swap, swap.nslots))
         used = np.zeros(slots.size, dtype=np.uint8)
@@ -271,6 +276,11 @@ class FaultService:
         finally:
             swap.free(slots[used == 0])
         return n
+
+    def reclaim_slots(self, swap):
+        """Free swap slots still held by pages the guest gave up while they were preserved
+        (Sp -> Uz/Vz without a later access).  swap_out calls this when slots run short."""
+        return sum(self._thread.reclaim_slots(reg.rid, swap.id) for reg in list(self._regs.values()))
 
     # --- guest-facing results -----------------------------------------------------------------
     def drain_discarded(self, mem):

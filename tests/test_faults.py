@@ -231,6 +231,16 @@ def test_guest_gives_up_a_preserved_page(mem, svc):
     assert (mem.frames[:4] == 0).all()                      # don't-care reads as zero
     assert (mem.frames[4:8] == 0x33).all()
     assert swap.used_slots == 0                             # the dropped copies' slots too
+    # given up and never touched again: the slot is reclaimed when swap runs short
+    full = HostSwap("32K")                                  # 8 slots
+    mem.set_state(np.arange(8), "stable")
+    assert svc.swap_out(mem, np.arange(8), full) == 8
+    mem.set_state(np.arange(8), "unused")                   # Sp -> Uz, no access
+    assert full.used_slots == 8
+    mem.frames[10:18] = 0x44
+    assert svc.swap_out(mem, np.arange(10, 18), full) == 8  # reclaimed the 8 stale slots
+    assert (mem.frames[10:18] == 0x44).all() and (mem.frames[:8] == 0).all()
+    full.close()
     swap.close()
 
 
