@@ -119,7 +119,9 @@ def cmd_demo(args):
 
 
 def _run_options(sp, duration, guests, guest_mem, host_mem=None, ops=None):
-    sp.add_argument("--workload", default="mixed", help="guest workload (default: mixed)")
+    sp.add_argument("--workload", default="mixed",
+                    help="guest workload, or a comma-separated list dealt out to the guests in turn "
+                         "(default: mixed = fileserver,build,database,idle,churn)")
     sp.add_argument("--guests", type=int, default=guests, help="number of guests (default: %(default)s)")
     sp.add_argument("--guest-mem", default=guest_mem, metavar="SIZE",
                     help="memory of each guest (default: %(default)s)")

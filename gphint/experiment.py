@@ -57,10 +57,13 @@ class RunConfig:
         return "proactive" if self.host_mem_bytes is None else "pressure"
 
     def validate(self):
-        from .host.guests import workload_names
+        from .host.guests import workload_list, workload_names
         names = workload_names()
-        if self.workload not in names:
-            raise ConfigError("unknown workload %r (expected one of %s)" % (self.workload, ", ".join(names)))
+        listed = workload_list(self.workload) if self.workload != "mixed" else ["mixed"]
+        bad = [w for w in listed if w not in names] or ([] if listed else [self.workload])
+        if bad:
+            raise ConfigError("unknown workload %r (expected one of %s, or a comma-separated list "
+                              "dealt out to the guests in turn)" % (bad[0], ", ".join(names)))
         if self.guests < 1:
             raise ConfigError("--guests must be >= 1, got %d" % self.guests)
         if not self.duration_s > 0:

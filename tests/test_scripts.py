@@ -15,7 +15,7 @@ def script(name, *args, timeout=120, **kw):
 
 
 def test_every_script_has_a_docstring_with_sample_output():
-    for name in ("bench_tables.py", "watch.py"):
+    for name in ("bench_tables.py", "watch.py", "balloon_latency.py"):
         text = open(os.path.join(SCRIPTS, name)).read()
         assert text.startswith("#!/usr/bin/env python3\n\"\"\"") and "Sample output" in text
         assert os.access(os.path.join(SCRIPTS, name), os.X_OK)
@@ -96,3 +96,25 @@ def test_bench_tables_renders_a_results_file(tmp_path):
     lines = r.stdout.splitlines()
     assert lines[0] == "### mini" and "proactive mode, 1 x 16.0 MiB guests" in r.stdout
     assert any(l.startswith("| unused |") for l in lines)
+
+
+def test_balloon_latency_sweep(tmp_path):
+    from gphint.host.hostswap import fault_service_available
+    out = tmp_path / "bl.json"
+    r = script("balloon_latency.py", "--guests", "2,3", "--ops", "2000", "--json", str(out))
+    if not fault_service_available()[0]:
+        # the sweep runs under a budget: without the fault service it must say why, in a line
+        assert r.returncode == 2 and "host swap" in r.stderr and len(r.stderr.splitlines()) == 1
+        return
+    assert r.returncode == 0, r.stderr
+    docs = json.loads(out.read_text())
+    rows = [l for l in r.stdout.splitlines() if l.startswith("| ") and l[2].isdigit()]
+    assert [l.split("|")[1].strip() for l in rows] == ["2", "3"]
+    for row, doc in zip(rows, docs):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        rec = doc["results"][0]
+        assert rec["strategy"] == "balloon" and rec["integrity_errors"] == 0
+        assert int(cells[1]) == doc["config"]["workload"].count("idle") == int(cells[0]) - 1
+        assert int(cells[2]) == rec["host"]["balloon_requests"]
+    r = script("balloon_latency.py", "--guests", "1")
+    assert r.returncode == 2 and "--guests" in r.stderr and len(r.stderr.splitlines()) == 1

@@ -28,20 +28,23 @@ def _guest_module():
 
 
 def workload_names():
-    """Valid --workload values: the guest layer's WORKLOADS plus 'mixed'."""
-    try:
-        from ..guest.workloads import WORKLOADS
-    except ImportError:
-        return ("mixed",) + MIXED_CYCLE
+    """Valid single --workload names: the guest layer's WORKLOADS plus 'mixed'."""
+    from ..guest.workloads import WORKLOADS
     names = tuple(WORKLOADS)
     return names if "mixed" in names else names + ("mixed",)
 
 
+def workload_list(workload):
+    """'mixed' -> the mixed cycle; 'database,idle,idle' -> that list; 'fileserver' -> [it]."""
+    if workload == "mixed":
+        return list(MIXED_CYCLE)
+    return [w.strip() for w in workload.split(",") if w.strip()]
+
+
 def workload_for(index, workload):
-    """The workload of guest `index`: 'mixed' cycles through the others (guest 0 busy first)."""
-    if workload != "mixed":
-        return workload
-    return MIXED_CYCLE[index % len(MIXED_CYCLE)]
+    """The workload of guest `index`: lists (and 'mixed') are dealt out to guests in turn."""
+    names = workload_list(workload)
+    return names[index % len(names)]
 
 
 def fault_service():

@@ -8,9 +8,10 @@ touches nothing else.
 The loop (`step`) is: sample residency -> let the strategy take what it is told is free ->
 if over budget, reclaim by the strategy's hint tiers -> host-swap the rest, oldest resident
 first.  `start()` runs it in a thread every `interval_s`; tests call `step()` directly.
-Guest code and the host loop are serialised by `host.lock` when `exclusive=True` (default):
-the runner holds it around each guest step, so a host pick can never race a guest
-allocation of the same page on a lower layer that has no race-free protocol.
+Guest code and the host loop are serialised by `host.lock`: the runner holds it around each
+guest step, so the host's picture of the states (one mincore + state snapshot per pass) is
+never stale while it acts on it.  The C state protocol underneath makes a race safe anyway;
+the lock keeps the accounting (what was taken, by which tier) exact.
 """
 import threading
 import time
@@ -65,8 +66,7 @@ class Host:
     resident memory (None: proactive mode) and a reclaim `strategy` spec."""
 
     def __init__(self, guests, budget=None, strategy="cmma", *, fault_service=None, swap=None,
-                 interval_s=0.02, headroom=0.02, sample_interval_s=0.1, exclusive=True,
-                 clock=time.monotonic):
+                 interval_s=0.02, headroom=0.02, sample_interval_s=0.1, clock=time.monotonic):
         if not guests:
             raise ConfigError("a host needs at least one guest")
         self.spec = parse_strategy(strategy)
@@ -88,7 +88,6 @@ class Host:
         self.interval_s = float(interval_s)
         self.headroom = float(headroom)
         self.sample_interval_s = float(sample_interval_s)
-        self.exclusive = bool(exclusive)
         self.clock = clock
         self.lock = threading.RLock()
         self.strategy = make_strategy(self.spec, self)
