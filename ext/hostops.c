@@ -295,11 +295,14 @@ long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size
     struct gph_region *r = begin_host_op(s, rid, pages, n, &rc, err);
     if (!r)
         goto out;
+    /* POT_VOLATILE pages need UFFDIO_MOVE, and either a dirty bit or a swap slot: without
+     * write tracking every P page counts as dirty, and a dirty page with nowhere to go stays */
+    int take_p = (s->features & UFFD_FEATURE_MOVE) && ((s->features & UFFD_FEATURE_WP_ASYNC) || nslots);
     for (size_t i = 0; i < n; i++) {
         uint8_t *b = &r->d.states[pages[i]];
         if (pick(b, OK_U | OK_V)) {
             vu[nvu++] = pages[i];
-        } else if ((s->features & UFFD_FEATURE_MOVE) && pick(b, OK_P)) {
+        } else if (take_p && pick(b, OK_P)) {
             ppicked[i] = 1;
             np++;
         }

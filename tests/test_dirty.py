@@ -95,6 +95,10 @@ def test_without_tracking_pot_volatile_pages_are_treated_as_stable(setup):
     svc, mem = make(dirty_tracking=False)
     assert not svc.dirty_tracking
     assert svc.dirty_pages(mem, np.arange(256)).all()      # unknown = dirty
+    svc.swap, keep = None, svc.swap
+    assert mem.discard(np.arange(256)) == 0                   # nowhere to preserve them: left alone
+    assert mem.census()["Pr"] == 256 and mem.resident_pages() >= 256
+    svc.swap = keep
     if svc.can_swap:
         assert mem.discard(np.arange(256)) == 0               # nothing discarded ...
         assert mem.census()["Sp"] == 256                       # ... all preserved
