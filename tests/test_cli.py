@@ -86,3 +86,37 @@ def test_demo_reduced(tmp_path):
     for name in ("none", "balloon", "reporting", "unused", "cmma"):
         assert name in r.stdout
     assert os.path.getsize(tmp_path / "demo.png") > 20000
+
+
+def _stderr_on_a_tty(*args):
+    """Run gphint with stderr on a pseudo-terminal; returns (exit status, what the tty got)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    # a real terminal has a size; a fresh pty is 0 x 0, where tqdm draws an empty bar
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "gphint"] + list(args), stdout=subprocess.DEVNULL,
+                         stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:            # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return p.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_and_quiet_turns_it_off():
+    args = ["run", "--strategy", "unused", "--guests", "1", "--guest-mem", "16M",
+            "--duration", "1.5", "--no-probe"]
+    rc, tty = _stderr_on_a_tty(*args)
+    assert rc == 0 and "run unused:" in tty and "%|" in tty
+    rc, tty = _stderr_on_a_tty(*(args + ["--quiet"]))
+    assert rc == 0 and "%|" not in tty

@@ -5,17 +5,15 @@ import time
 import numpy as np
 import pytest
 
+import gphint
+from gphint import PageState, caps
 from gphint.guest.guest import Guest
 from gphint.host import Host
 from gphint.host.balloon import grow_target_npages, shrink_target_npages
+from gphint.host.hostswap import fault_service_available
 
-
-class Clock:
-    def __init__(self):
-        self.t = 50.0
-
-    def __call__(self):
-        return self.t
+from conftest import PAGE, pattern
+from test_host import Clock
 
 
 @pytest.fixture
@@ -92,3 +90,56 @@ def test_reporting_discards_reported_blocks_and_never_fragments():
         host.stop()
     finally:
         g.close()
+
+
+@pytest.mark.skipif(not fault_service_available()[0], reason="needs the discard-fault service: %s"
+                    % fault_service_available()[1])
+@pytest.mark.skipif(not caps.has("dirty_tracking"),
+                    reason="no kernel write tracking: %s" % caps.probe().features["dirty_tracking"].reason)
+def test_cmma_tiers_unused_volatile_clean_pot_volatile_then_swap(tmp_path):
+    """Under pressure cmma takes UNUSED, then VOLATILE, then clean POT_VOLATILE pages; a
+    written POT_VOLATILE page is preserved in host swap, and so is STABLE memory last.
+    Every page reads back what it held."""
+    from gphint.faults import FaultService, FileStore
+    n = 1024                                            # 4 MiB of each kind
+    data = pattern(5 * n, seed=9)
+    path = tmp_path / "backing"
+    data.tofile(path)
+    store = FileStore(path)
+    svc = FaultService()
+    mem = gphint.GuestMemory("20M", name="g0")
+    svc.register(mem)
+    try:
+        mem.frames[:] = data
+        unused, volatile, potv = (np.arange(k * n, (k + 1) * n) for k in range(3))
+        mem.set_backing(np.arange(5 * n), store, np.arange(5 * n) * PAGE)
+        mem.set_state(unused, PageState.UNUSED)
+        mem.set_state(volatile, PageState.VOLATILE)
+        mem.set_state(potv, PageState.POT_VOLATILE)     # 3n..5n stay STABLE
+        svc.clear_dirty(mem, potv)
+        written = potv[::4]
+        mem.frames[written, :8] = 0xEE                  # writes through the "mapping": dirty
+        want = mem.frames.copy()
+        # pages 3n..5n are STABLE.  Budget: room for 1.5n -- UNUSED, VOLATILE, all of P and
+        # 0.5n of STABLE must go
+        budget = (5 * n - 3 * n - n // 2) * PAGE
+        host = Host([mem], budget, "cmma:batch=256", fault_service=svc, headroom=0.0)
+        host.step()
+        s = host.stats()
+        clean = np.setdiff1d(potv, written)
+        assert s["discarded_pages"] == {"UNUSED": n, "VOLATILE": n, "POT_VOLATILE": clean.size}
+        assert s["host_swap_out_pages"]["POT_VOLATILE"] == written.size
+        assert s["host_swap_out_pages"]["STABLE"] == n // 2
+        assert mem.resident_pages() <= budget // PAGE
+        census = mem.census()
+        assert census["Uz"] == n and census["Vz"] == n + clean.size
+        assert census["Sp"] == n // 2 + written.size    # dirty P preserved (Pr -> Sp) + STABLE
+        host.stop()
+        keep = np.setdiff1d(np.arange(5 * n), unused)    # UNUSED content is don't-care
+        assert np.array_equal(mem.frames[keep], want[keep])   # reloaded / swapped back in
+        host.close()
+    finally:
+        svc.unregister(mem)
+        svc.stop()
+        mem.close()
+        store.close()
