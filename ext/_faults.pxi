@@ -243,6 +243,24 @@ cdef class FaultThread:
             rc = gph_service_drain(s, region, &out[0], out.shape[0])
         return max(rc, 0)
 
+    def fill(self, int region, const int64_t[::1] pages, int fd, const int64_t[::1] offsets,
+             bint force_bounce):
+        """Page-cache fill of a served region's frames.  Returns (pages, installed)."""
+        cdef gph_err err
+        cdef long rc
+        cdef int64_t installed = 0
+        cdef size_t n = pages.shape[0]
+        cdef gph_service *s = self._svc()
+        if n == 0:
+            return (0, 0)
+        if offsets.shape[0] != <Py_ssize_t>n:
+            raise ValueError("%d offsets for %d pages" % (offsets.shape[0], n))
+        with nogil:
+            rc = gph_service_fill(s, region, &pages[0], n, fd, &offsets[0], force_bounce, &installed, &err)
+        if rc < 0:
+            raise_errno(rc, &err, "fill_from_file: pages %d..%d" % (err.first_page, err.first_page + err.npages - 1))
+        return (rc, installed)
+
     def reclaim_slots(self, int region, int32_t swap_id):
         """Free slots of preserved pages the guest gave up.  Returns how many."""
         cdef long rc

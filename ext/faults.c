@@ -703,6 +703,98 @@ long gph_service_error(struct gph_service *s, struct gph_fault_error *out)
     return n;
 }
 
+/* The guest's page-cache read miss into frames of a served region.  A frame whose content is
+ * ZERO is missing (nothing was ever put there since the discard): instead of letting pread's
+ * kernel-mode write fault to the fault thread, which would fill it with zeros first (REFERENCE §4:
+ * a round trip per window), the calling thread holds it (SERVING), reads the file into a buffer
+ * and installs it with UFFDIO_COPY.  Every other frame is read into in place (gph_fill_from_file).
+ * The caller holds no page while it reads in place, so a fault there is served as usual. */
+long gph_service_fill(struct gph_service *s, int rid, const int64_t *pages, size_t n, int fd,
+                      const int64_t *offsets, int force_bounce, int64_t *installed, struct gph_err *err)
+{
+    long rc = 0;
+    *installed = 0;
+    uint8_t *take = calloc(n ? n : 1, 1);
+    int64_t *rest = malloc((n ? n : 1) * sizeof(int64_t)), *rest_off = malloc((n ? n : 1) * sizeof(int64_t));
+    /* one buffer per guest thread, kept: a fresh 128 KiB malloc is a fresh mmap, 32 faults */
+    static __thread uint8_t *buf;
+    if (!buf && (buf = malloc(GPH_COPY_CHUNK)) != NULL)
+        memset(buf, 0, GPH_COPY_CHUNK);
+    if (!take || !rest || !rest_off || !buf) {
+        set_err(err, "malloc", 0, (int64_t)n);
+        rc = -ENOMEM;
+        goto out_free;
+    }
+    pthread_rwlock_rdlock(&s->lock);
+    struct gph_region *r = &s->regions[rid];
+    if (rid < 0 || rid >= GPH_MAX_REGIONS || !r->active) {
+        set_err(err, "region", rid, 0);
+        rc = -ENOENT;
+        goto out;
+    }
+    size_t ps = r->d.page_size;
+    for (size_t i = 0; i < n; i++) {
+        if (pages[i] < 0 || pages[i] >= r->d.npages) {
+            set_err(err, "page index", pages[i], 1);
+            rc = -ERANGE;
+            goto out;
+        }
+        uint8_t *b = &r->d.states[pages[i]];
+        uint8_t st = __atomic_load_n(b, __ATOMIC_ACQUIRE);
+        take[i] = !(st & GPH_FLAG_MASK) && (st & GPH_CONTENT_MASK) == GPH_CONTENT_ZERO &&
+                  __atomic_compare_exchange_n(b, &st, (uint8_t)(st | GPH_FLAG_SERVING), 0,
+                                              __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+    size_t nrest = 0;
+    size_t maxk = GPH_COPY_CHUNK / ps;
+    for (size_t i = 0; i < n;) {
+        if (!take[i]) {
+            rest[nrest] = pages[i];
+            rest_off[nrest++] = offsets[i];
+            i++;
+            continue;
+        }
+        size_t k = 1;
+        while (i + k < n && k < maxk && take[i + k] && pages[i + k] == pages[i] + (int64_t)k &&
+               offsets[i + k] == offsets[i] + (int64_t)(k * ps))
+            k++;
+        uint8_t *dst = r->d.base + (size_t)pages[i] * ps;
+        long got = gph_read_full(fd, buf, k * ps, offsets[i]);
+        long c = got < 0 ? got : gph_uffd_copy_(s, dst, buf, k * ps, ps);
+        for (size_t j = 0; j < k; j++)
+            mark_served(&r->d.states[pages[i + j]]);
+        gph_uffd_wake_(s, dst, k * ps);
+        if (got < 0 && !rc) {
+            set_err(err, "pread", pages[i], (int64_t)k);
+            rc = got;
+        } else if (c < 0) {   /* could not install (the range is going away): read in place */
+            for (size_t j = 0; j < k; j++) {
+                rest[nrest] = pages[i + j];
+                rest_off[nrest++] = offsets[i + j];
+            }
+        } else {
+            *installed += (int64_t)k;
+        }
+        i += k;
+    }
+    if (rc == 0 && nrest) {
+        int64_t bounced = 0;
+        long f = gph_fill_from_file(r->d.base, ps, r->d.npages, rest, nrest, fd, rest_off, force_bounce,
+                                    &bounced, err);
+        if (f < 0)
+            rc = f;
+    }
+    if (rc == 0)
+        rc = (long)n;
+out:
+    pthread_rwlock_unlock(&s->lock);
+out_free:
+    free(take);
+    free(rest);
+    free(rest_off);
+    return rc;
+}
+
 long gph_service_reclaim_slots(struct gph_service *s, int rid, int32_t swap_id)
 {
     if (rid < 0 || rid >= GPH_MAX_REGIONS)

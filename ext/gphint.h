@@ -156,6 +156,11 @@ void gph_service_destroy(struct gph_service *s);
 long gph_service_stats(struct gph_service *s, int region, struct gph_fault_stats *out);
 long gph_service_error(struct gph_service *s, struct gph_fault_error *out);
 long gph_service_drain(struct gph_service *s, int region, int64_t *out, size_t cap);
+/* The guest's page-cache fill of frames of a served region: missing (ZERO-content) frames are
+ * installed with UFFDIO_COPY from the file without a fault; the rest read in place.
+ * *installed counts the former.  Returns n. */
+long gph_service_fill(struct gph_service *s, int region, const int64_t *pages, size_t n, int fd,
+                      const int64_t *offsets, int force_bounce, int64_t *installed, struct gph_err *err);
 /* Free the swap slots of pages the guest gave up while preserved (Sp -> Uz/Vz, never accessed
  * since).  Returns slots freed. */
 long gph_service_reclaim_slots(struct gph_service *s, int region, int32_t swap_id);

@@ -86,6 +86,8 @@ cdef extern from "gphint.h" nogil:
     long gph_service_error(gph_service *s, gph_fault_error *out)
     long gph_service_drain(gph_service *s, int region, int64_t *out, size_t cap)
     long gph_service_reclaim_slots(gph_service *s, int region, int32_t swap_id)
+    long gph_service_fill(gph_service *s, int region, const int64_t *pages, size_t n, int fd,
+                          const int64_t *offsets, int force_bounce, int64_t *installed, gph_err *err)
     long gph_host_discard(gph_service *s, int region, const int64_t *pages, size_t n,
                           int advice, int submit, int pidfd, int32_t swap_id, const int64_t *slots,
                           size_t nslots, uint8_t *used_slots, int64_t *preserved, gph_err *err)

@@ -106,6 +106,7 @@ class FaultService:
         self._lock = threading.Lock()
         self._errors_raised = 0
         self.swap = swap
+        self._installed_fills = 0   # page-cache fills installed without a fault
         self._preserved = 0     # POT_VOLATILE pages found written at discard, preserved instead
         self._swaps = {}        # store id -> HostSwap this service wrote to (slot bookkeeping)
         if swap is not None:
@@ -277,6 +278,16 @@ class FaultService:
             swap.free(slots[used == 0])
         return n
 
+    def fill(self, mem, idx, fd, offsets, bounce=False):
+        """GuestMemory.fill_from_file of a served memory: frames whose content the tables say is
+        missing get the file bytes installed directly (UFFDIO_COPY, no fault, no zero fill
+        first); the rest are read into in place.  Returns pages filled."""
+        reg = self._reg(mem)
+        n, installed = self._thread.fill(reg.rid, np.ascontiguousarray(idx, dtype=np.int64), fd,
+                                         np.ascontiguousarray(offsets, dtype=np.int64), bounce)
+        self._installed_fills += installed
+        return n
+
     def reclaim_slots(self, swap):
         """Free swap slots still held by pages the guest gave up while they were preserved
         (Sp -> Uz/Vz without a later access).  swap_out calls this when slots run short."""
@@ -322,6 +333,7 @@ class FaultService:
         d["latency_p99_ns"] = _percentile_ns(hist, 0.99)
         if mem is None:
             d["preserved_at_discard"] = self._preserved
+            d["installed_fills"] = self._installed_fills
         return d
 
     def check(self):

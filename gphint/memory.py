@@ -329,6 +329,9 @@ class GuestMemory:
         if mech.COMPILED:
             svc = self.fault_service
             bounce = svc is not None and getattr(svc, "mode", "full") == "user_mode_only"
+            if svc is not None and not to_file:
+                # missing frames are installed without a fault (gphint.faults)
+                return svc.fill(self, idx, int(fd), offs, bounce)
             io = mech.write_to_file if to_file else mech.fill_from_file
             n, _ = io(self._region, PAGE_SIZE, idx, int(fd), offs, bounce)
             return n

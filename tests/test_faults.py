@@ -430,3 +430,26 @@ def test_huge_page_guest_discards_swaps_and_reloads_4k_pieces(svc, backing):
         assert mem.resident_pages() == mem.npages - 271
         assert np.array_equal(mem.frames, data[:mem.npages])
     swap.close()
+
+
+def test_page_cache_fill_installs_missing_frames_without_a_fault(mem, svc, backing):
+    data, store, path = backing
+    svc.register(mem)
+    mem.frames[200:210] = 7                                  # resident frames
+    swap = HostSwap("1M")
+    mem.frames[300:304] = 9
+    svc.swap_out(mem, np.arange(300, 304), swap)             # preserved frames (Sp)
+    pages = np.concatenate([np.arange(100, 164), np.arange(200, 210), np.arange(300, 304)])
+    before = svc.stats()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert mem.fill_from_file(pages, fd, np.arange(pages.size) * PAGE) == pages.size
+    finally:
+        os.close(fd)
+    after = svc.stats()
+    assert after["installed_fills"] - before["installed_fills"] == 64     # the missing ones
+    assert after["zero_fills"] == before["zero_fills"]                     # no zero fill first
+    assert after["swap_ins"] - before["swap_ins"] == 4       # Sp frames: swapped in, overwritten
+    assert np.array_equal(mem.frames[pages], data[:pages.size])
+    assert (mem.content(pages) == gphint.HostState.RESIDENT).all() and swap.used_slots == 0
+    swap.close()
