@@ -348,3 +348,16 @@ def test_workload_with_a_concurrent_host_thread_loses_nothing(svc, mode):
         svc.check()
     if host_swap is not None:
         host_swap.close()
+
+
+@pytest.mark.parametrize("mode", ["transparent", "guest"])
+def test_swap_in_with_part_of_the_swap_cache_discarded_frees_every_slot(svc, mode):
+    with Guest("8M", seed=6, workload=None, file_bytes="2M", fault_service=svc,
+               discard_mode=mode) as g:
+        pages = g.alloc(64)
+        frames = g.frames_of(pages)
+        g.anon.swap_out(frames)
+        discard_cached(g, frames[::2])
+        g.touch(pages)                 # half from the swap cache, half discarded
+        assert g.swap.free_slots == g.swap.nslots
+        assert g.verify() == 0

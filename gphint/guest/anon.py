@@ -249,7 +249,8 @@ class AnonMemory(GuestPart):
                     lost = self._stabilise_swapcache(cached)
                     if lost.size:
                         # the discard fault of the original design: drop the swap-cache copy and
-                        # read the slot again below
+                        # read the slot again below; the others are stable, their slots go now
+                        self._become_anon(np.setdiff1d(cached, lost, assume_unique=True))
                         self.drop_swapcache(lost)
                         self.stats["swapcache_dropped"] += int(lost.size)
                         continue
