@@ -20,11 +20,10 @@ import psutil
 
 from . import caps, measure
 from ._version import __version__
-from .errors import ConfigError, GphintError, Unsupported
+from .errors import ConfigError
 from .host import Host, parse_strategy
 from .host.hostswap import fault_service_available
 from .memory import PAGE_SIZE
-from .units import parse_size
 
 SCHEMA_VERSION = 1
 STATUS_INTERVAL_S = 0.5
@@ -313,7 +312,7 @@ class Runner:
             "rss_baseline_bytes": self.rss_baseline_bytes,
             "rss_peak_bytes": max(t[1] for t in timeline),
             "rss_end_bytes": timeline[-1][1],
-            "guest_resident_peak_bytes": max(t[2] for t in timeline),
+            "guest_resident_peak_bytes": host.resident_peak_npages * PAGE_SIZE,
             "guest_resident_end_bytes": resident_end,
             "guest_touched_bytes": touched,
             "host_saved_bytes": max(0, touched - resident_end),
@@ -335,8 +334,6 @@ class Runner:
             "ops": int(ops), "wall_s": round(wall_s, 4), "finished_by": self.finished_by,
             "ops_per_s": round(ops / wall_s, 2) if wall_s > 0 else 0.0,
             "budget_overruns": hs["budget_overruns"],
-            "over_budget_samples": (sum(1 for t in timeline if t[2] > self.config.host_mem_bytes)
-                                    if self.config.host_mem_bytes else 0),
             "host": {k: v for k, v in hs.items() if k not in ("discarded_pages",)},
             "proactive_probe": probe,
             "census_end": census,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gphint import ConfigError, Unsupported
-from gphint.experiment import RunConfig, Runner, results_document, run_one
+from gphint.experiment import RunConfig, results_document, run_one
 from gphint.host.hostswap import fault_service_available
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "results.md")
@@ -101,13 +101,18 @@ def test_proactive_cmma_beats_reporting_delay_and_takes_fragments():
 @needs_service
 @pytest.mark.parametrize("strategy", ["none", "balloon", "reporting", "unused", "cmma"])
 def test_pressure_budget_holds(strategy):
-    cfg = config(guests=2, guest_mem_bytes=16 << 20, host_mem_bytes=12 << 20, duration_s=1.5)
+    cfg = config(guests=2, guest_mem_bytes=16 << 20, host_mem_bytes=12 << 20, duration_s=1.5,
+                 nops=16)
     rec = run_one(cfg, strategy)
     check_document(results_document(cfg, [rec]))
-    # measured (mincore) residency stays within the budget plus what one guest step can touch
-    # before direct reclaim runs: 2 MiB
-    assert rec["guest_resident_peak_bytes"] <= cfg.host_mem_bytes + (2 << 20)
+    # The stated tolerance: guests may touch what one scheduling quantum (nops=16 operations,
+    # up to ~2 MiB here) touches before direct reclaim runs; measured residency (mincore,
+    # sampled before each reclaim) never goes further than that over the budget ...
+    assert rec["guest_resident_peak_bytes"] <= cfg.host_mem_bytes + (3 << 20)
+    # ... and after every host pass it is back within the budget
+    assert max(t[2] for t in rec["timeline"]) <= cfg.host_mem_bytes
     assert rec["guest_touched_bytes"] > cfg.host_mem_bytes      # there was real pressure
+    assert rec["budget_overruns"] > 0
     assert rec["host_swap_out_bytes"] + rec["discarded_bytes"] > 0
 
 

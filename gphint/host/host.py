@@ -21,7 +21,7 @@ import numpy as np
 from .. import measure
 from ..errors import ConfigError
 from ..memory import PAGE_SIZE
-from ..states import PageState, pair
+from ..states import PAIR_MASK, PageState, pair
 from ..units import parse_size
 from .hostswap import HostSwapper, require_fault_service
 from .residency import ResidencyTracker
@@ -100,6 +100,8 @@ class Host:
         self.reclaim_calls = 0
         self.budget_overruns = 0
         self.resident_npages = 0
+        self.resident_peak_npages = 0   # highest sampled residency, before reclaim acted on it
+        self.samples = 0
         self._thread = None
         self._stop = threading.Event()
         self.error = None
@@ -113,7 +115,9 @@ class Host:
     def sample(self):
         """Re-read every guest's residency from the kernel; returns total resident pages."""
         self.tick += 1
+        self.samples += 1
         self.resident_npages = sum(s.residency.sample(self.tick) for s in self.slots)
+        self.resident_peak_npages = max(self.resident_peak_npages, self.resident_npages)
         return self.resident_npages
 
     def guest_resident_bytes(self):
@@ -172,7 +176,7 @@ class Host:
         (the host cannot see guest access bits: FIFO is the order it has)."""
         cands = []
         for s in self.slots:
-            sr = s.residency.resident & ((s.mem.states & 0x0F) == SR)
+            sr = s.residency.resident & ((s.mem.states & PAIR_MASK) == SR)
             pages = np.flatnonzero(sr)
             cands.append((s.residency.since_tick[pages], np.full(pages.size, s.index), pages))
         return self._swap_pick(cands, need, "STABLE")
@@ -278,7 +282,7 @@ class Host:
                 for k, v in table.items():
                     total[k] = total.get(k, 0) + v
         out = {"strategy": str(self.spec), "mode": "pressure" if self.budget_bytes else "proactive",
-               "budget_bytes": self.budget_bytes, "steps": self.steps,
+               "budget_bytes": self.budget_bytes, "steps": self.steps, "samples": self.samples,
                "reclaim_calls": self.reclaim_calls, "budget_overruns": self.budget_overruns,
                "discarded_pages": discarded, "host_swap_out_pages": swapped,
                "host_swap_out_bytes": (self.swapper.out_npages if self.swapper else 0) * PAGE_SIZE,
