@@ -11,6 +11,9 @@ import gphint
 from gphint import ClosedError, ConfigError, PageState, caps
 from gphint.guest.content import PAGE_SIZE
 from gphint.guest.guest import Guest
+from gphint.guest.workloads import make_workload
+
+EXAMPLES = int(os.environ.get("GPHINT_EXAMPLES", 10))   # raise for a deeper local search
 
 U, V, P = int(PageState.UNUSED), int(PageState.VOLATILE), int(PageState.POT_VOLATILE)
 
@@ -91,7 +94,8 @@ def test_gphint_exports_guest():
 
 OPS = st.lists(st.tuples(st.sampled_from(["read", "write", "wgen", "writeback", "alloc", "free",
                                           "touch", "swap", "reclaim", "pin", "discard_u",
-                                          "discard_v", "hostswap", "map", "store", "msync"]),
+                                          "discard_v", "hostswap", "map", "store", "msync",
+                                          "mlock", "lock", "level", "step"]),
                          st.integers(0, 10 ** 6), st.integers(1, 40)),
                min_size=5, max_size=40)
 
@@ -148,12 +152,22 @@ def run_sequence(g, ops, rng, volatile_discards, host_swap=None):
             g.store_mapped(*mapped[a % len(mapped)])
         elif op == "msync":
             g.msync()
+        elif op == "mlock" and anon:
+            pid, pages = anon[a % len(anon)]
+            (g.mlock if a % 2 else g.munlock)(pages[:b], pid=pid)
+        elif op == "lock":
+            g.lock(path, off, b * 50, on=bool(a % 2))
+        elif op == "level":
+            g.set_hint_level(("all", "unused")[a % 2])
+        elif op == "step":
+            g.workload = g.workload or make_workload(("build", "churn", "database")[a % 3], g, seed=a)
+            g.step(b)
         assert g.verify() == 0, "after %s" % op
     for p in pinned:
         g.unpin(*p)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES + 2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=OPS, seed=st.integers(0, 1000))
 def test_random_sequences_with_unused_discards_lose_nothing(ops, seed):
     with Guest("4M", seed=seed, workload=None, file_bytes="6M") as g:
@@ -167,7 +181,7 @@ def test_random_sequences_with_volatile_discards_lose_nothing(mode):
     svc = fault_service_or_skip()
     host_swap = gphint.HostSwap("16M") if svc.can_swap else None
     try:
-        @settings(max_examples=int(os.environ.get("GPHINT_EXAMPLES", 10)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
         @given(ops=OPS, seed=st.integers(0, 1000))
         def check(ops, seed):
             with Guest("4M", seed=seed, workload=None, file_bytes="6M", discard_mode=mode,
