@@ -73,8 +73,7 @@ def cmd_run(args):
     doc = experiment.results_document(cfg, [rec])
     if args.json:
         experiment.write_json(args.json, doc)
-    if not args.quiet:
-        _print_results(doc)
+    _print_results(doc)
     return 0 if rec["integrity_errors"] == 0 else 1
 
 
@@ -147,7 +146,7 @@ def _run_options(sp, duration, guests, guest_mem, host_mem=None, ops=None):
     sp.add_argument("--no-probe", action="store_true", help="skip the free -> RSS drop probe")
     sp.add_argument("--status", metavar="PATH", default=None,
                     help="keep a live per-guest snapshot here (watch it with scripts/watch.py PATH)")
-    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar (the table is still printed)")
 
 
 def build_parser():

@@ -143,3 +143,38 @@ def test_cmma_tiers_unused_volatile_clean_pot_volatile_then_swap(tmp_path):
         svc.stop()
         mem.close()
         store.close()
+
+
+@pytest.mark.skipif(not fault_service_available()[0], reason="needs the discard-fault service: %s"
+                    % fault_service_available()[1])
+def test_balloon_drops_the_host_swap_copy_of_pages_it_takes():
+    """A free page the host had swapped out and then gets through the balloon: its swap copy
+    is dropped (as MADV_DONTNEED drops a swap entry), so it is never swapped back in."""
+    from gphint.faults import FaultService
+    svc = FaultService()
+    g = Guest("16M", workload=None, hinting=False, file_bytes="1M", fault_service=svc, name="g0")
+    try:
+        g.mem.frames[:] = 1                                  # all free in the guest, all resident
+        host = Host([g], "15M", "balloon:threshold=1.0,change=1.0", fault_service=svc,
+                    clock=Clock())
+        slot = host.slots[0]
+        host.sample()
+        free = np.arange(g.mem.npages)
+        assert host.swap_out(slot, free[:1024], "STABLE") == 1024   # 4 MiB of free pages in swap
+        used = host.swap.used_bytes
+        ins = svc.stats()["swap_ins"]
+        host.strategy.proactive(host.clock())                # MOM: shrink (threshold 1.0)
+        host.on_scheduled(g)
+        got = slot.balloon.pages
+        dropped = np.intersect1d(got, free[:1024])
+        assert dropped.size > 0
+        assert host.stats()["swap_dropped_pages"] == dropped.size
+        assert host.swap.used_bytes == used - dropped.size * PAGE    # slots given back
+        assert set(g.mem.census()) >= {"Sz"} and (g.mem.content(dropped) == 3).all()
+        slot.balloon.deflate(got.size)                       # the guest reuses them
+        assert not g.mem.frames[dropped].any()               # zero pages ...
+        assert svc.stats()["swap_ins"] == ins                # ... not swap-ins of stale data
+        host.close()
+    finally:
+        g.close()
+        svc.stop()

@@ -102,6 +102,7 @@ class Host:
         self.resident_npages = 0
         self.resident_peak_npages = 0   # highest sampled residency, before reclaim acted on it
         self.samples = 0
+        self.swap_dropped_npages = 0    # swapped-out free pages whose copy a peer's discard dropped
         self._thread = None
         self._stop = threading.Event()
         self.error = None
@@ -287,6 +288,7 @@ class Host:
                "discarded_pages": discarded, "host_swap_out_pages": swapped,
                "host_swap_out_bytes": (self.swapper.out_npages if self.swapper else 0) * PAGE_SIZE,
                "host_swap_calls": self.swapper.calls if self.swapper else 0,
+               "swap_dropped_pages": self.swap_dropped_npages,
                "host_step_cpu_s": sum(self.cpu_s_by_thread.values())}
         out.update(self.strategy.stats())
         return out

@@ -22,6 +22,9 @@ def fault_service_available():
     if not (caps.has("userfaultfd") or caps.has("userfaultfd_user_mode_only")):
         f = caps.probe().features["userfaultfd"]
         return False, "userfaultfd is unavailable: %s" % f.reason
+    if "MOVE" not in caps.probe().uffd_features:
+        return False, ("UFFDIO_MOVE is not offered (Linux >= 6.8): host swap-out needs it to "
+                       "detach a page atomically")
     try:
         _faults()
     except Unsupported as e:

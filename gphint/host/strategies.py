@@ -14,7 +14,7 @@ they fill.  Host swap under a budget is the Host's, common to all.
 import numpy as np
 
 from ..errors import Unsupported
-from ..states import PageState, USAGE_MASK
+from ..states import CONTENT_MASK, HostState, PageState, USAGE_MASK
 
 
 class Strategy:
@@ -74,6 +74,8 @@ class Strategy:
         if pages.size == 0:
             return 0
         mem = slot.mem
+        if raw:
+            self._drop_swapped(slot, pages)
         n = 0
         for first in range(0, pages.size, self.batch):
             chunk = pages[first:first + self.batch]
@@ -84,6 +86,25 @@ class Strategy:
         slot.residency.forget(pages)
         slot.count(kind, n)
         return n
+
+
+    def _drop_swapped(self, slot, pages):
+        """A free page the host had swapped out: the device's MADV_DONTNEED drops the swap
+        entry too (Linux frees it), so the page's next use is a zero page, not a swap-in of
+        stale content.  Hint-less guests keep every page S in the state table, so the host
+        does it by the protocol's own steps: Sp -> Uz (copy given up), free the slots,
+        Uz -> Sz.  Safe: the page is isolated (reported) or owned by the balloon meanwhile."""
+        host = self.host
+        if host.swapper is None:
+            return
+        states = slot.mem.states[pages]
+        held = pages[(states & CONTENT_MASK) == HostState.PRESERVED]
+        if held.size == 0:
+            return
+        slot.mem.set_state(held, PageState.UNUSED)
+        host.fault_service.reclaim_slots(host.swap)
+        slot.mem.set_state(held, PageState.STABLE)
+        host.swap_dropped_npages += int(held.size)
 
 
 class HintScan(Strategy):
