@@ -375,3 +375,17 @@ def test_swap_in_with_part_of_the_swap_cache_discarded_frees_every_slot(svc, mod
         g.touch(pages)                 # half from the swap cache, half discarded
         assert g.swap.free_slots == g.swap.nslots
         assert g.verify() == 0
+
+
+def test_close_and_garbage_collection_remove_the_temporary_files():
+    import gc
+    g = Guest("4M", workload=None, file_bytes="1M")
+    paths = [g.files._tmp, g.swap.path]
+    assert all(os.path.exists(p) for p in paths)
+    g.close()
+    assert not any(os.path.exists(p) for p in paths)
+    g = Guest("4M", workload=None, file_bytes="1M")
+    paths = [g.files._tmp, g.swap.path]
+    del g
+    gc.collect()
+    assert not any(os.path.exists(p) for p in paths)

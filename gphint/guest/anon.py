@@ -13,6 +13,7 @@ ANON_KEY_BASE + pid, vpage, version).
 """
 import os
 import tempfile
+import weakref
 
 import numpy as np
 
@@ -24,6 +25,13 @@ from .pagecache import (ANON, FLAG_DTYPE, MLOCKED, SWAPCACHE, UPTODATE, GuestPar
                         set_backing)
 
 
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class SwapFile:
     """The guest's swap device: a real file of nslots page slots and a slot bitmap."""
 
@@ -31,9 +39,10 @@ class SwapFile:
         if path is None:
             fd, path = tempfile.mkstemp(prefix="gphint-gswap-")
             os.close(fd)
-            self._owned = True
+            # dropped without close() (or at exit): the temporary swap file still goes away
+            self._cleanup = weakref.finalize(self, _unlink, path)
         else:
-            self._owned = False
+            self._cleanup = None
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         os.ftruncate(self.fd, nslots * PAGE_SIZE)
@@ -68,11 +77,8 @@ class SwapFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-            if self._owned:
-                try:
-                    os.unlink(self.path)
-                except OSError:
-                    pass
+        if self._cleanup is not None:
+            self._cleanup()
 
 
 class AnonMemory(GuestPart):

@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import tempfile
+import weakref
 
 import numpy as np
 
@@ -86,6 +87,8 @@ class FileSet:
 
     def __init__(self, root=None, *, seed=1, total_bytes=64 << 20):
         self._tmp = tempfile.mkdtemp(prefix="gphint-files-")
+        # a FileSet dropped without close() (or an exiting process) still removes its files
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmp, True)
         self.generated = root is None
         if root is None:
             self.root = os.path.join(self._tmp, "base")
@@ -94,12 +97,12 @@ class FileSet:
         else:
             root = os.fspath(root)
             if not os.path.isdir(root):
-                shutil.rmtree(self._tmp, ignore_errors=True)
+                self._cleanup()
                 raise ConfigError("files=%r is not a directory" % root)
             self.root = os.path.abspath(root)
             self.paths = _walk_tree(self.root)
             if not self.paths:
-                shutil.rmtree(self._tmp, ignore_errors=True)
+                self._cleanup()
                 raise ConfigError("files=%r holds no readable regular files" % root)
         self.overlay_root = os.path.join(self._tmp, "overlay")
         os.makedirs(self.overlay_root)
@@ -206,4 +209,4 @@ class FileSet:
                 pass
         self._orig_fd.clear()
         self._overlay_fd.clear()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._cleanup()
