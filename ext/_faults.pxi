@@ -33,25 +33,6 @@ def store_clear(int32_t store_id):
     gph_store_clear(store_id)
 
 
-def guest_set_usage(uint8_t[::1] states not None, const int64_t[::1] pages, int usage,
-                    const uint8_t[::1] next_table not None):
-    """set_usage that waits out pages the host or the fault thread holds (protocol.c)."""
-    cdef gph_err err
-    cdef uint8_t old = 0
-    cdef long rc
-    cdef size_t n = pages.shape[0]
-    if next_table.shape[0] != 64:
-        raise ValueError("next_table must have 64 entries")
-    if n == 0:
-        return (0, -1, 0)
-    with nogil:
-        rc = gph_guest_set_usage(&states[0], states.shape[0], &pages[0], n, <uint8_t>usage,
-                                 &next_table[0], &old, &err)
-    if rc < 0:
-        return (rc, err.first_page, old)
-    return (rc, -1, 0)
-
-
 def make_stable(uint8_t[::1] states not None, const int64_t[::1] pages, int64_t[::1] out not None):
     """Make pages STABLE; discarded VOLATILE pages go to out.  Returns how many were."""
     cdef gph_err err

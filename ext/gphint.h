@@ -53,14 +53,7 @@ long gph_discard_runs(uint8_t *base, size_t page_size, int64_t npages,
                       const int64_t *runs, size_t n, int advice, int submit, int pidfd,
                       struct gph_discard_stats *st, struct gph_err *err);
 
-/* --- states.c: atomic per-byte state updates --- */
-/* next[(old & GPH_PAIR_MASK) << 2 | usage >> 2] is the new pair, or 0xff when forbidden.
- * Validates all pages first (nothing written on a refusal), then applies each with a CAS so a
- * concurrent host/fault-thread update is never overwritten.  Flags (bits 4-7) are preserved.
- * Refusal: -EPERM (forbidden) or -EAGAIN (a concurrent change made it forbidden) with
- * err->first_page = the index into pages[] and *old_out = the state seen. */
-long gph_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
-                   uint8_t usage, const uint8_t next[64], uint8_t *old_out, struct gph_err *err);
+/* --- states.c: atomic per-byte state updates (guest usage changes: gph_set_usage, protocol.c) --- */
 /* Set the content bits of pages[] to content (CAS, other bits preserved). */
 long gph_set_content(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
                      uint8_t content, struct gph_err *err);
@@ -94,10 +87,14 @@ long gph_read_full(int fd, void *buf, size_t len, int64_t off);
 long gph_write_full(int fd, const void *buf, size_t len, int64_t off);
 
 /* --- protocol.c: the guest side of the state protocol --- */
-/* Like gph_set_usage, but waits out pages held by the host or the fault thread (GPH_FLAG_HELD),
- * so a guest transition never overlaps a discard or a fill of the same page. */
-long gph_guest_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
-                         uint8_t usage, const uint8_t next[64], uint8_t *old_out, struct gph_err *err);
+/* The guest's usage change.  next[(old & GPH_PAIR_MASK) << 2 | usage >> 2] is the new pair, or
+ * 0xff when forbidden.  Validates all pages first (nothing written on a refusal), then applies
+ * each with a CAS after waiting out a hold of the host or the fault thread (GPH_FLAG_HELD), so a
+ * guest transition never overlaps a discard or a fill of the same page.  Refusal: -EPERM
+ * (forbidden) or -EAGAIN (a concurrent change made it forbidden) with err->first_page = the
+ * index into pages[] and *old_out = the state seen. */
+long gph_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
+                   uint8_t usage, const uint8_t next[64], uint8_t *old_out, struct gph_err *err);
 /* Make pages STABLE; pages found discarded (Vz) are left as they are and listed in
  * discarded_out (page indices).  Returns the number of discarded pages found. */
 long gph_make_stable(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,

@@ -69,8 +69,6 @@ cdef extern from "gphint.h" nogil:
 
     long gph_store_set(int32_t id, int fd, uint8_t *slot_used, int64_t nslots)
     long gph_store_clear(int32_t id)
-    long gph_guest_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
-                             uint8_t usage, const uint8_t *next, uint8_t *old_out, gph_err *err)
     long gph_make_stable(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
                          int64_t *discarded_out, gph_err *err)
     long gph_service_create(gph_service **out, int flags, size_t window_bytes, uint64_t *features_out,

@@ -41,40 +41,34 @@ static uint8_t wait_unheld(uint8_t *b)
     return s;
 }
 
-long gph_guest_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
-                         uint8_t usage, const uint8_t next[64], uint8_t *old_out, struct gph_err *err)
+static long refuse(struct gph_err *err, const char *what, size_t i, uint8_t *old_out, uint8_t old, long rc)
+{
+    err->syscall = what;
+    err->first_page = (int64_t)i;
+    err->npages = 1;
+    *old_out = old;
+    return rc;
+}
+
+long gph_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
+                   uint8_t usage, const uint8_t next[64], uint8_t *old_out, struct gph_err *err)
 {
     unsigned u = (usage & GPH_USAGE_MASK) >> 2;
     for (size_t i = 0; i < n; i++) {   /* pass 1: validate, write nothing */
         int64_t p = pages[i];
-        if (p < 0 || p >= npages) {
-            err->syscall = "page index";
-            err->first_page = (int64_t)i;
-            err->npages = 1;
-            *old_out = 0;
-            return -ERANGE;
-        }
+        if (p < 0 || p >= npages)
+            return refuse(err, "page index", i, old_out, 0, -ERANGE);
         uint8_t old = __atomic_load_n(&states[p], __ATOMIC_ACQUIRE);
-        if (next[((old & GPH_PAIR_MASK) << 2) | u] == 0xff) {
-            err->syscall = "set_usage";
-            err->first_page = (int64_t)i;
-            err->npages = 1;
-            *old_out = old;
-            return -EPERM;
-        }
+        if (next[((old & GPH_PAIR_MASK) << 2) | u] == 0xff)
+            return refuse(err, "set_usage", i, old_out, old, -EPERM);
     }
     for (size_t i = 0; i < n; i++) {   /* pass 2: apply, waiting out held pages */
         uint8_t *b = &states[pages[i]];
         for (;;) {
             uint8_t old = wait_unheld(b);
             uint8_t nx = next[((old & GPH_PAIR_MASK) << 2) | u];
-            if (nx == 0xff) {
-                err->syscall = "set_usage";
-                err->first_page = (int64_t)i;
-                err->npages = 1;
-                *old_out = old;
-                return -EAGAIN;
-            }
+            if (nx == 0xff)   /* a concurrent change made it forbidden */
+                return refuse(err, "set_usage", i, old_out, old, -EAGAIN);
             /* the CAS expects an unheld byte: a hold taken since the wait makes it fail */
             uint8_t want = (uint8_t)((old & GPH_FLAG_MASK & ~GPH_FLAG_HELD) | nx);
             if (__atomic_compare_exchange_n(b, &old, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))

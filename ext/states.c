@@ -9,50 +9,6 @@
 
 #include <errno.h>
 
-long gph_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
-                   uint8_t usage, const uint8_t next[64], uint8_t *old_out, struct gph_err *err)
-{
-    unsigned u = (usage & GPH_USAGE_MASK) >> 2;
-    /* pass 1: validate everything, write nothing -- a refused batch leaves no half-done state */
-    for (size_t i = 0; i < n; i++) {
-        int64_t p = pages[i];
-        if (p < 0 || p >= npages) {
-            err->syscall = "page index";
-            err->first_page = (int64_t)i;
-            err->npages = 1;
-            *old_out = 0;
-            return -ERANGE;
-        }
-        uint8_t old = __atomic_load_n(&states[p], __ATOMIC_ACQUIRE);
-        if (next[((old & GPH_PAIR_MASK) << 2) | u] == 0xff) {
-            err->syscall = "set_usage";
-            err->first_page = (int64_t)i;
-            err->npages = 1;
-            *old_out = old;
-            return -EPERM;
-        }
-    }
-    /* pass 2: apply with CAS; a concurrent change is re-checked against the table */
-    for (size_t i = 0; i < n; i++) {
-        uint8_t *b = &states[pages[i]];
-        uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE);
-        for (;;) {
-            uint8_t nx = next[((old & GPH_PAIR_MASK) << 2) | u];
-            if (nx == 0xff) {
-                err->syscall = "set_usage";
-                err->first_page = (int64_t)i;
-                err->npages = 1;
-                *old_out = old;
-                return -EAGAIN;
-            }
-            uint8_t want = (uint8_t)((old & GPH_FLAG_MASK) | nx);
-            if (__atomic_compare_exchange_n(b, &old, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-                break;
-        }
-    }
-    return (long)n;
-}
-
 long gph_set_content(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
                      uint8_t content, struct gph_err *err)
 {

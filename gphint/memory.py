@@ -168,9 +168,8 @@ class GuestMemory:
         (StateError naming the page and both states) before changing anything."""
         usage = parse_state(state)
         idx = self._pages(pages)
-        # the protocol's version waits out pages the host or the fault thread holds (issue 3)
-        set_usage = getattr(mech, "guest_set_usage", mech.set_usage)
-        rc, bad, old = set_usage(self._states, idx, int(usage), NEXT_TABLE)
+        # waits out pages the host or the fault thread holds (the state protocol, ext/protocol.c)
+        rc, bad, old = mech.set_usage(self._states, idx, int(usage), NEXT_TABLE)
         if rc < 0:
             page = int(idx[bad])
             raise StateError("page %d: %s -> %s is forbidden (state %s)"
