@@ -4,6 +4,7 @@
  * (reload: content back to resident) all write the same bytes.  A plain read-modify-write would
  * let one of them overwrite another's update (e.g. a guest making a page STABLE while the host
  * marks it discarded), so every update is a compare-and-swap that keeps the bits it does not own.
+ * The guest's usage changes (gph_set_usage) live in protocol.c: they also wait out host holds.
  */
 #include "gphint.h"
 
