@@ -389,3 +389,23 @@ def test_close_and_garbage_collection_remove_the_temporary_files():
     del g
     gc.collect()
     assert not any(os.path.exists(p) for p in paths)
+
+
+def test_guests_on_one_tree_share_their_backing_stores(svc):
+    from gphint.guest import guest as guest_mod
+    from gphint.guest.files import FileSet
+    fs = FileSet(None, seed=1, total_bytes=8 << 20)
+    try:
+        guests = [Guest("8M", files=fs.root, seed=i, workload="fileserver", fault_service=svc)
+                  for i in range(3)]
+        for g in guests:
+            g.step(200)
+        refs = sum(len(g._stores) for g in guests)
+        shared = len(guest_mod._SHARED_STORES)
+        assert 0 < shared < refs                  # one store id per file, not per guest
+        for g in guests:
+            assert g.verify() == 0
+            g.close()
+        assert len(guest_mod._SHARED_STORES) == 0
+    finally:
+        fs.close()

@@ -12,6 +12,8 @@ Two ways to take a discard fault (per guest):
                  those pages from its cache, and a cached page it finds discarded is dropped
                  and read again -- an ordinary cache miss
 """
+import threading
+
 import numpy as np
 
 from ..errors import ConfigError
@@ -25,7 +27,36 @@ from .pagecache import (DIRTY, FILE, KIND_NAMES, LOCKED, MAPPED_WRITABLE, MLOCKE
 
 DISCARD_MODES = {"transparent": "transparent", "guest": "guest", "guest-visible": "guest",
                  "guest_visible": "guest"}
-MAX_STORES_PER_GUEST = 768  # backing-file stores a guest may hold (a process-wide C table)
+MAX_STORES_PER_GUEST = 2048  # backing files a guest may reference (the C store table is shared)
+
+# Guests that read one tree (a shared file set, files=DIR) share one read-only FileStore per
+# file: store ids are a process-wide C table (gphint.stores.MAX_STORES), and a file's content
+# is the same whichever guest reloads from it.  path -> [store, references]
+_SHARED_STORES = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_store(path):
+    from ..stores import FileStore
+    with _SHARED_LOCK:
+        entry = _SHARED_STORES.get(path)
+        if entry is None:
+            try:
+                entry = _SHARED_STORES[path] = [FileStore(path), 0]
+            except ConfigError:
+                return None
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_store(path):
+    with _SHARED_LOCK:
+        entry = _SHARED_STORES.get(path)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _SHARED_STORES[path]
+                entry[0].close()
 RECLAIM_CLUSTER = 32        # pages reclaimed at least per shortage (Linux SWAP_CLUSTER_MAX)
 
 
@@ -98,12 +129,11 @@ class Guest:
             if len(self._stores) >= MAX_STORES_PER_GUEST:
                 self.stats["stores_refused"] += 1
                 return None
-            from ..stores import FileStore
-            try:
-                store = self._stores[path] = FileStore(path)
-            except ConfigError:          # the process-wide store table is full
+            store = _shared_store(path)
+            if store is None:                # the process-wide store table is full
                 self.stats["stores_refused"] += 1
                 return None
+            self._stores[path] = store
         return store
 
     def _alloc_frames(self, npages):
@@ -376,8 +406,8 @@ class Guest:
     def _teardown(self):
         if self.fault_service is not None and getattr(self.mem, "fault_service", None) is not None:
             self.fault_service.unregister(self.mem, materialize=False)
-        for store in self._stores.values():
-            store.close()
+        for path in self._stores:
+            _release_store(path)
         self._stores.clear()
         for attr in ("swap", "files"):
             obj = getattr(self, attr, None)
