@@ -279,7 +279,7 @@ class PageCache(GuestPart):
         self.version = [None] * n             # per file: int64 version per page (0 = original)
         self.shadow = {}                      # (fid, page) -> expected bytes of a user write
         self.stats = {"reads": 0, "writes": 0, "hits": 0, "misses": 0, "fills": 0,
-                      "writeback_pages": 0, "evicted": 0, "dropped_discarded": 0,
+                      "writeback_pages": 0, "dropped_discarded": 0,
                       "reloaded": 0, "mapped_dirty": 0}
 
     # --- per-file tables ------------------------------------------------------------------
