@@ -21,10 +21,11 @@ def test_unknown_workload_lists_the_valid_ones():
     with Guest("4M", workload=None, file_bytes="2M") as g:
         with pytest.raises(ConfigError, match="no workload"):
             g.step(1)
+        g.workload = make_workload("idle", g)
         with pytest.raises(ConfigError, match="nops"):
-            make_workload("idle", g).step  # constructing works
-            g.workload = make_workload("idle", g)
             g.step(-1)
+        with pytest.raises(ConfigError, match="bogus"):
+            make_workload("bogus", g)
 
 
 def run(name, seed, nops=1500, size="8M"):
