@@ -411,8 +411,9 @@ def compare(config, strategies, progress=None, debug=False):
                 with open(out) as f:
                     records.append(json.load(f)["results"][0])
             else:
+                last = err.splitlines()[-1] if err else "exit status %d" % proc.returncode
                 records.append({"strategy": str(spec), "strategy_name": spec.name,
-                                "error": err.splitlines()[-1] if err else "exit status %d" % proc.returncode})
+                                "error": last.replace("gphint: error: ", "", 1)})
             if progress:
                 progress(i + 1, None, 0.0)
     return records

@@ -120,3 +120,21 @@ def test_progress_bar_on_a_terminal_and_quiet_turns_it_off():
     assert rc == 0 and "run unused:" in tty and "%|" in tty
     rc, tty = _stderr_on_a_tty(*(args + ["--quiet"]))
     assert rc == 0 and "%|" not in tty
+
+
+def test_compare_records_a_failed_strategy_and_exits_1(tmp_path):
+    """A strategy whose child fails gets an error record (its one-line reason) and the others
+    still run; here every guest fails to boot from an empty --files tree."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "c.json"
+    r = gphint("compare", "--strategies", "none,cmma", "--files", str(empty), "--json", str(out),
+               *SMALL)
+    assert r.returncode == 1
+    doc = json.loads(out.read_text())
+    check_document(doc)
+    assert [x["strategy"] for x in doc["results"]] == ["none", "cmma"]
+    for rec in doc["results"]:
+        assert str(empty) in rec["error"] and "readable" in rec["error"]
+        assert not rec["error"].startswith("gphint: error:")
+    assert r.stdout.count("error: ") == 2
