@@ -4,6 +4,8 @@ host took, refreshed from the snapshot a run keeps with --status.
 
     gphint compare --host-mem 128M --status /tmp/gphint.status &
     scripts/watch.py /tmp/gphint.status            # refreshes until the run is done
+    scripts/watch.py /tmp/gphint.status --follow   # compare: keep going from one strategy's
+                                                   # run to the next (Ctrl-C to stop)
     scripts/watch.py /tmp/gphint.status --once     # one snapshot, then exit
 
 Page states are the two-letter pairs of gphint.states (S/U/P/V usage, r/p/z content): e.g.
@@ -56,6 +58,8 @@ def main(argv=None):
     ap.add_argument("status", help="the file given to gphint run/compare --status")
     ap.add_argument("--once", action="store_true", help="print one snapshot and exit")
     ap.add_argument("--interval", type=float, default=0.5, help="refresh period in seconds")
+    ap.add_argument("--follow", action="store_true",
+                    help="do not stop when a run is done (compare runs one strategy after another)")
     ap.add_argument("--wait", type=float, default=10.0,
                     help="seconds to wait for the status file to appear")
     args = ap.parse_args(argv)
@@ -77,7 +81,7 @@ def main(argv=None):
         if tty and not args.once:
             sys.stdout.write("\x1b[H\x1b[2J")
         print(text, flush=True)
-        if args.once or status.get("done"):
+        if args.once or (status.get("done") and not args.follow):
             return 0
         time.sleep(args.interval)
 

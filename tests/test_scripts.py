@@ -118,3 +118,20 @@ def test_balloon_latency_sweep(tmp_path):
         assert int(cells[2]) == rec["host"]["balloon_requests"]
     r = script("balloon_latency.py", "--guests", "1")
     assert r.returncode == 2 and "--guests" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_watch_follows_a_comparison_from_strategy_to_strategy(tmp_path):
+    status = tmp_path / "status.json"
+    cmp = subprocess.Popen([sys.executable, "-m", "gphint", "compare", "--strategies", "none,unused",
+                            "--guests", "1", "--guest-mem", "16M", "--duration", "1.5", "--no-probe",
+                            "--quiet", "--status", str(status)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watch = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "watch.py"), str(status),
+                              "--follow", "--interval", "0.2"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert cmp.wait(timeout=120) == 0
+        time.sleep(0.5)
+    finally:
+        watch.terminate()
+        out = watch.communicate(timeout=30)[0]
+    assert "none  proactive" in out and "unused  proactive" in out
