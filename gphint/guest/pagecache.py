@@ -203,10 +203,12 @@ class Hinter:
         they have no backing store -- the read path's shortcut past desired_usage()."""
         if not self.hinting or frames.size == 0:
             return
-        if not self.volatile_ok or (self.table.flags[frames] & NO_BACKING).any():
+        # NO_BACKING is only ever set on a fill with a fault service but no store for the file
+        if not self.volatile_ok or (self.mem.fault_service is not None
+                                    and (self.table.flags[frames] & NO_BACKING).any()):
             self.settle(frames)          # nothing to stabilise: they are STABLE already
             return
-        self.buffer.hint(frames, PageState.VOLATILE)
+        self.buffer.hint_allocated(frames, V)
         self.table.hinted[frames] = V
         self.stats["to_volatile"] += int(frames.size)
 
