@@ -163,7 +163,7 @@ class HintBuffer:
     def _defer(self, pages, state):
         """Transitions out of STABLE wait; any other is applied now (never deferred, see top)."""
         usage = self._states[pages] & USAGE_MASK
-        if usage.any():
+        if usage.nonzero()[0].size:      # cheaper than usage.any() on small arrays
             live = usage != STABLE
             now = pages[live & (usage != state)]     # a page already in `state`: a no-op
             if now.size:
@@ -211,15 +211,16 @@ class HintBuffer:
         nothing, so set_state raises the error naming the page and both states (or completes
         a transition that a concurrent host change made the C call give up on)."""
         mem, cap, n = self.mem, self.capacity, pages.size
-        table, set_usage, mem_stats = self._state_table, mech.set_usage, mem.stats
-        for lo in range(0, n, cap):
-            chunk = pages if n <= cap else pages[lo:lo + cap]
-            if mem._closed or set_usage(table, chunk, state, NEXT_TABLE)[0] < 0:
-                mem.set_state(chunk, state)
+        if n <= cap:
+            if mem._closed or mech.set_usage(self._state_table, pages, state, NEXT_TABLE)[0] < 0:
+                mem.set_state(pages, state)
             else:
-                mem_stats["hint_ops"] += 1
+                mem.stats["hint_ops"] += 1
             self.hint_ops += 1
-            self.transitions += chunk.size
+            self.transitions += n
+            return
+        for lo in range(0, n, cap):
+            self._apply(pages[lo:lo + cap], state)
 
     def _live(self):
         """Unique pages of the queue whose transition is still pending."""
