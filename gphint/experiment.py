@@ -312,6 +312,8 @@ class Runner:
             "rss_baseline_bytes": self.rss_baseline_bytes,
             "rss_peak_bytes": max(t[1] for t in timeline),
             "rss_end_bytes": timeline[-1][1],
+            "rss_anon_peak_bytes": max(t[4] for t in timeline),
+            "rss_anon_end_bytes": timeline[-1][4],
             "guest_resident_peak_bytes": host.resident_peak_npages * PAGE_SIZE,
             "guest_resident_end_bytes": resident_end,
             "guest_touched_bytes": touched,
@@ -338,7 +340,8 @@ class Runner:
             "proactive_probe": probe,
             "census_end": census,
             "integrity_errors": integrity,
-            "timeline_fields": ["t_s", "rss_bytes", "guest_resident_bytes", "host_swap_bytes"],
+            "timeline_fields": ["t_s", "rss_bytes", "guest_resident_bytes", "host_swap_bytes",
+                                "rss_anon_bytes"],
             "timeline": timeline,
         }
         return rec

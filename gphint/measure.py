@@ -31,6 +31,18 @@ def rss_bytes():
     return _process().memory_info().rss
 
 
+def anon_rss_bytes():
+    """Anonymous resident memory of this process (RssAnon of /proc/self/status): the guests'
+    memory plus the interpreter's heap, WITHOUT file pages the process has mapped (the fault
+    service reloads from mappings of the guests' files and of the host swap file; those pages
+    are the kernel's page cache, reclaimable, and would otherwise count as RSS)."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return rss_bytes()   # kernels before 4.5: no split available
+
+
 def uss_bytes():
     """Unique set size of this process (psutil; reads smaps, so it is slow)."""
     return _process().memory_full_info().uss

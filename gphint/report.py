@@ -33,6 +33,7 @@ COLUMNS = [
     ("strategy", lambda r: r["strategy"]),
     ("RSS peak MiB", _mib("rss_peak_bytes")),
     ("RSS end MiB", _mib("rss_end_bytes")),
+    ("anon RSS peak MiB", _mib("rss_anon_peak_bytes")),
     ("touched MiB", _mib("guest_touched_bytes")),
     ("saved MiB", _mib("host_saved_bytes")),
     ("discarded MiB", _mib("discarded_bytes")),

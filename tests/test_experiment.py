@@ -48,10 +48,13 @@ def check_document(doc):
                     "host_swap_out_bytes", "host_swap_in_bytes", "ops", "hint_ops", "discard_syscalls"):
             assert isinstance(rec[key], int) and rec[key] >= 0, key
         assert rec["rss_peak_bytes"] >= rec["rss_end_bytes"] > rec["rss_baseline_bytes"] > 0
+        assert rec["rss_peak_bytes"] >= rec["rss_anon_peak_bytes"] >= rec["rss_anon_end_bytes"] > 0
         tl = np.asarray(rec["timeline"], dtype=float)
-        assert tl.ndim == 2 and tl.shape[1] == 4 and len(tl) >= 2
+        assert tl.ndim == 2 and tl.shape[1] == 5 and len(tl) >= 2
+        assert (tl[:, 4] <= tl[:, 1]).all()      # anonymous RSS is part of RSS
         assert (np.diff(tl[:, 0]) >= 0).all()
-        assert rec["timeline_fields"] == ["t_s", "rss_bytes", "guest_resident_bytes", "host_swap_bytes"]
+        assert rec["timeline_fields"] == ["t_s", "rss_bytes", "guest_resident_bytes", "host_swap_bytes",
+                                          "rss_anon_bytes"]
         assert rec["guest_cpu_s"] > 0 and rec["host_cpu_s"] >= 0 and rec["ops_per_s"] > 0
 
 

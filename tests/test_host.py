@@ -109,8 +109,9 @@ def test_thread_discards_concurrently(guests):
         host.stop()
     assert not guests[1].residency()[free].any()
     assert host.steps >= 1 and host.timeline
-    t, rss, resident, swap = host.timeline[-1]
+    t, rss, resident, swap, rss_anon = host.timeline[-1]
     assert rss == pytest.approx(measure.rss_bytes(), rel=0.5) and swap == 0
+    assert 0 < rss_anon <= rss
 
 
 def test_budget_needs_the_fault_service(guests):

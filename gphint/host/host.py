@@ -128,13 +128,15 @@ class Host:
         return self.swapper.used_bytes() if self.swapper else 0
 
     def record(self, force=False):
-        """Append a timeline sample [t_s, rss_bytes, guest_resident_bytes, host_swap_bytes]."""
+        """Append a timeline sample [t_s, rss_bytes, guest_resident_bytes, host_swap_bytes,
+        rss_anon_bytes]."""
         now = self.clock()
         if not force and now < self._next_sample:
             return
         self._next_sample = now + self.sample_interval_s
         self.timeline.append([round(now - self.t0, 4), measure.rss_bytes(),
-                              self.resident_npages * PAGE_SIZE, self.host_swap_bytes()])
+                              self.resident_npages * PAGE_SIZE, self.host_swap_bytes(),
+                              measure.anon_rss_bytes()])
 
     def over_budget(self):
         """Cheap check for direct reclaim: are the guests above budget right now (mincore)?"""
