@@ -13,6 +13,7 @@ import mmap
 import numpy as np
 
 from . import _mechanism, caps
+from ._lifetime import Closeable
 from ._mechanism import mech
 from .errors import ClosedError, ConfigError, StateError, Unsupported
 from .states import (CONTENT_MASK, NEXT_TABLE, USAGE_MASK, HostState, PageState, pair_name,
@@ -51,7 +52,7 @@ def expand_runs(runs):
     return np.repeat(runs[:, 0], lengths) + offsets
 
 
-class GuestMemory:
+class GuestMemory(Closeable):
     """A guest's physical memory: `GuestMemory("64M")`, `GuestMemory(1 << 26, thp=True)`.
 
     thp=False (default) marks the region MADV_NOHUGEPAGE so that 4 KiB discards free 4 KiB;
@@ -402,18 +403,6 @@ class GuestMemory:
             except BufferError:
                 # someone still holds a view: free the memory now, unmap when it is dropped
                 m.madvise(mmap.MADV_DONTNEED)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         if self._closed:

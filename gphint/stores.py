@@ -17,6 +17,7 @@ import threading
 
 import numpy as np
 
+from ._lifetime import Closeable
 from ._mechanism import mech
 from .errors import ClosedError, ConfigError, GphintError
 from .units import parse_size
@@ -48,7 +49,7 @@ def _give_id(store_id):
         _free_ids.append(store_id)
 
 
-class Store:
+class Store(Closeable):
     """Base: an fd, an id in the C store table, read(offset, nbytes)."""
 
     kind = "store"
@@ -83,18 +84,6 @@ class Store:
         os.close(self.fd)
         self.fd = -1
         _give_id(self.id)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class FileStore(Store):
