@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import errno as _errno
 import mmap
+import os
 
 import numpy as np
 
@@ -174,3 +175,59 @@ def residency(region, page_size, vec):
     del out
     vec[:npages] &= 1
     return int(vec[:npages].sum())
+
+
+# --- the guest side of the state protocol and page-cache I/O (ext/protocol.c, ext/fill.c) ------
+# No fault thread exists in this mechanism, so nothing else holds pages: numpy is enough.
+VZ = 0x0C | 0x03     # VOLATILE | ZERO: a discarded cache page
+
+
+def make_stable(states, pages, out):
+    """Make pages STABLE; discarded VOLATILE pages (Vz) go to out instead.  Returns how many."""
+    pages = np.asarray(pages, dtype=np.int64)
+    s = states[pages]
+    vz = (s & 0x0F) == VZ
+    n = int(np.count_nonzero(vz))
+    out[:n] = pages[vz]
+    keep = pages[~vz]
+    content = states[keep] & 0x03
+    # a POT_VOLATILE page is always resident (Pp/Pz are invalid): it becomes Sr
+    states[keep] = np.where((states[keep] & 0x0C) == 0x08, 0, content).astype(np.uint8)
+    return n
+
+
+def _runs_with_offsets(idx, offs, ps):
+    """Yield ((first_page, first_offset), npages) for runs contiguous in pages and offsets."""
+    if idx.size == 0:
+        return
+    brk = np.flatnonzero((np.diff(idx) != 1) | (np.diff(offs) != ps)) + 1
+    starts = np.concatenate(([0], brk))
+    ends = np.concatenate((brk, [idx.size]))
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        yield (int(idx[a]), int(offs[a])), b - a
+
+
+def _page_io(to_file, region, ps, pages, fd, offsets):
+    for first, n in _runs_with_offsets(np.asarray(pages, dtype=np.int64), np.asarray(offsets, dtype=np.int64), ps):
+        view = memoryview(region[first[0] * ps:(first[0] + n) * ps])
+        off, done = int(first[1]), 0
+        while done < n * ps:
+            if to_file:
+                got = os.pwrite(fd, view[done:], off + done)
+            else:
+                got = os.preadv(fd, [view[done:]], off + done)
+                if got == 0:
+                    view[done:] = bytes(len(view) - done)   # past EOF: zeros
+                    break
+            done += got
+    return (len(pages), 0)
+
+
+def fill_from_file(region, page_size, pages, fd, offsets, force_bounce=False):
+    """Read whole pages of fd at offsets into frames pages.  Returns (pages, bounced)."""
+    return _page_io(False, region, page_size, pages, fd, offsets)
+
+
+def write_to_file(region, page_size, pages, fd, offsets, force_bounce=False):
+    """Write frames pages to fd at offsets.  Returns (pages, bounced)."""
+    return _page_io(True, region, page_size, pages, fd, offsets)

@@ -31,17 +31,6 @@ def _table(nbytes):
     return mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
-def _runs_with_offsets(idx, offs):
-    """Yield ((first_page, first_offset), npages) for runs contiguous in both pages and offsets."""
-    if idx.size == 0:
-        return
-    brk = np.flatnonzero((np.diff(idx) != 1) | (np.diff(offs) != PAGE_SIZE)) + 1
-    starts = np.concatenate(([0], brk))
-    ends = np.concatenate((brk, [idx.size]))
-    for a, b in zip(starts.tolist(), ends.tolist()):
-        yield (int(idx[a]), int(offs[a])), b - a
-
-
 def expand_runs(runs):
     """(n, 2) array of (first_page, npages) -> flat array of page indices."""
     runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
@@ -312,18 +301,7 @@ class GuestMemory(Closeable):
         the guest must reload (fill_from_file) or drop them."""
         idx = self._pages(pages)
         out = np.empty(idx.size, dtype=np.int64)
-        if mech.COMPILED:
-            n = mech.make_stable(self._states, idx, out)
-        else:
-            # no fault thread in the pure mechanism: nothing else holds pages, numpy is enough
-            s = self._states[idx]
-            vz = (s & 0x0F) == (PageState.VOLATILE | HostState.ZERO)
-            n = int(np.count_nonzero(vz))
-            out[:n] = idx[vz]
-            keep = idx[~vz]
-            c = self._states[keep] & CONTENT_MASK
-            self._states[keep] = np.where((self._states[keep] & USAGE_MASK) == PageState.POT_VOLATILE,
-                                          0, c).astype(np.uint8)
+        n = mech.make_stable(self._states, idx, out)
         self.stats["hint_ops"] += 1
         return out[:n].copy()
 
@@ -341,29 +319,14 @@ class GuestMemory(Closeable):
         offs = self._offsets(idx, offsets)
         if idx.size == 0:
             return 0
-        if mech.COMPILED:
-            svc = self.fault_service
-            bounce = svc is not None and getattr(svc, "mode", "full") == "user_mode_only"
-            if svc is not None and not to_file:
-                # missing frames are installed without a fault (gphint.faults)
-                return svc.fill(self, idx, int(fd), offs, bounce)
-            io = mech.write_to_file if to_file else mech.fill_from_file
-            n, _ = io(self._region, PAGE_SIZE, idx, int(fd), offs, bounce)
-            return n
-        import os
-        for first, n in _runs_with_offsets(idx, offs):
-            view = memoryview(self._region[first[0] * PAGE_SIZE:(first[0] + n) * PAGE_SIZE])
-            off, done = int(first[1]), 0
-            while done < n * PAGE_SIZE:
-                if to_file:
-                    got = os.pwrite(fd, view[done:], off + done)
-                else:
-                    got = os.preadv(fd, [view[done:]], off + done)
-                    if got == 0:
-                        view[done:] = bytes(len(view) - done)   # past EOF: zeros
-                        break
-                done += got
-        return idx.size
+        svc = self.fault_service
+        bounce = svc is not None and getattr(svc, "mode", "full") == "user_mode_only"
+        if svc is not None and not to_file:
+            # missing frames are installed without a fault (gphint.faults)
+            return svc.fill(self, idx, int(fd), offs, bounce)
+        io = mech.write_to_file if to_file else mech.fill_from_file
+        n, _ = io(self._region, PAGE_SIZE, idx, int(fd), offs, bounce)
+        return n
 
     # --- measurement --------------------------------------------------------------------------
     def residency(self):
