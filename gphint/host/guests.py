@@ -78,8 +78,8 @@ def make_guest(index, config, spec, svc, fileset=None):
     g.workload_name = workload_for(index, config.workload)
     if hints == "unused":
         # s390 mainline: the allocator's UNUSED/STABLE hooks only; the page cache never marks
-        # VOLATILE or POT_VOLATILE (its Hinter is what would)
-        g.hinter.hinting = False
+        # VOLATILE or POT_VOLATILE
+        g.set_hint_level("unused")
     return g
 
 
