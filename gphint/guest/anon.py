@@ -233,15 +233,7 @@ class AnonMemory(GuestPart):
 
     def drop_swapcache(self, frames):
         """Reclaim: forget the swap-cache copies (the slot keeps the content) and free frames."""
-        frames = np.asarray(frames, dtype=np.int64)
-        frames = frames[self.table.kind[frames] == SWAPCACHE]
-        if frames.size == 0:
-            return 0
-        pids, v = self.table.owner[frames], self.table.index[frames]
-        for pid in np.unique(pids).tolist():
-            self._procs[pid]["frame"][v[pids == pid]] = -1
-        self.free_frames(frames)
-        return int(frames.size)
+        return self._release(frames, SWAPCACHE, lambda pid: self._procs[pid]["frame"])
 
     def swap_in(self, v, pid):
         """Frames of these live pages, resident and STABLE, with their swap slots freed."""

@@ -263,6 +263,19 @@ class GuestPart:
         self.discard_mode = discard_mode
         self.store_for = store_for or (lambda path: None)
 
+    def _release(self, frames, kind, frame_map):
+        """Free the frames of `kind` among frames, first unlinking each from its owner's
+        page -> frame map (`frame_map(owner)`, an int64 array, -1 = none).  Returns how many."""
+        frames = np.asarray(frames, dtype=np.int64)
+        frames = frames[self.table.kind[frames] == kind]
+        if frames.size == 0:
+            return 0
+        owners, index = self.table.owner[frames], self.table.index[frames]
+        for owner in np.unique(owners).tolist():
+            frame_map(owner)[index[owners == owner]] = -1
+        self.free_frames(frames)
+        return int(frames.size)
+
     def _reload(self, lost):
         """Found discarded while being made stable, transparent mode: touch them (the fault
         service reloads them from their backing store) and try again."""
@@ -357,16 +370,7 @@ class PageCache(GuestPart):
 
     def drop(self, frames):
         """Remove clean cached frames from the cache and free them."""
-        frames = np.asarray(frames, dtype=np.int64)
-        frames = frames[self.table.kind[frames] == FILE]
-        if frames.size == 0:
-            return 0
-        fids, pages = self.table.owner[frames], self.table.index[frames]
-        for fid in np.unique(fids).tolist():
-            sel = fids == fid
-            self.page_frame[fid][pages[sel]] = -1
-        self.free_frames(frames)
-        return int(frames.size)
+        return self._release(frames, FILE, self.page_frame.__getitem__)
 
     def _stable_frames(self, fid, pages, mark):
         """Frames for pages of fid, made STABLE with the descriptor flags `mark` set first
