@@ -31,8 +31,7 @@ GUEST_MB = int(os.environ.get("GPHINT_BENCH_GUEST_MB", "64"))
 NOPS = {"fileserver": 3000, "churn": 1500, "build": 1500}
 CONFIGS = {"off": dict(hinting=False, batch=32), "batch1": dict(hinting=True, batch=1),
            "batch32": dict(hinting=True, batch=32), "batch256": dict(hinting=True, batch=256)}
-# Diagnostic, paired rounds only: hinting on, but the HintBuffer's hint() and hint_allocated()
-# made no-ops -- what
+# Diagnostic, paired rounds only: hinting on, but the HintBuffer's hint() made a no-op -- what
 # the guest's own bookkeeping (desired states, hinted records) costs without any submission.
 BOOKKEEPING = "bookkeeping"
 FASTEST = {}          # (workload, config) -> fastest round in s
@@ -51,8 +50,8 @@ def make_guest(root, workload, config):
     kw = CONFIGS["batch32" if config == BOOKKEEPING else config]
     g = Guest("%dM" % GUEST_MB, files=root, seed=1, workload=workload, **kw)
     if config == BOOKKEEPING:
-        # every way a request reaches the HintBuffer (a cache fill's fresh frames use the second)
-        g.allocator.hints.hint = g.allocator.hints.hint_allocated = lambda pages, state: None
+        # the one way a request reaches the HintBuffer
+        g.allocator.hints.hint = lambda pages, state: None
     g.mem.frames[:] = 0          # prewarm: take the host's first-touch faults outside the timer
     return g
 
@@ -102,7 +101,7 @@ def test_batched_hinting_target(benchmark, file_root, workload):
     machine's load (2 cores shared) hits them alike; each configuration's fastest round is
     compared with hinting off.  Target: batched hinting (capacity 32 and 256) keeps >= 97% of
     the no-hinting throughput.  The unbatched cost (capacity 1) is reported, not asserted, and
-so is `bookkeeping` (hint submission stubbed out): it splits the cost between the guest's own
+so is `bookkeeping` (HintBuffer.hint stubbed out): it splits the cost between the guest's own
 state bookkeeping and the HintBuffer calls."""
     times = {c: [] for c in list(CONFIGS) + [BOOKKEEPING]}
 

@@ -121,3 +121,4 @@ def residency(unsigned char[::1] region not None, size_t page_size, uint8_t[::1]
 
 
 include "_faults.pxi"
+include "_hintq.pxi"

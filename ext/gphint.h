@@ -194,6 +194,44 @@ long gph_write_to_file(uint8_t *base, size_t page_size, int64_t npages, const in
                        size_t n, int fd, const int64_t *offsets, int force_bounce, int64_t *bounced,
                        struct gph_err *err);
 
+/* --- hintq.c: the guest's hint queue (batched usage transitions; policy in gphint/guest/hints.py) ---
+ * Requests: "move these pages to usage u".  Not STABLE now -> applied at once (chunks of capacity);
+ * STABLE requested -> cancels a pending transition; out of STABLE -> deferred until capacity
+ * transitions wait, then submitted in whole batches of capacity, one gph_set_usage per batch and
+ * target.  Invariant: a page with a pending transition is STABLE.  Chunks the state table refuses
+ * are listed in refused[] for the caller to redo through its checked setter.  Not thread-safe. */
+#define GPH_NO_PENDING 0xff
+struct gph_hintq {
+    uint8_t *states;          /* the memory's state table */
+    int64_t npages;
+    const uint8_t *next;      /* the guest transition table (see gph_set_usage) */
+    uint8_t *pending;         /* per page: target usage of its deferred transition, or GPH_NO_PENDING */
+    uint64_t *ops_total;      /* the memory's count of usage-change calls, shared by its queues */
+    size_t capacity, npending;
+    uint64_t hint_ops, transitions, cancelled;   /* state changes made, pages moved, superseded */
+    /* owned by the queue (gph_hintq_free) */
+    int64_t *queue; size_t qlen, qcap;           /* deferred pages, oldest first; dead entries allowed */
+    int64_t *work; size_t wcap;                  /* scratch: pages applied now or submitted */
+    uint8_t *targets; size_t tcap;               /* scratch: their target usages */
+    int64_t *refused; uint8_t *refused_usage; size_t nrefused, rcap;
+};
+long gph_hintq_init(struct gph_hintq *q, uint8_t *states, int64_t npages, const uint8_t next[64],
+                    uint8_t *pending, uint64_t *ops_total, size_t capacity);
+void gph_hintq_free(struct gph_hintq *q);
+/* pages: unique indices.  Returns n, or -ERANGE (err->first_page = index into pages[]; nothing
+ * changed), -EINVAL (usage not a usage code), -ENOMEM. */
+long gph_hintq_hint(struct gph_hintq *q, const int64_t *pages, size_t n, int usage,
+                    struct gph_err *err);
+/* The guest must own these pages now (a write, a swap-in): STABLE ones have their pending
+ * transition cancelled, the others go through gph_make_stable, capacity pages per call; pages
+ * found discarded (Vz) are left as they are and listed in discarded_out (room for n).
+ * Returns how many were found discarded, or -ERANGE / -ENOMEM as gph_hintq_hint. */
+long gph_hintq_make_stable(struct gph_hintq *q, const int64_t *pages, size_t n,
+                           int64_t *discarded_out, struct gph_err *err);
+/* Submit the oldest pending transitions: all, or (whole_batches_only) a multiple of capacity.
+ * Returns the transitions submitted. */
+long gph_hintq_submit(struct gph_hintq *q, int whole_batches_only);
+
 /* --- uffd_baseline.c: the minimal userfaultfd loop (benchmark baseline only) --- */
 /* Register [base, base+len), touch every page from the calling thread while a helper thread serves
  * each fault with one UFFDIO_COPY of a static page.  Returns elapsed ns, or -errno. */

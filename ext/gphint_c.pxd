@@ -101,3 +101,19 @@ cdef extern from "gphint.h" nogil:
                            size_t n, int fd, const int64_t *offsets, int force_bounce, int64_t *bounced,
                            gph_err *err)
     long gph_uffd_baseline(uint8_t *base, size_t len, size_t page_size, gph_err *err)
+
+# --- issue 4: the guest's hint queue (ext/hintq.c) ---
+cdef extern from "gphint.h" nogil:
+    struct gph_hintq:
+        int64_t npages
+        size_t capacity, npending, qlen, nrefused
+        uint64_t hint_ops, transitions, cancelled
+        int64_t *refused
+        uint8_t *refused_usage
+    long gph_hintq_init(gph_hintq *q, uint8_t *states, int64_t npages, const uint8_t *next,
+                        uint8_t *pending, uint64_t *ops_total, size_t capacity)
+    void gph_hintq_free(gph_hintq *q)
+    long gph_hintq_hint(gph_hintq *q, const int64_t *pages, size_t n, int usage, gph_err *err)
+    long gph_hintq_submit(gph_hintq *q, int whole_batches_only)
+    long gph_hintq_make_stable(gph_hintq *q, const int64_t *pages, size_t n, int64_t *discarded_out,
+                               gph_err *err)

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from ._version import __version__  # noqa: F401  (same API: the version check passes)
-from .errors import SyscallError
+from .errors import ConfigError, SyscallError
 
 COMPILED = False
 ADVICE = {"dontneed": 0, "free": 1}
@@ -231,3 +231,181 @@ def fill_from_file(region, page_size, pages, fd, offsets, force_bounce=False):
 def write_to_file(region, page_size, pages, fd, offsets, force_bounce=False):
     """Write frames pages to fd at offsets.  Returns (pages, bounced)."""
     return _page_io(True, region, page_size, pages, fd, offsets)
+
+
+# --- the guest's hint queue (ext/hintq.c) -------------------------------------------------------
+NO_PENDING = 0xFF
+
+
+class HintQueue:
+    """Pure-Python twin of the compiled HintQueue (ext/hintq.c, where the rules are explained):
+    the same requests, invariant, whole-batch submission and refused list, on numpy.  Requests
+    of a few pages run on Python scalars: a numpy call costs more than such a request's work."""
+
+    SMALL = 8
+
+    def __init__(self, states, pending, next_table, ops_total, capacity):
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1, got %d" % capacity)
+        if len(states) == 0 or len(pending) != len(states):
+            raise ValueError("pending has %d entries for %d pages" % (len(pending), len(states)))
+        self._states, self._pending, self._next, self._ops = states, pending, next_table, ops_total
+        self._states_mv, self._pending_mv = memoryview(states), memoryview(pending)
+        self.capacity = int(capacity)
+        self._queue = []           # arrays of deferred pages, oldest first; dead entries allowed
+        self.queued = 0            # entries in _queue
+        self.npending = 0
+        self.hint_ops = self.transitions = self.cancelled = 0
+        self._refused = []         # (pages, usage)
+
+    def hint(self, pages, usage):
+        pages = np.asarray(pages, dtype=np.int64)
+        n = pages.size
+        if n == 0:
+            return self._nrefused()
+        if usage & ~0x0C:
+            raise ConfigError("not a usage state code: %#x" % usage)
+        self._check_range(pages)
+        if n <= self.SMALL:
+            now, deferred = self._classify_small(pages.tolist(), usage)
+        else:
+            now, deferred = self._classify(pages, usage)
+        if now.size:
+            self._apply(now, usage)
+        if deferred.size:
+            self._queue.append(deferred)
+            self.queued += deferred.size
+        self.submit(whole_batches_only=True)
+        return self._nrefused()
+
+    def _classify_small(self, pages, usage):
+        states, pend = self._states_mv, self._pending_mv
+        now, deferred = [], []
+        for p in pages:
+            cur = states[p] & 0x0C
+            if cur:                       # not STABLE: nothing pending, apply now unless a no-op
+                if cur != usage:
+                    now.append(p)
+                continue
+            was = pend[p]
+            if usage == 0:
+                if was != NO_PENDING:
+                    pend[p] = NO_PENDING
+                    self.npending -= 1
+                    self.cancelled += 1
+                continue
+            if was == NO_PENDING:
+                self.npending += 1
+                deferred.append(p)
+            else:
+                self.cancelled += 1
+            pend[p] = usage
+        return np.array(now, dtype=np.int64), np.array(deferred, dtype=np.int64)
+
+    def _classify(self, pages, usage):
+        cur = self._states[pages] & 0x0C
+        stable = cur == 0
+        now = pages[~stable & (cur != usage)]
+        pages = pages[stable]
+        was = self._pending[pages]
+        had = was != NO_PENDING
+        nhad = int(np.count_nonzero(had))
+        if usage == 0:
+            self._pending[pages[had]] = NO_PENDING
+            self.npending -= nhad
+            self.cancelled += nhad
+            return now, pages[:0]
+        self.cancelled += nhad
+        self.npending += pages.size - nhad
+        self._pending[pages] = usage
+        return now, pages[~had]
+
+    def make_stable(self, pages):
+        pages = np.asarray(pages, dtype=np.int64)
+        if pages.size == 0:
+            return pages[:0].copy()
+        self._check_range(pages)
+        cur = self._states[pages] & 0x0C
+        stable = pages[cur == 0]
+        had = stable[self._pending[stable] != NO_PENDING]
+        self._pending[had] = NO_PENDING          # still STABLE: cancelling is the whole change
+        self.npending -= had.size
+        self.cancelled += had.size
+        now = pages[cur != 0]
+        out = np.empty(now.size, dtype=np.int64)
+        ndisc = 0
+        for lo in range(0, now.size, self.capacity):
+            chunk = now[lo:lo + self.capacity]
+            n = make_stable(self._states, chunk, out[ndisc:])
+            ndisc += n
+            self.hint_ops += 1
+            self._ops[0] += 1
+            self.transitions += chunk.size - n
+        return out[:ndisc]
+
+    def _check_range(self, pages):
+        lo, hi = int(pages.min()), int(pages.max())
+        if lo < 0 or hi >= len(self._states):
+            raise ConfigError("page index %d out of range [0, %d)" % (lo if lo < 0 else hi, len(self._states)))
+
+    def _apply(self, pages, usage):
+        cap = self.capacity
+        for lo in range(0, pages.size, cap):
+            chunk = pages[lo:lo + cap]
+            if set_usage(self._states, chunk, usage, self._next)[0] < 0:
+                self._refused.append((chunk.copy(), usage))
+                continue
+            self.hint_ops += 1
+            self._ops[0] += 1
+            self.transitions += chunk.size
+
+    def submit(self, whole_batches_only=False):
+        cap = self.capacity
+        ngo = self.npending // cap * cap if whole_batches_only else self.npending
+        if ngo:
+            queued = np.concatenate(self._queue) if len(self._queue) > 1 else self._queue[0]
+            live = np.flatnonzero(self._pending[queued] != NO_PENDING)
+            if live.size == self.npending:
+                # every pending page has a live entry, so equal counts mean one entry each
+                go = queued[live[:ngo]]
+                end = int(live[ngo - 1]) + 1
+            else:
+                # a page deferred, cancelled and deferred again has two live entries: take each
+                # page once, in queue order (np.unique's first index of each)
+                entries = queued[live]
+                _, first = np.unique(entries, return_index=True)
+                first = np.sort(first)[:ngo]
+                go = entries[first]
+                end = int(live[first[-1]]) + 1
+            targets = self._pending[go]
+            self._pending[go] = NO_PENDING
+            self.npending -= ngo
+            rest = queued[end:] if self.npending else queued[:0]
+            self._queue = [rest] if rest.size else []
+            self.queued = rest.size
+            for u in (0x04, 0x08, 0x0C):
+                sel = go[targets == u]
+                if sel.size:
+                    self._apply(sel, u)
+        if self.queued > 4 * cap + 1024:
+            self._compact()
+        return self._nrefused()
+
+    def _compact(self):
+        queued = np.concatenate(self._queue) if self._queue else np.zeros(0, np.int64)
+        live = queued[self._pending[queued] != NO_PENDING]
+        if live.size:                       # the first entry of each page, in order
+            _, first = np.unique(live, return_index=True)
+            live = live[np.sort(first)]
+        self._queue = [live] if live.size else []
+        self.queued = live.size
+
+    def _nrefused(self):
+        return sum(p.size for p, _ in self._refused)
+
+    def take_refused(self):
+        refused, self._refused = self._refused, []
+        if not refused:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint8)
+        return (np.concatenate([p for p, _ in refused]),
+                np.concatenate([np.full(p.size, u, np.uint8) for p, u in refused]))

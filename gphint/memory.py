@@ -81,8 +81,11 @@ class GuestMemory(Closeable):
         self._resident_vec = np.zeros(self.npages, dtype=np.uint8)
         self.fault_service = None   # set by gphint.faults when a discard-fault service serves us
         self.dirty_tracker = None   # set by gphint.faults when POT_VOLATILE writes are tracked
-        self.stats = {"discard_calls": 0, "discard_runs": 0, "discarded_pages": 0,
-                      "vectored_fallbacks": 0, "hint_ops": 0}
+        self._stats = {"discard_calls": 0, "discard_runs": 0, "discarded_pages": 0,
+                       "vectored_fallbacks": 0, "hint_ops": 0}
+        # usage-change calls, counted where they are made: here, and in C by each HintQueue of
+        # this memory (gphint.guest.hints), which shares this counter
+        self._hint_ops_total = np.zeros(1, dtype=np.uint64)
         self._closed = False
 
     # --- views -------------------------------------------------------------------------
@@ -93,6 +96,12 @@ class GuestMemory(Closeable):
     @property
     def closed(self):
         return self._closed
+
+    @property
+    def stats(self):
+        """Counters: discard calls/runs/pages, vectored fallbacks, hint_ops (usage changes)."""
+        self._stats["hint_ops"] = int(self._hint_ops_total[0])
+        return self._stats
 
     @property
     def frames(self):
@@ -180,7 +189,7 @@ class GuestMemory(Closeable):
             raise StateError("page %d: %s -> %s is forbidden (state %s)"
                              % (page, pair_name(old), usage.name, pair_name(old)),
                              page=page, old=pair_name(old), new=usage.name)
-        self.stats["hint_ops"] += 1
+        self._hint_ops_total[0] += 1
         return rc
 
     # --- host side --------------------------------------------------------------------------
@@ -229,7 +238,7 @@ class GuestMemory(Closeable):
         arr = np.asarray(pages)
         if submit_code == 2 and not caps.has("process_madvise"):
             submit_code = 1
-            self.stats["vectored_fallbacks"] += 1
+            self._stats["vectored_fallbacks"] += 1
         pidfd = _mechanism.self_pidfd() if submit_code == 2 else -1
         if arr.ndim == 2 and arr.shape[1:] == (2,) and arr.dtype.kind in "iu":
             n, calls, runs = mech.discard_runs(self._region, PAGE_SIZE, np.ascontiguousarray(arr, dtype=np.int64),
@@ -237,9 +246,9 @@ class GuestMemory(Closeable):
         else:
             idx = self._pages(arr)
             n, calls, runs = mech.discard_pages(self._region, PAGE_SIZE, idx, advice_code, submit_code, pidfd)
-        self.stats["discard_calls"] += calls
-        self.stats["discard_runs"] += runs
-        self.stats["discarded_pages"] += n
+        self._stats["discard_calls"] += calls
+        self._stats["discard_runs"] += runs
+        self._stats["discarded_pages"] += n
         return n
 
     @staticmethod
@@ -302,7 +311,7 @@ class GuestMemory(Closeable):
         idx = self._pages(pages)
         out = np.empty(idx.size, dtype=np.int64)
         n = mech.make_stable(self._states, idx, out)
-        self.stats["hint_ops"] += 1
+        self._hint_ops_total[0] += 1
         return out[:n].copy()
 
     def fill_from_file(self, pages, fd, offsets):

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import gphint
 from gphint.errors import ConfigError
 from gphint.guest.hints import HintBuffer
 from gphint.states import PageState
@@ -109,7 +110,7 @@ def test_queue_stays_bounded_under_free_realloc_churn(mem):
     for _ in range(200):                 # 12800 deferrals, all cancelled: never a full buffer
         h.hint(np.arange(64), U)
         h.hint(np.arange(64), S)
-    assert h._nqueued <= 4 * 128 + 1024 + 64 and h.pending == 0 and h.hint_ops == 0
+    assert h.stats["queued"] <= 4 * 128 + 1024 + 64 and h.pending == 0 and h.hint_ops == 0
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -142,4 +143,111 @@ def test_queue_stays_bounded_under_single_page_churn(mem):
     for _ in range(3000):
         h.hint(pages(5), U)
         h.hint(pages(5), S)
-    assert h._nqueued <= 4 * 128 + 1024 + 1 and h.pending == 0 and h.hint_ops == 0
+    assert h.stats["queued"] <= 4 * 128 + 1024 + 1 and h.pending == 0 and h.hint_ops == 0
+
+
+# --- errors: the queue's refusals become the errors that name them ------------------------------
+def zeroed_stable(mem, page):
+    """Page in Sz: freed, discarded by the host, allocated again (logically zero, no content)."""
+    h = HintBuffer(mem, capacity=1)
+    h.hint(pages(page), U)
+    mem.discard(pages(page))
+    h.hint(pages(page), S)
+    assert mem.census().get("Sz") == 1
+
+
+def test_a_deferred_forbidden_transition_raises_at_submission_naming_page_and_states(mem):
+    zeroed_stable(mem, 9)
+    h = HintBuffer(mem, capacity=4)
+    h.hint(pages(9), V)                     # Sz -> V: no content the guest vouches for
+    assert h.pending == 1                   # deferred: a transition out of STABLE
+    with pytest.raises(gphint.StateError, match=r"page 9: Sz -> VOLATILE"):
+        h.flush()
+    assert h.pending == 0 and mem.census().get("Sz") == 1     # nothing half-done
+
+
+def test_an_immediate_forbidden_transition_raises_before_hint_returns(mem):
+    zeroed_stable(mem, 9)
+    h = HintBuffer(mem, capacity=1)
+    with pytest.raises(gphint.StateError, match="page 9"):
+        h.hint(pages(9), V)
+
+
+def test_the_rest_of_a_batch_is_applied_when_one_page_is_refused(mem):
+    zeroed_stable(mem, 9)
+    h = HintBuffer(mem, capacity=4)
+    h.hint(pages(7, 8, 10), V)
+    with pytest.raises(gphint.StateError, match="page 9"):
+        h.hint(pages(9), V)                 # the 4th fills the batch: submitted, one refused
+    assert (mem.usage(pages(7, 8, 10)) == V).all()
+
+
+@pytest.mark.parametrize("bad", [-1, 8192])
+def test_a_page_out_of_range_names_it_and_changes_nothing(mem, bad):
+    h = HintBuffer(mem, capacity=4)
+    with pytest.raises(gphint.ConfigError, match="page index %d out of range" % bad):
+        h.hint(pages(1, bad), U)
+    assert h.pending == 0 and mem.census() == {"Sr": mem.npages}
+
+
+def test_a_closed_memory_refuses_hints(mem):
+    h = HintBuffer(mem, capacity=4)
+    mem.close()
+    with pytest.raises(gphint.ClosedError):
+        h.hint(pages(1), U)
+
+
+def test_lists_and_other_integer_dtypes_are_accepted(mem):
+    h = HintBuffer(mem, capacity=2)
+    h.hint([1, 2], "unused")
+    h.hint(np.array([3, 4], dtype=np.int32), int(V))
+    h.hint(np.arange(10, dtype=np.int64)[5:9:2], U)       # not contiguous
+    h.flush()
+    assert list(mem.usage(pages(1, 2, 3, 4, 5, 7))) == [U, U, V, V, U, U]
+
+
+def test_a_page_deferred_cancelled_and_deferred_again_is_submitted_once(mem):
+    h = HintBuffer(mem, capacity=1024)
+    h.hint(pages(1, 2, 3), U)
+    h.hint(pages(2), S)                     # cancelled: its queue entry is dead
+    h.hint(pages(2), V)                     # deferred again: a second entry for page 2
+    assert h.pending == 3
+    h.flush()
+    assert h.transitions == 3 and h.pending == 0 and h.stats["queued"] == 0
+    assert list(mem.usage(pages(1, 2, 3))) == [U, V, U]
+
+
+def test_memory_counts_the_buffers_state_changes(mem):
+    before = mem.stats["hint_ops"]
+    h = HintBuffer(mem, capacity=8)
+    h.hint(np.arange(20), U)                # two whole batches
+    mem.set_state(pages(30), U)             # and one direct change
+    assert h.hint_ops == 2 and mem.stats["hint_ops"] - before == 3
+
+
+# --- the two mechanisms agree -----------------------------------------------------------------------
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cap=st.sampled_from([1, 2, 5, 32]),
+       ops=st.lists(st.tuples(st.lists(st.integers(0, 63), min_size=0, max_size=40, unique=True),
+                              st.sampled_from([S, U, V, P, None])), max_size=40))
+def test_compiled_and_pure_queues_agree_step_by_step(compiled_only, cap, ops):
+    """The pure-Python twin is the spec's second reading: the same requests leave the same
+    states, pending table and counters after every step (None = flush)."""
+    from gphint import _fallback, _mech
+    from gphint.states import NEXT_TABLE
+    sides = []
+    for impl in (_mech, _fallback):
+        states = np.zeros(64, np.uint8)
+        pend = np.full(64, 0xFF, np.uint8)
+        ops_total = np.zeros(1, np.uint64)
+        sides.append((impl.HintQueue(states, pend, NEXT_TABLE, ops_total, cap), states, pend, ops_total))
+    for req, state in ops:
+        for q, *_ in sides:
+            if state is None:
+                q.submit(False)
+            else:
+                q.hint(np.array(req, dtype=np.int64), int(state))
+        (qc, sc, pc, oc), (qp, sp, pp, op) = sides
+        assert np.array_equal(sc, sp) and np.array_equal(pc, pp)
+        assert (qc.npending, qc.hint_ops, qc.transitions, qc.cancelled, int(oc[0])) == \
+               (qp.npending, qp.hint_ops, qp.transitions, qp.cancelled, int(op[0]))

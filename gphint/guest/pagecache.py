@@ -40,7 +40,27 @@ NO_BACKING = 1 << 8      # no backing store could be recorded: "no mapping", not
 # any of these keeps a frame STABLE, whatever its kind
 _PINS_STABLE = DIRTY | WRITEBACK | LOCKED | PRIVATE | MLOCKED | HELD | NO_BACKING
 FLAG_DTYPE = np.uint16
+_FLAG_BITS = 9                # flags in use: bits 0-8
 
+
+def _desired_table(pot_volatile_ok):
+    """The usage state a frame's (kind, flags) allows, for every combination: VOLATILE for a
+    clean, up-to-date, unpinned page-cache or swap-cache page; POT_VOLATILE (or STABLE without
+    host dirty tracking) if it is also mapped writable; STABLE for everything else."""
+    kind = np.arange(4 << _FLAG_BITS) >> _FLAG_BITS
+    flags = np.arange(4 << _FLAG_BITS) & ((1 << _FLAG_BITS) - 1)
+    clean = (((kind == FILE) | (kind == SWAPCACHE)) & ((flags & UPTODATE) != 0)
+             & ((flags & _PINS_STABLE) == 0))
+    mapped = (flags & MAPPED_WRITABLE) != 0
+    want = np.where(clean, V, S).astype(np.uint8)
+    want[clean & mapped] = P if pot_volatile_ok else S
+    return want
+
+
+_DESIRED = (_desired_table(False), _desired_table(True))
+
+_NONE = np.zeros(0, dtype=np.int64)   # read-only: "no frames"
+_NONE.flags.writeable = False
 MAX_RELOAD_TRIES = 64    # transparent mode: a page the host keeps discarding while we stabilise
 
 
@@ -81,16 +101,13 @@ class FrameTable:
 
     def desired_usage(self, frames, pot_volatile_ok):
         """The usage state each frame's descriptor allows (uint8 PageState codes)."""
-        kind = self.kind[frames]
-        flags = self.flags[frames]
-        clean = (((kind == FILE) | (kind == SWAPCACHE)) & ((flags & UPTODATE) != 0)
-                 & ((flags & _PINS_STABLE) == 0) & (self.refs[frames] == 0))
-        mapped = (flags & MAPPED_WRITABLE) != 0
-        want = np.where(clean, V, S).astype(np.uint8)
-        if pot_volatile_ok:
-            want[clean & mapped] = P
-        else:
-            want[clean & mapped] = S
+        # one table look-up on (kind, flags): settle() runs on every write and writeback, and
+        # each numpy call on a few frames costs more than the rule it evaluates
+        key = (self.kind[frames].astype(np.intp) << _FLAG_BITS) | self.flags[frames]
+        want = _DESIRED[int(bool(pot_volatile_ok))][key]
+        refs = self.refs[frames]
+        if np.count_nonzero(refs):     # cheaper than refs.any() on a few frames
+            want[refs != 0] = S          # extra references pin a page (REFERENCE §1)
         return want
 
     def reclaimable(self):
@@ -102,7 +119,8 @@ class FrameTable:
 
 # --- the seam to the discard-fault service (gphint.faults, issue 3) -------------------------
 # Page-cache I/O goes through GuestMemory.fill_from_file / write_to_file (C, GIL released; a
-# bounce copy under UFFD_USER_MODE_ONLY), state changes to STABLE through mem.make_stable.
+# bounce copy under UFFD_USER_MODE_ONLY), state changes to STABLE through the HintBuffer's
+# make_stable (the state protocol, ext/protocol.c).
 
 def set_backing(mem, frames, store, offsets, table=None):
     """Record where a clean frame's content lives, before it may become volatile.  With a
@@ -117,13 +135,6 @@ def set_backing(mem, frames, store, offsets, table=None):
     if table is not None:
         table.flags[frames] &= ~FLAG_DTYPE(NO_BACKING)
     mem.set_backing(frames, store, offsets)
-
-
-def make_stable(mem, frames):
-    """Guest side of the state protocol; returns the frames found already discarded."""
-    if len(frames) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.asarray(mem.make_stable(frames), dtype=np.int64)
 
 
 def mark_touched(mem, frames):
@@ -146,10 +157,10 @@ class Hinter:
     state change, and is counted).
 
     table.hinted records the state last asked for; the buffer may still hold it pending (the
-    page is then STABLE in mem, see gphint.guest.hints).  A transition to STABLE of a page
-    that is VOLATILE/POT_VOLATILE in mem goes through mem.make_stable, the state protocol
-    that detects a completed host discard; a page still pending only has its pending
-    transition cancelled."""
+    page is then STABLE in mem, see gphint.guest.hints).  A transition to STABLE goes through
+    HintBuffer.make_stable: a page still STABLE in mem only has its pending transition
+    cancelled; one VOLATILE/POT_VOLATILE in mem goes through the state protocol, which
+    detects a completed host discard."""
 
     def __init__(self, mem, table, buffer, pot_volatile_ok=None):
         self.mem = mem
@@ -168,28 +179,30 @@ class Hinter:
         """Returns the frames that had to become STABLE but were found discarded (not made
         stable: the caller reloads or drops them)."""
         frames = np.asarray(frames, dtype=np.int64)
-        none = np.zeros(0, dtype=np.int64)
         if not self.hinting or frames.size == 0:
-            return none
+            return _NONE
         want = self.table.desired_usage(frames, self.pot_volatile_ok)
         if not self.volatile_ok:
             want[:] = S
         differ = want != self.table.hinted[frames]
-        self.stats["unchanged"] += int(frames.size - np.count_nonzero(differ))
-        if not differ.any():
-            return none
-        frames, want = frames[differ], want[differ]
-        lost = none
+        ndiffer = int(np.count_nonzero(differ))
+        self.stats["unchanged"] += int(frames.size) - ndiffer
+        if ndiffer == 0:
+            return _NONE
+        if ndiffer < frames.size:
+            frames, want = frames[differ], want[differ]
+        lost = _NONE
         to_s = frames[want == S]
         if to_s.size:
-            in_mem = self.mem.usage(to_s)
-            self.buffer.hint(to_s[in_mem == S], PageState.STABLE)   # cancels a pending hint
-            live = to_s[in_mem != S]
-            lost = make_stable(self.mem, live)
+            # one call: cancels pending hints of pages still STABLE, makes the others STABLE
+            # through the state protocol, and lists those the host has discarded meanwhile
+            lost = self.buffer.make_stable(to_s)
             done = np.setdiff1d(to_s, lost, assume_unique=True) if lost.size else to_s
             self.table.hinted[done] = S
             self.stats["to_stable"] += int(done.size)
             self.stats["found_discarded"] += int(lost.size)
+            if to_s.size == frames.size:
+                return lost
         for state, key in ((V, "to_volatile"), (P, "to_pot_volatile")):
             sel = frames[want == state]
             if sel.size:
@@ -208,7 +221,7 @@ class Hinter:
                                     and (self.table.flags[frames] & NO_BACKING).any()):
             self.settle(frames)          # nothing to stabilise: they are STABLE already
             return
-        self.buffer.hint_allocated(frames, V)
+        self.buffer.hint(frames, V)
         self.table.hinted[frames] = V
         self.stats["to_volatile"] += int(frames.size)
 

@@ -1,0 +1,118 @@
+# The hint-queue seam (issue 4): gphint.guest.hints.HintBuffer's batching, ext/hintq.c.
+# The GIL is held throughout: it is what serialises calls on one queue (hintq.c is not
+# thread-safe), and the only waits inside -- for a page the host or the fault thread holds --
+# end within one C call of theirs, which never needs the GIL.
+import numpy as _np
+from libc.string cimport memcpy
+from libc.errno cimport ERANGE, EINVAL
+
+
+cdef class HintQueue:
+    """HintQueue(states, pending, next_table, ops_total, capacity): pending usage transitions.
+
+    states: the memory's state table; pending: one byte per page (0xff = none), written by the
+    queue; next_table: the 64-entry guest transition table; ops_total: a one-element uint64
+    counter of the memory's usage-change calls; capacity: transitions per batch."""
+    cdef gph_hintq q
+    cdef object _tables   # keeps the buffers the C queue points into exported and alive
+
+    def __cinit__(self, uint8_t[::1] states not None, uint8_t[::1] pending not None,
+                  const uint8_t[::1] next_table not None, uint64_t[::1] ops_total not None,
+                  Py_ssize_t capacity):
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1, got %d" % capacity)
+        if states.shape[0] == 0 or pending.shape[0] != states.shape[0]:
+            raise ValueError("pending has %d entries for %d pages" % (pending.shape[0], states.shape[0]))
+        if next_table.shape[0] != 64 or ops_total.shape[0] < 1:
+            raise ValueError("next_table must have 64 entries and ops_total at least one")
+        self._tables = (states, pending, next_table, ops_total)
+        gph_hintq_init(&self.q, &states[0], states.shape[0], &next_table[0], &pending[0],
+                       &ops_total[0], <size_t>capacity)
+
+    def __dealloc__(self):
+        gph_hintq_free(&self.q)
+
+    def hint(self, const int64_t[::1] pages not None, int usage):
+        """Request pages -> usage (unique pages).  Returns how many refused pages wait in
+        take_refused() (0 normally)."""
+        cdef gph_err err
+        cdef long rc
+        if pages.shape[0] == 0:
+            if usage & ~0x0c:
+                from gphint.errors import ConfigError
+                raise ConfigError("not a usage state code: %#x" % usage)
+            return self.q.nrefused
+        rc = gph_hintq_hint(&self.q, &pages[0], pages.shape[0], usage, &err)
+        if rc < 0:
+            self._raise(rc, &err, pages)
+        return self.q.nrefused
+
+    def make_stable(self, const int64_t[::1] pages not None):
+        """The guest must own pages now: cancel their pending transitions, make the others
+        STABLE through the state protocol.  Returns the pages found discarded (int64 array,
+        not made stable: the caller reloads or drops them)."""
+        cdef gph_err err
+        cdef long rc
+        cdef size_t n = pages.shape[0]
+        out = _np.empty(n, dtype=_np.int64)
+        cdef int64_t[::1] o = out
+        if n == 0:
+            return out
+        rc = gph_hintq_make_stable(&self.q, &pages[0], n, &o[0], &err)
+        if rc < 0:
+            self._raise(rc, &err, pages)
+        return out[:rc]
+
+    def submit(self, bint whole_batches_only=False):
+        """Submit pending transitions (all, or whole batches only).  Returns how many refused
+        pages wait in take_refused()."""
+        if gph_hintq_submit(&self.q, whole_batches_only) < 0:
+            raise MemoryError("hint queue: out of memory")
+        return self.q.nrefused
+
+    def take_refused(self):
+        """(pages, usages) the state table refused since the last call, as int64/uint8 arrays."""
+        cdef size_t n = self.q.nrefused
+        pages = _np.empty(n, dtype=_np.int64)
+        usages = _np.empty(n, dtype=_np.uint8)
+        cdef int64_t[::1] p = pages
+        cdef uint8_t[::1] u = usages
+        if n:
+            memcpy(&p[0], self.q.refused, n * sizeof(int64_t))
+            memcpy(&u[0], self.q.refused_usage, n)
+        self.q.nrefused = 0
+        return pages, usages
+
+    cdef _raise(self, long rc, gph_err *err, const int64_t[::1] pages):
+        from gphint.errors import ConfigError
+        if rc == -ERANGE:
+            raise ConfigError("page index %d out of range [0, %d)"
+                              % (pages[err.first_page], self.q.npages))
+        if rc == -EINVAL:
+            raise ConfigError("not a usage state code: %#x" % err.first_page)
+        raise MemoryError("hint queue: out of memory")
+
+    @property
+    def capacity(self):
+        return self.q.capacity
+
+    @property
+    def npending(self):
+        return self.q.npending
+
+    @property
+    def queued(self):
+        """Queue entries, live or not (bounded: dead ones are compacted away)."""
+        return self.q.qlen
+
+    @property
+    def hint_ops(self):
+        return self.q.hint_ops
+
+    @property
+    def transitions(self):
+        return self.q.transitions
+
+    @property
+    def cancelled(self):
+        return self.q.cancelled
