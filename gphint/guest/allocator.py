@@ -29,7 +29,7 @@ from ..states import PageState
 from .hints import HintBuffer
 
 NOT_FREE = -1
-STABLE, UNUSED = PageState.STABLE, PageState.UNUSED
+STABLE, UNUSED = int(PageState.STABLE), int(PageState.UNUSED)   # ints: an IntEnum costs a slow C conversion per call
 MAX_SUPPORTED_ORDER = 20
 
 

@@ -32,7 +32,6 @@ every allocation, free and cache fill, so the buffer's bookkeeping -- classify e
 policy around it: input checks, hinting on or off, and turning a refused transition into the
 StateError that names it.
 """
-import contextlib
 import threading
 
 import numpy as np
@@ -42,7 +41,20 @@ from ..errors import ConfigError, StateError
 from ..states import NEXT_TABLE, parse_state
 
 NO_PENDING = 0xFF
-_NO_LOCK = contextlib.nullcontext()
+
+
+def _int64(pages):
+    return np.ascontiguousarray(pages, dtype=np.int64).reshape(-1)
+
+
+def _locked(lock, *calls):
+    """The calls, each taking lock around it."""
+    def wrap(call):
+        def locked(*args):
+            with lock:
+                return call(*args)
+        return locked
+    return tuple(wrap(c) for c in calls)
 
 
 class HintBuffer:
@@ -63,8 +75,10 @@ class HintBuffer:
         self._q = mech.HintQueue(mem._states, self._pending, NEXT_TABLE, mem._hint_ops_total,
                                  self.capacity)
         # the compiled queue is serialised by the GIL (one C call per request); the twin's
-        # requests are many Python steps, so it takes a lock
-        self._lock = _NO_LOCK if mech.COMPILED else threading.RLock()
+        # requests are many Python steps, so they take a lock
+        self._request, self._stabilise, self._submit = (
+            (self._q.hint, self._q.make_stable, self._q.submit) if mech.COMPILED
+            else _locked(threading.RLock(), self._q.hint, self._q.make_stable, self._q.submit))
 
     # --- the fill side -------------------------------------------------------------------
     def hint(self, pages, state):
@@ -77,18 +91,11 @@ class HintBuffer:
         if self.mem._closed:
             self.mem._check_open()
         try:
-            if self._lock is _NO_LOCK:
-                refused = self._q.hint(pages, state)
-            else:
-                with self._lock:
-                    refused = self._q.hint(pages, state)
+            refused = self._request(pages, state)
         except (TypeError, ValueError):
-            # not the fast path's contiguous int64 array and int code: normalise and retry
-            # (a second error is the request's own, e.g. a page out of range)
-            state = int(parse_state(state))
-            pages = np.ascontiguousarray(pages, dtype=np.int64).reshape(-1)
-            with self._lock:
-                refused = self._q.hint(pages, state)
+            # not the fast path's contiguous int64 array and int code: convert and retry (an
+            # error now is the request's own, e.g. a page out of range)
+            refused = self._request(_int64(pages), int(parse_state(state)))
         if refused:
             self._redo_refused()
 
@@ -99,11 +106,10 @@ class HintBuffer:
         discarded (int64), which are NOT stable: the caller reloads or drops them."""
         if self.mem._closed:
             self.mem._check_open()
-        if (type(pages) is not np.ndarray or pages.dtype != np.int64
-                or not pages.flags.c_contiguous or pages.ndim != 1):
-            pages = np.ascontiguousarray(pages, dtype=np.int64).reshape(-1)
-        with self._lock:
-            return self._q.make_stable(pages)
+        try:
+            return self._stabilise(pages)
+        except (TypeError, ValueError):
+            return self._stabilise(_int64(pages))
 
     def _redo_refused(self):
         """Chunks the state table refused go through mem.set_state, which completes a
@@ -129,9 +135,7 @@ class HintBuffer:
         """Submit every pending transition.  Call before anything that reads the states."""
         if not self.enabled:
             return
-        with self._lock:
-            refused = self._q.submit(False)
-        if refused:
+        if self._submit(False):
             self._redo_refused()
 
     # --- views ---------------------------------------------------------------------------
