@@ -11,11 +11,13 @@ to 0 mismatches and have done nops operations.  Guest memory: GPHINT_BENCH_GUEST
 64), files twice that.  Workloads: fileserver (page-cache transitions: S->V on every fill,
 U<->S on every eviction), churn (allocator transitions), build (both).
 
-extra_info: ops, ops_per_s, hint_ops (set_state calls), transitions, and in the summary case
-`ratio` = ops/s with hinting / ops/s without, on each configuration's fastest round (noise on
-a shared machine only adds time).  Target (issue 4): batched hinting (32, 256) costs at most 3%
-of throughput, i.e. ratio >= 0.97 -- asserted by test_batched_hinting_target, which runs the
-configurations in paired rounds (off, 1, 32, 256 back to back, GPHINT_BENCH_ROUNDS rounds).
+extra_info: ops, ops_per_s, hint_ops (state-change calls), transitions, and `ratio` = ops/s
+with hinting / ops/s without.  Target (issue 4): batched hinting (32, 256) costs at most 3%
+of throughput, i.e. ratio >= 0.97 -- asserted by test_batched_hinting_target, which times the
+configurations in interleaved rounds (see its docstring: this VM's speed drifts by more than
+3% within seconds, so timing configurations one after the other cannot resolve 3%).
+GPHINT_BENCH_ROUNDS (default 15) sets its rounds.  The per-configuration test times each
+configuration on its own (3 rounds), so its `ratio` column swings with the machine's speed.
 """
 import os
 import shutil
@@ -36,7 +38,8 @@ CONFIGS = {"off": dict(hinting=False, batch=32), "batch1": dict(hinting=True, ba
 BOOKKEEPING = "bookkeeping"
 FASTEST = {}          # (workload, config) -> fastest round in s
 TARGET_RATIO = 0.97
-PAIRED_ROUNDS = int(os.environ.get("GPHINT_BENCH_ROUNDS", "5"))
+TARGET_ROUNDS = int(os.environ.get("GPHINT_BENCH_ROUNDS", "15"))
+CHUNKS = 30           # slices per guest in the interleaved rounds of the target test
 
 
 @pytest.fixture(scope="module")
@@ -97,35 +100,55 @@ def test_guest_throughput(benchmark, file_root, workload, config):
 @pytest.mark.target
 @pytest.mark.parametrize("workload", list(NOPS))
 def test_batched_hinting_target(benchmark, file_root, workload):
-    """Paired rounds: each round runs every configuration once, back to back, so that the
-    machine's load (2 cores shared) hits them alike; each configuration's fastest round is
-    compared with hinting off.  Target: batched hinting (capacity 32 and 256) keeps >= 97% of
-    the no-hinting throughput.  The unbatched cost (capacity 1) is reported, not asserted, and
-so is `bookkeeping` (HintBuffer.hint stubbed out): it splits the cost between the guest's own
-state bookkeeping and the HintBuffer calls."""
-    times = {c: [] for c in list(CONFIGS) + [BOOKKEEPING]}
+    """Interleaved rounds.  This VM's speed drifts by tens of percent within seconds (other
+    tenants of its host; see bench/README.md), more than the 3% to be measured, so the
+    configurations are not timed one after the other: one guest per configuration, all alive
+    at once, each running the same nops operations (same seed) in CHUNKS slices, the slices of
+    all guests interleaved in rotating order.  Slice i of every configuration thus does the
+    same work within a few milliseconds of the others.  A round does that with fresh guests;
+    each slice's fastest time over the rounds is kept (noise only ever adds time), and a
+    configuration's time is the sum over its slices.  Target: batched hinting (capacity 32
+    and 256) keeps >= 97% of the no-hinting throughput.  The unbatched cost (capacity 1) is
+    reported, not asserted, and so is `bookkeeping` (HintBuffer.hint stubbed out), which
+    splits the cost between the guest's own state bookkeeping and the HintBuffer calls."""
+    nops = NOPS[workload]
+    configs = list(CONFIGS) + [BOOKKEEPING]
+    bounds = np.linspace(0, nops, CHUNKS + 1).astype(int)
+    rounds = []       # per round: {config: array of slice times}
 
     def one_round():
-        for config in times:
-            g = make_guest(file_root, workload, config)
-            try:
-                t0 = time.perf_counter()
-                done = g.step(NOPS[workload])
-                times[config].append(time.perf_counter() - t0)
-                assert done == NOPS[workload]
-            finally:
+        guests = {c: make_guest(file_root, workload, c) for c in configs}
+        t = {c: np.zeros(CHUNKS) for c in configs}
+        try:
+            for i in range(CHUNKS):
+                r = (i + len(rounds)) % len(configs)      # rotate: nobody always goes first
+                for c in configs[r:] + configs[:r]:
+                    t0 = time.perf_counter()
+                    done = guests[c].step(int(bounds[i + 1] - bounds[i]))
+                    t[c][i] = time.perf_counter() - t0
+                    assert done == bounds[i + 1] - bounds[i]
+            for g in guests.values():
+                assert g.verify() == 0
+        finally:
+            for g in guests.values():
                 g.close()
+        rounds.append(t)
 
-    benchmark.group = "guest %d MiB, hinting overhead (paired rounds)" % GUEST_MB
-    benchmark.pedantic(one_round, rounds=PAIRED_ROUNDS, iterations=1)
-    best = {c: min(t) for c, t in times.items()}
-    ratios = {c: best["off"] / best[c] for c in times if c != "off"}
-    benchmark.extra_info.update({"workload": workload, "ops": NOPS[workload]})
-    benchmark.extra_info.update({"ops_per_s_%s" % c: round(NOPS[workload] / t, 1) for c, t in best.items()})
+    benchmark.group = "guest %d MiB, hinting overhead (interleaved rounds)" % GUEST_MB
+    benchmark.pedantic(one_round, rounds=TARGET_ROUNDS, iterations=1)
+    best = {c: float(np.min([r[c] for r in rounds], axis=0).sum()) for c in configs}
+    totals = {c: [float(r[c].sum()) for r in rounds] for c in configs}
+    ratios = {c: best["off"] / best[c] for c in configs if c != "off"}
+    # the plain estimate, for comparison: each round's totals, paired, median over rounds
+    plain = {c: float(np.median(np.array(totals["off"]) / np.array(totals[c]))) for c in ratios}
+    benchmark.extra_info.update({"workload": workload, "ops": nops, "slices": CHUNKS})
+    benchmark.extra_info.update({"ops_per_s_%s" % c: round(nops / t, 1) for c, t in best.items()})
     benchmark.extra_info.update({"ratio_%s" % c: round(r, 4) for c, r in ratios.items()})
-    print("\n%s: ops/s %s; ratio hinting/no-hinting %s" % (
-        workload, ", ".join("%s %.0f" % (c, NOPS[workload] / t) for c, t in best.items()),
-        ", ".join("%s %.3f" % kv for kv in ratios.items())))
+    benchmark.extra_info.update({"round_median_ratio_%s" % c: round(r, 4) for c, r in plain.items()})
+    print("\n%s: ops/s %s; ratio hinting/no-hinting %s; per-round median %s" % (
+        workload, ", ".join("%s %.0f" % (c, nops / t) for c, t in best.items()),
+        ", ".join("%s %.3f" % kv for kv in ratios.items()),
+        ", ".join("%s %.3f" % kv for kv in plain.items())))
     assert min(ratios["batch32"], ratios["batch256"]) >= TARGET_RATIO, ratios
 
 

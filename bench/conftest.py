@@ -9,6 +9,12 @@ import threading
 
 import pytest
 
+# numpy's OpenBLAS starts a thread pool at import whose idle threads poll on the other CPU
+# (callgrind counted ~47M instructions of it in a 2-second guest run; `perf` ~5% of samples).
+# Nothing gphint does calls BLAS, and on a 2-vCPU machine that poller is noise in every timing.
+# Effective only before numpy's first import, which this conftest precedes.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 BENCH_MB = int(os.environ.get("GPHINT_BENCH_MB", "256"))
 
 

@@ -15,7 +15,7 @@ def script(name, *args, timeout=120, **kw):
 
 
 def test_every_script_has_a_docstring_with_sample_output():
-    for name in ("bench_tables.py", "watch.py", "balloon_latency.py"):
+    for name in ("bench_tables.py", "watch.py", "balloon_latency.py", "hint_instructions.py"):
         text = open(os.path.join(SCRIPTS, name)).read()
         assert text.startswith("#!/usr/bin/env python3\n\"\"\"") and "Sample output" in text
         assert os.access(os.path.join(SCRIPTS, name), os.X_OK)
@@ -135,3 +135,34 @@ def test_watch_follows_a_comparison_from_strategy_to_strategy(tmp_path):
         watch.terminate()
         out = watch.communicate(timeout=30)[0]
     assert "none  proactive" in out and "unused  proactive" in out
+
+
+def test_hint_instructions_refuses_bad_input_in_one_line(tmp_path):
+    r = script("hint_instructions.py", "--configs", "off,batch7")
+    assert r.returncode == 2 and "'batch7'" in r.stderr and "Traceback" not in r.stderr
+    r = script("hint_instructions.py", "--ops", "0")
+    assert r.returncode == 2 and "--ops" in r.stderr
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    r = script("hint_instructions.py", env=dict(os.environ, PATH=str(empty)))
+    assert r.returncode == 2 and "valgrind is not on PATH" in r.stderr
+
+
+def test_hint_instructions_counts_a_real_guest_under_callgrind(tmp_path):
+    import shutil
+    import pytest
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- bench:hint instructions -->\nold\n<!-- /bench:hint instructions -->\nb\n")
+    out = tmp_path / "instr.json"
+    r = script("hint_instructions.py", "--workload", "churn", "--ops", "20", "--configs", "off,batch32",
+               "--guest-mem", "16M", "--json", str(out), "--write", str(readme), timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["config"] for row in rows] == ["off", "batch32"]
+    assert all(row["instructions"] > 0 for row in rows) and rows[0]["overhead_pct"] == 0
+    # hinting does work the unhinted guest does not: it can only add instructions
+    assert rows[1]["instructions"] > rows[0]["instructions"]
+    text = readme.read_text()
+    assert "old" not in text and "| churn | batch32 | 20 |" in text and text.endswith("b\n")

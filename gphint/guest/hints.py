@@ -1,11 +1,12 @@
 """Batched guest state transitions (the 2006 follow-up to guest page hinting, REFERENCE §1).
 
 The guest tells the host each page's usage state.  Doing it one page at a time costs one
-state change per page (>100 cycles each on s390, a set_state call here); the follow-up
-proposal collects pending transitions in a per-guest buffer of tunable capacity and submits
-them together.  HintBuffer is that buffer: fill -> submit (one mem.set_state per target
-state, `capacity` transitions at a time) -> drain; `flush()` submits whatever is pending.
-capacity=1 is the unbatched original: one set_state per page transition.
+state change per page (>100 cycles each on s390; here a call into the state protocol's
+setter, ext/protocol.c); the follow-up proposal collects pending transitions in a per-guest
+buffer of tunable capacity and submits them together.  HintBuffer is that buffer: fill ->
+submit (one state change per target state, `capacity` transitions at a time) -> drain;
+`flush()` submits whatever is pending.  capacity=1 is the unbatched original: one state
+change per page transition.
 
 SAFETY ORDER -- nothing is ever lost.  A page the guest is about to use must be STABLE
 before the guest writes it, or the host could discard the write.  So:
