@@ -251,3 +251,32 @@ def test_compiled_and_pure_queues_agree_step_by_step(compiled_only, cap, ops):
         assert np.array_equal(sc, sp) and np.array_equal(pc, pp)
         assert (qc.npending, qc.hint_ops, qc.transitions, qc.cancelled, int(oc[0])) == \
                (qp.npending, qp.hint_ops, qp.transitions, qp.cancelled, int(op[0]))
+
+
+def test_a_deferred_pot_volatile_the_host_made_impossible_is_dropped_and_nothing_is_lost(compiled_only):
+    """The guest defers S -> P (a page mapped writable); before the batch is submitted the host
+    swaps the page out (Sr -> Sp).  Sp cannot become POT_VOLATILE (its content is not
+    resident): the transition is dropped, the page stays STABLE, its bytes come back intact."""
+    from gphint.faults import FaultService
+    from gphint.stores import HostSwap
+    if not gphint.caps.has("uffd_move"):
+        pytest.skip(gphint.caps.probe().features["uffd_move"].reason)
+    swap = HostSwap("1M")
+    svc = FaultService(window="4K", swap=swap)
+    m = gphint.GuestMemory("1M")
+    try:
+        svc.register(m)
+        data = np.arange(8 * 4096, dtype=np.uint8).reshape(8, 4096) ^ 0x5A
+        m.frames[:8] = data
+        h = HintBuffer(m, capacity=16)
+        h.hint(np.arange(8), P)                             # deferred: all 8 are STABLE
+        assert svc.swap_out(m, pages(2, 5), swap) == 2      # the host preserves two of them
+        h.flush()                                           # no StateError
+        assert h.stats["dropped"] == 2
+        assert list(m.usage(np.arange(8))) == [P, P, S, P, P, S, P, P]
+        assert m.census()["Sp"] == 2
+        assert np.array_equal(m.frames[:8], data)           # swapped pages come back on access
+    finally:
+        svc.stop()
+        m.close()
+        swap.close()

@@ -21,6 +21,9 @@ before the guest writes it, or the host could discard the write.  So:
     no longer owns.
   * a request that changes nothing (a page already in the requested state in mem, nothing
     pending) is skipped: no set_state call at all.
+  * a deferred POT_VOLATILE transition of a page the host swapped out meanwhile (Sr -> Sp) is
+    dropped: a preserved page cannot be POT_VOLATILE (its content is not resident), and it
+    stays STABLE, which is always safe -- the hint is lost, not the data (counted: dropped).
 Invariant this keeps: every page with a pending transition is STABLE in mem.  So a free
 followed by a re-allocation inside one batch costs no transition at all (the pending UNUSED
 is cancelled and the page is already STABLE), and a later flush can never make an
@@ -39,9 +42,11 @@ import numpy as np
 
 from .._mechanism import mech
 from ..errors import ConfigError, StateError
-from ..states import NEXT_TABLE, parse_state
+from ..states import NEXT_TABLE, PAIR_MASK, HostState, PageState, parse_state
 
 NO_PENDING = 0xFF
+SP = int(PageState.STABLE) | int(HostState.PRESERVED)
+POT_VOLATILE = int(PageState.POT_VOLATILE)
 
 
 def _int64(pages):
@@ -71,6 +76,7 @@ class HintBuffer:
         self.mem = mem
         self.capacity = int(capacity)
         self.enabled = bool(enabled)
+        self.dropped = 0          # deferred transitions the host's swap-out made impossible
         # target usage of each page's pending transition, NO_PENDING = none; the queue writes it
         self._pending = np.full(mem.npages, NO_PENDING, dtype=np.uint8)
         self._q = mech.HintQueue(mem._states, self._pending, NEXT_TABLE, mem._hint_ops_total,
@@ -118,6 +124,10 @@ class HintBuffer:
         StateError naming a forbidden one.  The rest of a refused chunk is still applied (as
         the unbatched guest would have), then the first error is raised."""
         pages, usages = self._q.take_refused()
+        host_made = ((self.mem._states[pages] & PAIR_MASK) == SP) & (usages == POT_VOLATILE)
+        if host_made.any():
+            self.dropped += int(np.count_nonzero(host_made))
+            pages, usages = pages[~host_made], usages[~host_made]
         first_error = None
         for usage in np.unique(usages).tolist():
             todo = pages[usages == usage]
@@ -168,7 +178,7 @@ class HintBuffer:
     def stats(self):
         q = self._q
         return {"hint_ops": q.hint_ops, "transitions": q.transitions, "cancelled": q.cancelled,
-                "pending": q.npending, "queued": q.queued}
+                "pending": q.npending, "queued": q.queued, "dropped": self.dropped}
 
     def __repr__(self):
         return "<HintBuffer capacity=%d%s pending=%d ops=%d>" % (
