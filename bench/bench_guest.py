@@ -39,7 +39,7 @@ BOOKKEEPING = "bookkeeping"
 FASTEST = {}          # (workload, config) -> fastest round in s
 TARGET_RATIO = 0.97
 TARGET_ROUNDS = int(os.environ.get("GPHINT_BENCH_ROUNDS", "15"))
-CHUNKS = 30           # slices per guest in the interleaved rounds of the target test
+CHUNKS = 100           # slices per guest in the interleaved rounds of the target test
 
 
 @pytest.fixture(scope="module")
