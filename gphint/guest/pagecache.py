@@ -40,7 +40,9 @@ NO_BACKING = 1 << 8      # no backing store could be recorded: "no mapping", not
 # any of these keeps a frame STABLE, whatever its kind
 _PINS_STABLE = DIRTY | WRITEBACK | LOCKED | PRIVATE | MLOCKED | HELD | NO_BACKING
 FLAG_DTYPE = np.uint16
-_FLAG_BITS = 9                # flags in use: bits 0-8
+_FLAG_BITS = 9                # flags in use: bits 0-8 (desired_usage's table is indexed by them)
+assert (UPTODATE | DIRTY | WRITEBACK | LOCKED | PRIVATE | MLOCKED | MAPPED_WRITABLE | HELD
+        | NO_BACKING) < 1 << _FLAG_BITS and SWAPCACHE < 4, "grow _FLAG_BITS with the flags"
 
 
 def _desired_table(pot_volatile_ok):
