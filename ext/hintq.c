@@ -157,7 +157,7 @@ long gph_hintq_submit(struct gph_hintq *q, int whole_batches_only)
             q->qlen -= i;
         }
         /* one group per target usage (every one a transition out of STABLE, so their order
-         * does not matter); group in place: stable partition by target */
+         * does not matter), grouped in place by swapping */
         static const uint8_t order[3] = {GPH_USAGE_UNUSED, GPH_USAGE_POTVOL, GPH_USAGE_VOLATILE};
         size_t lo = 0;
         for (int k = 0; k < 3 && lo < ngo; k++) {
