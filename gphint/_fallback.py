@@ -259,12 +259,12 @@ class HintQueue:
         self._refused = []         # (pages, usage)
 
     def hint(self, pages, usage):
+        if usage & ~0x0C:                 # checked first, as the C call does, even for no pages
+            raise ConfigError("not a usage state code: %#x" % usage)
         pages = np.asarray(pages, dtype=np.int64)
         n = pages.size
         if n == 0:
             return self._nrefused()
-        if usage & ~0x0C:
-            raise ConfigError("not a usage state code: %#x" % usage)
         self._check_range(pages)
         if n <= self.SMALL:
             now, deferred = self._classify_small(pages.tolist(), usage)

@@ -280,3 +280,13 @@ def test_a_deferred_pot_volatile_the_host_made_impossible_is_dropped_and_nothing
         svc.stop()
         m.close()
         swap.close()
+
+
+@pytest.mark.parametrize("code", [0x10, 0x05, -4])
+def test_a_bad_usage_code_is_refused_even_for_no_pages(mem, code):
+    h = HintBuffer(mem)
+    with pytest.raises(gphint.ConfigError):
+        h.hint(np.zeros(0, np.int64), code)
+    with pytest.raises(gphint.ConfigError):
+        h.hint(pages(1), code)
+    assert h.pending == 0 and mem.census() == {"Sr": mem.npages}
