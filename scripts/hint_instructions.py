@@ -50,7 +50,8 @@ MARK = "hint instructions"
 
 def count(root, workload, config, ops, mem):
     hinting, batch = CONFIGS[config]
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")   # no idle BLAS thread in the count
+    # no idle BLAS thread in the count, and one string-hash seed: the same run, the same count
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONHASHSEED="0")
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
            "-c", RUNNER, root, workload, "1" if hinting else "0", str(batch), str(ops), mem]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
