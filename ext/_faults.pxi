@@ -1,6 +1,7 @@
 # The discard-fault service seam (issue 3): buffers in, GIL released, -errno -> SyscallError.
 # No policy here: gphint.faults decides what to register, discard and swap; ext/faults.c serves.
 from libc.stdint cimport int32_t
+from libc.errno cimport ENOMEM
 
 FAULT_STAT_FIELDS = ("faults", "discard_faults", "zero_fills", "file_reloads", "swap_ins",
                      "pages_served", "bytes_served", "fault_around_hits", "lost_pages", "eexist",
@@ -17,16 +18,47 @@ cdef raise_errno(long rc, gph_err *err, what):
     raise SyscallError(-rc, name, what)
 
 
-def store_set(int32_t store_id, int fd, uint8_t[::1] slot_used=None):
-    """Enter a store in the process-wide table the fault thread reads (slot_used: swap stores)."""
+def store_set(int32_t store_id, int fd, uint8_t[::1] slot_used=None, uint64_t[::1] digest=None):
+    """Enter a store in the process-wide table the fault thread reads (slot_used: swap stores;
+    digest: a file store's content record, one entry per file page)."""
     cdef uint8_t *used = NULL
     cdef int64_t nslots = 0
+    cdef const uint64_t *dg = NULL
+    cdef int64_t ndg = 0
     if slot_used is not None and slot_used.shape[0] > 0:
         used = &slot_used[0]
         nslots = slot_used.shape[0]
-    rc = gph_store_set(store_id, fd, used, nslots)
+    if digest is not None and digest.shape[0] > 0:
+        dg = &digest[0]
+        ndg = digest.shape[0]
+    rc = gph_store_set(store_id, fd, used, nslots, dg, ndg)
+    if rc == -ENOMEM:
+        raise MemoryError("store table: no memory for store id %d" % store_id)
     if rc < 0:
         raise ValueError("store id %d out of range [1, %d)" % (store_id, GPH_MAX_STORES))
+
+
+def store_set_digests(int32_t store_id, uint64_t[::1] digest not None):
+    """Hand the fault thread a store's grown content record (keep the old one mapped)."""
+    if digest.shape[0] == 0 or gph_store_set_digests(store_id, &digest[0], digest.shape[0]) < 0:
+        raise ValueError("store %d has no content record to replace" % store_id)
+
+
+def page_digests(const unsigned char[:, ::1] frames not None, const int64_t[::1] pages=None):
+    """uint64 content digest of each row of frames (pages: only those rows), never 0."""
+    import numpy
+    cdef size_t n = frames.shape[0] if pages is None else pages.shape[0]
+    out = numpy.empty(n, dtype=numpy.uint64)
+    cdef uint64_t[::1] o = out
+    cdef const int64_t *pp = NULL if pages is None or n == 0 else &pages[0]
+    cdef long rc
+    if n == 0:
+        return out
+    with nogil:
+        rc = gph_page_digests(&frames[0, 0], frames.shape[1], frames.shape[0], pp, n, &o[0])
+    if rc < 0:
+        raise ValueError("page_digests: a page index is out of range [0, %d)" % frames.shape[0])
+    return out
 
 
 def store_clear(int32_t store_id):

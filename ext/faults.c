@@ -277,7 +277,7 @@ static void serve_page(struct gph_service *s, int rid, int64_t p, int write, uin
     gph_race_delay_(s);   /* holding SERVING: a test widens this window */
     int64_t off0 = src.off - (p - lo) * (int64_t)ps;
     long rc = 0;
-    int lost = 0;
+    int64_t lost = 0;   /* pages served as zeros because their source failed */
     if (src.kind != GPH_SRC_ZERO) {
         /* read and copy in pieces that stay in the CPU cache: a 2 MiB bounce read back from
          * memory costs more than the second copy itself */
@@ -298,7 +298,15 @@ static void serve_page(struct gph_service *s, int rid, int64_t p, int write, uin
             if (got < 0) {   /* unreadable source: record, serve zeros, count lost -- never hang */
                 gph_record_error_(s, (int)-got, fd < 0 ? "store lookup" : "pread", rid, p);
                 memset(bounce, 0, piece);
-                lost = 1;
+                lost += (int64_t)(piece / ps);
+            } else {   /* bytes that are not what the guest read are lost too (zeroed in bounce) */
+                int64_t bad = 0;
+                const char *why = NULL;
+                long nbad = gph_store_check_(src.store, off0 + (int64_t)done, bounce, piece, ps, &bad, &why);
+                if (nbad > 0) {
+                    gph_record_error_(s, ESTALE, why, rid, lo + (int64_t)(done / ps) + bad);
+                    lost += nbad;
+                }
             }
             rc = gph_uffd_copy_(s, dst + done, bounce, piece, ps);
         }
@@ -339,7 +347,7 @@ static void serve_page(struct gph_service *s, int rid, int64_t p, int write, uin
         } else
             ADD(x->swap_ins, npg);
         if (lost)
-            ADD(x->lost_pages, npg);
+            ADD(x->lost_pages, lost);
         ADD(x->hist[hist_bucket(dt)], 1);
     }
     gph_uffd_wake_(s, dst, len);   /* tables and counters first, then the waiters */

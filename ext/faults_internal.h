@@ -49,6 +49,11 @@ void gph_store_free_slots_(int32_t id, int64_t slot, int64_t n);
 /* The store's mapping at [off, off+len), pinned until gph_store_map_put_; NULL: use pread. */
 const uint8_t *gph_store_map_get_(int32_t id, int64_t off, size_t len);
 void gph_store_map_put_(int32_t id);
+/* Check the pages read into buf from store offset off against the store's content record: each
+ * page whose digest differs is zeroed in buf.  Returns the pages that differed (0: all match or
+ * no record); *first_bad gets the first one's index in buf and *why the likely reason. */
+long gph_store_check_(int32_t id, int64_t off, uint8_t *buf, size_t len, size_t page_size,
+                      int64_t *first_bad, const char **why);
 
 /* faults.c */
 void gph_record_error_(struct gph_service *s, int errnum, const char *syscall, int region, int64_t page);

@@ -78,9 +78,18 @@ long gph_residency(uint8_t *base, size_t page_size, int64_t npages, uint8_t *vec
 /* --- stores.c: the process-wide store table (store id > 0 -> fd); the only thing the reload path
  * knows about files.  A swap store also carries its slot-in-use table (one byte per slot), which
  * the fault thread clears after a swap-in. */
-#define GPH_MAX_STORES 4096
-long gph_store_set(int32_t id, int fd, uint8_t *slot_used, int64_t nslots);
+#define GPH_MAX_STORES (1 << 20)   /* ids; the table grows in chunks as ids are used */
+/* digest: a file store's content record, ndigest entries (one per file page, 0 = none; see
+ * gph_page_digest); NULL for swap stores.  Both tables stay owned (and mapped) by the caller. */
+long gph_store_set(int32_t id, int fd, uint8_t *slot_used, int64_t nslots, const uint64_t *digest,
+                   int64_t ndigest);
+/* Replace a store's digest table (grown); the old one must stay mapped until the store closes. */
+long gph_store_set_digests(int32_t id, const uint64_t *digest, int64_t ndigest);
 long gph_store_clear(int32_t id);
+/* The content digest of one page (never 0), and of pages[i] of base (pages NULL: 0..n-1). */
+uint64_t gph_page_digest(const uint8_t *page, size_t page_size);
+long gph_page_digests(const uint8_t *base, size_t page_size, int64_t npages, const int64_t *pages,
+                      size_t n, uint64_t *out);
 /* Read len bytes at off, looping short reads and retrying EINTR/EAGAIN; bytes past EOF read as zero
  * (file-mapping semantics).  Returns bytes that came from the file, or -errno. */
 long gph_read_full(int fd, void *buf, size_t len, int64_t off);

@@ -67,8 +67,12 @@ cdef extern from "gphint.h" nogil:
         int32_t *swap_store
         int64_t *swap_slot
 
-    long gph_store_set(int32_t id, int fd, uint8_t *slot_used, int64_t nslots)
+    long gph_store_set(int32_t id, int fd, uint8_t *slot_used, int64_t nslots, const uint64_t *digest,
+                       int64_t ndigest)
+    long gph_store_set_digests(int32_t id, const uint64_t *digest, int64_t ndigest)
     long gph_store_clear(int32_t id)
+    long gph_page_digests(const uint8_t *base, size_t page_size, int64_t npages, const int64_t *pages,
+                          size_t n, uint64_t *out) nogil
     long gph_make_stable(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
                          int64_t *discarded_out, gph_err *err)
     long gph_service_create(gph_service **out, int flags, size_t window_bytes, uint64_t *features_out,

@@ -11,6 +11,7 @@ Policy lives here (which mode, which features, slot allocation, errors); the mec
 fault thread, the per-page protocol, the detach-and-write swap-out -- is C.  The per-page state
 protocol is in docs/state-protocol.md and at the top of ext/protocol.c.
 """
+import errno
 import mmap
 import threading
 
@@ -38,6 +39,9 @@ class ReloadError(SyscallError):
     def __init__(self, errno_, syscall, guest, page, count):
         super().__init__(errno_, syscall, "reloading page %d of guest %s (%d failure%s recorded)"
                          % (page, guest, count, "" if count == 1 else "s"))
+        if errno_ == errno.ESTALE:    # a content check failed, not a call: say what changed
+            self.strerror = ("%s since guest %s read page %d: served as zeros (%d failure%s recorded)"
+                             % (syscall, guest, page, count, "" if count == 1 else "s"))
         self.guest = guest
         self.page = page
         self.count = count

@@ -9,8 +9,10 @@ an offset -- the only thing the reload path knows about files).
 Every store has an id > 0, entered in the C store table (compiled mechanism) so the fault thread
 can find its fd without Python.  Ids are recycled after close().
 """
+import errno
 import mmap
 import os
+import resource
 import stat
 import tempfile
 import threading
@@ -28,6 +30,63 @@ MAX_STORES = getattr(mech, "MAX_STORES", 4096)
 _ids_lock = threading.Lock()
 _free_ids = []
 _next_id = [1]
+
+
+# --- the open-file budget --------------------------------------------------------------------
+# The fault thread reads a discarded page's backing file through the store's fd, without Python,
+# so a file store stays open while any page records it: open files grow with the files guests
+# hold in their caches.  gphint raises its soft RLIMIT_NOFILE to the hard limit (the soft limit
+# exists for programs that select(); gphint polls), and callers ask fd_room() before opening
+# one more store, so that shortage is met by closing stores nobody records, not by EMFILE.
+
+_nofile = {"raised": False, "since_count": 0, "slack": 0}
+
+
+def raise_nofile_limit():
+    """Raise the soft RLIMIT_NOFILE to the hard limit (once per process); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if not _nofile["raised"]:
+        _nofile["raised"] = True
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError):
+                pass                     # keep the limit we have; fd_room() works within it
+    return soft
+
+
+def open_fds():
+    """Open file descriptors of this process now (the kernel's count, /proc/self/fd)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1    # less the one listdir itself holds
+    except OSError:
+        return 0
+
+
+def fd_room(reserve):
+    """May one more store be opened while `reserve` fds stay free for everything else?  Counts
+    the process's open fds only now and then: after half the room seen at the last count."""
+    soft = raise_nofile_limit()
+    if soft == resource.RLIM_INFINITY:
+        return True
+    if _nofile["since_count"] < _nofile["slack"]:
+        _nofile["since_count"] += 1
+        return True
+    room = soft - open_fds() - reserve
+    _nofile["since_count"], _nofile["slack"] = 0, max(room // 2, 0)
+    return room > 0
+
+
+def nofile_error(e, path):
+    """e (an OSError opening path) as an error that names the file; for EMFILE/ENFILE also the
+    limit and how to raise it."""
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return GphintError("opening %s: %s (%d files open, RLIMIT_NOFILE %d): raise the limit "
+                           "(ulimit -n %d) or run fewer guests"
+                           % (path, e.strerror, open_fds(), soft, 2 * max(soft, 1024)))
+    return OSError(e.errno, "%s: %s" % (path, e.strerror))
 
 
 class SwapFull(GphintError, MemoryError):
@@ -54,11 +113,15 @@ class Store(Closeable):
 
     kind = "store"
 
-    def __init__(self, fd, slot_used=None):
+    def __init__(self, fd, slot_used=None, digest=None):
         self.fd = fd
         self.id = _take_id()
         if mech.COMPILED:
-            mech.store_set(self.id, fd, slot_used)
+            try:
+                mech.store_set(self.id, fd, slot_used, digest)
+            except BaseException:
+                _give_id(self.id)
+                raise
 
     @property
     def closed(self):
@@ -86,8 +149,22 @@ class Store(Closeable):
         _give_id(self.id)
 
 
+# A page two guests read with different bytes (the file changed between their reads): neither
+# record can stand for both, so the page reloads for nobody.  Even, so never a digest (bit 0 set).
+CONFLICTING_DIGEST = np.uint64(2)
+
+
 class FileStore(Store):
-    """A read-only regular file backing discarded VOLATILE pages: FileStore("/path/to/file")."""
+    """A read-only regular file backing discarded VOLATILE pages: FileStore("/path/to/file").
+
+    It carries the content record of the file's pages: record(offsets, digests) notes the digest
+    (gphint.guest.content.page_digest) of what a guest read from, or wrote to, each page.  The
+    fault thread checks every reload against it: a page whose bytes changed since (the file was
+    rewritten or truncated in place) is lost -- served as zeros, counted in lost_pages and raised
+    by FaultService.check() -- never served as foreign bytes.  Renaming or unlinking the file
+    changes nothing: the fd still reads the same inode.  A write through gphint itself records
+    the new digest of the pages it wrote (and only those change), so it is never taken for a
+    foreign change.  `sharers`: guests recording against this store (see record)."""
 
     kind = "file store"
 
@@ -96,13 +173,54 @@ class FileStore(Store):
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                raise nofile_error(e, self.path) from None
             raise ConfigError("backing file %r: %s" % (self.path, e.strerror)) from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise ConfigError("backing file %r is not a regular file" % self.path)
         self.size_bytes = st.st_size
-        super().__init__(fd)
+        self.sharers = 1
+        # every table ever handed to the fault thread stays mapped until close(): a reload
+        # that loaded the old pointer just before a growth may still read it
+        self._digest_maps = []
+        self.digest = self._digest_table(max(-(-st.st_size // PAGE_SIZE), 1))
+        try:
+            super().__init__(fd, digest=self.digest)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _digest_table(self, npages):
+        m = mmap.mmap(-1, npages * 8, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._digest_maps.append(m)
+        return np.frombuffer(m, dtype=np.uint64, count=npages)
+
+    def record(self, offsets, digests):
+        """The guest now holds these digests for the pages at byte offsets (page-aligned): what
+        it read from the file there, or wrote there.  With more than one sharer, a page already
+        recorded with other bytes becomes CONFLICTING_DIGEST (lost on reload for every guest:
+        the file changed between their reads)."""
+        self._check_open()
+        pages = np.asarray(offsets, dtype=np.int64).reshape(-1) // PAGE_SIZE
+        digests = np.asarray(digests, dtype=np.uint64).reshape(-1)
+        if pages.size == 0:
+            return
+        need = int(pages.max()) + 1
+        if need > self.digest.size:
+            grown = self._digest_table(max(need, 2 * self.digest.size))
+            grown[:self.digest.size] = self.digest
+            if mech.COMPILED:
+                mech.store_set_digests(self.id, grown)
+            self.digest = grown
+        if self.sharers > 1:
+            old = self.digest[pages]
+            digests = np.where((old != 0) & (old != digests), CONFLICTING_DIGEST, digests)
+        self.digest[pages] = digests
+
+    # close(): the digest tables stay mapped until this object is collected, as a swap store's
+    # slot table does: a fault thread that looked the store up just before may still read one
 
     def __repr__(self):
         return "<FileStore %d %r%s>" % (self.id, self.path, " closed" if self.closed else "")

@@ -9,6 +9,8 @@ import mmap
 
 import numpy as np
 
+from .._mechanism import mech
+
 PAGE_SIZE = mmap.PAGESIZE
 WORDS_PER_PAGE = PAGE_SIZE // 8
 ANON_KEY_BASE = 1 << 40          # keeps process keys apart from file ids
@@ -21,6 +23,7 @@ _K_KEY = np.uint64(0xA0761D6478BD642F)
 _K_PAGE = np.uint64(0xE7037ED1A0B428DB)
 _K_VERSION = np.uint64(0x8EBC6AF09C88C6E3)
 _LANES = np.arange(WORDS_PER_PAGE, dtype=np.uint64) * _GOLDEN
+_c_digests = getattr(mech, "page_digests", None)
 
 
 def _mix(z):
@@ -60,6 +63,31 @@ def generate(seed, keys, pages, versions, out=None):
         return data
     out[...] = data
     return out
+
+
+_DIGEST_K = (np.arange(WORDS_PER_PAGE, dtype=np.uint64) * np.uint64(2) + np.uint64(1)) * _GOLDEN
+
+
+def page_digest(pages, index=None):
+    """One uint64 content digest per row of pages ((n, PAGE_SIZE) uint8; index: only those
+    rows), never 0: the record of what a page held when the guest read or wrote it.  The same
+    function as ext/stores.c's gph_page_digest (sum of word_i * K_i mod 2**64 with every K_i odd,
+    then splitmix64's finaliser), so the fault thread can check a reload against it; the
+    compiled one runs when there is one (numpy_page_digest is the same in numpy)."""
+    rows = np.asarray(pages).reshape(-1, PAGE_SIZE)
+    if index is not None:
+        index = np.ascontiguousarray(index, dtype=np.int64).reshape(-1)
+    if _c_digests is not None and rows.dtype == np.uint8 and rows.flags.c_contiguous:
+        return _c_digests(rows, index)
+    return numpy_page_digest(rows if index is None else rows[index])
+
+
+def numpy_page_digest(pages):
+    rows = np.ascontiguousarray(pages, dtype=np.uint8).reshape(-1, PAGE_SIZE)
+    with np.errstate(over="ignore"):
+        h = (rows.view(np.uint64) * _DIGEST_K).sum(axis=1, dtype=np.uint64)
+        h ^= np.uint64(WORDS_PER_PAGE)
+        return _mix(h) | np.uint64(1)
 
 
 def mismatching(actual, expected):

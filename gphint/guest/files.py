@@ -3,10 +3,16 @@ directory tree (`files=DIR`) that is never modified.
 
 Every guest write goes to a guest-private copy-on-write overlay: the first write to a file
 copies it (real read/write syscalls) into the overlay directory, and from then on the overlay
-copy is the file -- its fd serves reads, writeback and the host's discard-fault reloads.  The
-original stays untouched, so it is also the independent witness of every page's version-0
-content for verify().
+copy is the file -- it serves reads, writeback and the host's discard-fault reloads.  The
+original stays untouched.  The copy notes the digest of each page it took (copy_digests), the
+reference for verify() of version-0 pages the guest never read; a page it did read is checked
+against what it read (the page cache's record), not against today's file.
+
+File descriptors are opened when needed and kept in a small LRU (FD_CACHE_MAX per file set):
+a read or a writeback uses one at once, so a guest holds a handful however many files it has
+(the fds the fault thread needs belong to the backing stores, gphint.stores).
 """
+import collections
 import os
 import shutil
 import stat
@@ -17,10 +23,12 @@ import numpy as np
 
 from ..errors import ConfigError
 from . import content
-from .content import PAGE_SIZE
+from .content import PAGE_SIZE, page_digest
 
 DEFAULT_FILE_BYTES = (4 << 10, 1 << 20)   # size range of generated files: small sources to blobs
-_FD_CACHE_MAX = 4096                      # open originals kept; overlays stay open
+FD_CACHE_MAX = 16                         # open fds kept per file set (least recently used go)
+_COPY_CHUNK_BYTES = 8 << 20               # overlay copy: read, digest and write this much at once
+ZERO_PAGE_DIGEST = page_digest(np.zeros(PAGE_SIZE, dtype=np.uint8))[0]
 
 
 def _generate_set(root, seed, total_bytes):
@@ -111,8 +119,8 @@ class FileSet:
         self.size_bytes = np.array([os.stat(os.path.join(self.root, p)).st_size for p in self.paths],
                                    dtype=np.int64)
         self.copied = np.zeros(len(self.paths), dtype=bool)   # has an overlay copy
-        self._orig_fd = {}
-        self._overlay_fd = {}
+        self._fds = collections.OrderedDict()   # fid -> fd of path(fid), least recently used first
+        self._copy_digests = {}                  # fid -> uint64 digest per page the copy took
         self.stats = {"overlay_copies": 0, "bytes_read": 0, "bytes_written": 0}
 
     def __len__(self):
@@ -150,63 +158,95 @@ class FileSet:
     def original_path(self, fid):
         return os.path.join(self.root, self.paths[fid])
 
-    def read_fd(self, fid):
-        if self.copied[fid]:
-            return self._overlay_fd[fid]
-        fd = self._orig_fd.get(fid)
-        if fd is None:
-            if len(self._orig_fd) >= _FD_CACHE_MAX:
-                for old in self._orig_fd.values():
-                    os.close(old)
-                self._orig_fd.clear()
-            fd = self._orig_fd[fid] = os.open(self.original_path(fid), os.O_RDONLY | os.O_CLOEXEC)
+    def _fd(self, fid):
+        """fd of path(fid) (read-write for an overlay copy), from the LRU or opened now; use it at
+        once -- a later call may close it."""
+        fd = self._fds.get(fid)
+        if fd is not None:
+            self._fds.move_to_end(fid)
+            return fd
+        while len(self._fds) >= FD_CACHE_MAX:
+            os.close(self._fds.popitem(last=False)[1])
+        flags = os.O_RDWR if self.copied[fid] else os.O_RDONLY
+        try:
+            fd = os.open(self.path(fid), flags | os.O_CLOEXEC)
+        except OSError as e:
+            raise _file_error(e, self.path(fid)) from None
+        self._fds[fid] = fd
         return fd
+
+    def read_fd(self, fid):
+        return self._fd(fid)
 
     def write_fd(self, fid):
         """fd of the overlay copy, made on the first write (copy-on-write of the whole file)."""
         if not self.copied[fid]:
             dst = os.path.join(self.overlay_root, self.paths[fid])
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            shutil.copyfile(self.original_path(fid), dst)
-            self._overlay_fd[fid] = os.open(dst, os.O_RDWR | os.O_CLOEXEC)
+            self._copy_digests[fid] = self._copy(fid, dst)
+            old = self._fds.pop(fid, None)
+            if old is not None:
+                os.close(old)
             self.copied[fid] = True
             self.stats["overlay_copies"] += 1
-        return self._overlay_fd[fid]
+        return self._fd(fid)
+
+    def _copy(self, fid, dst):
+        """Copy the original to dst with real reads and writes; returns the digest of every page
+        copied (what the overlay holds before the guest writes it)."""
+        src_fd = self._fd(fid)
+        npages = self.npages(fid)
+        # pages past the original's end read as zeros in the copy (a hole, or not there at all)
+        digests = np.full(max(npages, 1), ZERO_PAGE_DIGEST, dtype=np.uint64)
+        chunk = np.zeros((min(max(npages, 1), _COPY_CHUNK_BYTES // PAGE_SIZE), PAGE_SIZE), dtype=np.uint8)
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            first = 0
+            while True:
+                got = pread_into(src_fd, chunk, first * PAGE_SIZE)
+                if got == 0:
+                    break
+                n = -(-got // PAGE_SIZE)
+                chunk.reshape(-1)[got:n * PAGE_SIZE] = 0     # past the end of the file: zeros
+                end = min(first + n, digests.size)
+                digests[first:end] = page_digest(chunk[:end - first])
+                view = memoryview(chunk).cast("B")[:got]
+                done = 0
+                while done < got:                 # os.pwrite may be short
+                    done += os.pwrite(out, view[done:], first * PAGE_SIZE + done)
+                first += n
+        except OSError as e:
+            raise _file_error(e, dst) from None
+        finally:
+            os.close(out)
+        return digests
+
+    def copy_digests(self, fid, pages):
+        """Digest of what the overlay copy took from the original at pages (a zero page past the
+        original's end: the copy holds a hole there)."""
+        copied = self._copy_digests[fid]
+        pages = np.asarray(pages, dtype=np.int64)
+        out = np.full(pages.size, ZERO_PAGE_DIGEST, dtype=np.uint64)
+        inside = pages < copied.size
+        out[inside] = copied[pages[inside]]
+        return out
 
     def note_extent(self, fid, end_bytes):
         """A write reached end_bytes: the file grew to at least that size."""
         if end_bytes > self.size_bytes[fid]:
             self.size_bytes[fid] = end_bytes
 
-    # --- the witness for verify() ----------------------------------------------------------
-    def original_pages(self, fid, pages):
-        """(n, PAGE_SIZE) bytes of the original file at those pages (zeros past its end), by
-        one real read of the span they cover."""
-        pages = np.asarray(pages, dtype=np.int64)
-        out = np.zeros((pages.size, PAGE_SIZE), dtype=np.uint8)
-        if pages.size == 0:
-            return out
-        first, last = int(pages.min()), int(pages.max())
-        span = np.zeros((last - first + 1, PAGE_SIZE), dtype=np.uint8)
-        fd = self.read_fd(fid) if not self.copied[fid] else None
-        close = fd is None
-        if close:
-            fd = os.open(self.original_path(fid), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            done = pread_into(fd, span, first * PAGE_SIZE)
-        finally:
-            if close:
-                os.close(fd)
-        self.stats["bytes_read"] += done
-        out[:] = span[pages - first]
-        return out
-
     def close(self):
-        for fd in list(self._orig_fd.values()) + list(self._overlay_fd.values()):
+        for fd in self._fds.values():
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._orig_fd.clear()
-        self._overlay_fd.clear()
+        self._fds.clear()
         self._cleanup()
+
+
+def _file_error(e, path):
+    """An OSError naming the file (EMFILE says what to raise)."""
+    from ..stores import nofile_error
+    return nofile_error(e, path)

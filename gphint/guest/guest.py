@@ -21,7 +21,8 @@ from ..memory import GuestMemory
 from ..units import parse_size
 from .allocator import BuddyAllocator
 from .anon import AnonMemory, SwapFile
-from .files import FileSet
+from ..stores import fd_room
+from .files import FD_CACHE_MAX, FileSet
 from .pagecache import (DIRTY, FILE, KIND_NAMES, LOCKED, MAPPED_WRITABLE, MLOCKED, PRIVATE,
                         SWAPCACHE, WRITEBACK, FrameTable, Hinter, PageCache)
 
@@ -46,6 +47,7 @@ def _shared_store(path):
             except ConfigError:
                 return None
         entry[1] += 1
+        entry[0].sharers = entry[1]          # record() keeps a conflicting read from passing
         return entry[0]
 
 
@@ -54,9 +56,18 @@ def _release_store(path):
         entry = _SHARED_STORES.get(path)
         if entry is not None:
             entry[1] -= 1
+            entry[0].sharers = max(entry[1], 1)
             if entry[1] == 0:
                 del _SHARED_STORES[path]
                 entry[0].close()
+
+# Open files: a store stays open while a frame records it (the fault thread may need it), and is
+# closed once none does.  When the process runs short of fds (gphint.stores.fd_room) the epoch
+# goes up and every guest, at its next store look-up, closes the stores none of its frames
+# records (each guest only its own: another guest's thread may be between look-up and record).
+_FD_RESERVE = 64                 # fds kept free for the process itself (uffd, /proc reads, ...)
+_sweep_epoch = [0]
+_live_guests = [0]
 RECLAIM_CLUSTER = 32        # pages reclaimed at least per shortage (Linux SWAP_CLUSTER_MAX)
 
 
@@ -83,6 +94,9 @@ class Guest:
         self.mem = GuestMemory(size, name=name)
         self.fault_service = fault_service
         self._stores = {}
+        self._swept_epoch = _sweep_epoch[0]
+        _live_guests[0] += 1
+        self._counted = True
         try:
             if fault_service is not None:
                 fault_service.register(self.mem)
@@ -108,7 +122,7 @@ class Guest:
             self.high_watermark = 3 * self.low_watermark
             self.stats = {"reclaim_calls": 0, "reclaimed": 0, "evicted": 0, "swapped_out": 0,
                           "drained_discarded": 0, "dropped_drained": 0, "ops": 0,
-                          "stores_refused": 0}
+                          "stores_refused": 0, "stores_opened": 0, "stores_closed": 0}
             self._closed = False
             self.workload = None
             if workload is not None:
@@ -121,11 +135,23 @@ class Guest:
     # --- frames -------------------------------------------------------------------------------
     def _store_for(self, path):
         """The FileStore the fault service reloads a discarded page of `path` from; None when
-        there is no service, or no store id left (those pages then stay STABLE)."""
+        there is no service, or no store id or file descriptor left even after closing the
+        stores no frame records (those pages then stay STABLE, counted in stores_refused)."""
         if self.fault_service is None:
             return None
+        if self._swept_epoch != _sweep_epoch[0]:
+            self._release_unrecorded()
         store = self._stores.get(path)
         if store is None:
+            if len(self._stores) >= MAX_STORES_PER_GUEST:
+                self._release_unrecorded()
+            reserve = _FD_RESERVE + FD_CACHE_MAX * _live_guests[0]
+            if len(self._stores) < MAX_STORES_PER_GUEST and not fd_room(reserve):
+                _sweep_epoch[0] += 1
+                self._release_unrecorded()
+                if not fd_room(reserve):
+                    self.stats["stores_refused"] += 1
+                    return None
             if len(self._stores) >= MAX_STORES_PER_GUEST:
                 self.stats["stores_refused"] += 1
                 return None
@@ -134,7 +160,18 @@ class Guest:
                 self.stats["stores_refused"] += 1
                 return None
             self._stores[path] = store
+            self.stats["stores_opened"] += 1
         return store
+
+    def _release_unrecorded(self):
+        """Close (release) this guest's stores that no frame's backing record names."""
+        self._swept_epoch = _sweep_epoch[0]
+        recorded = set(np.unique(self.mem.backing_store).tolist())
+        for path, store in list(self._stores.items()):
+            if store.id not in recorded:
+                del self._stores[path]
+                _release_store(path)
+                self.stats["stores_closed"] += 1
 
     def _alloc_frames(self, npages):
         # below the low watermark: reclaim up to the high one, so that reclaim (an LRU scan and
@@ -404,6 +441,9 @@ class Guest:
         return self._closed
 
     def _teardown(self):
+        if getattr(self, "_counted", False):
+            self._counted = False
+            _live_guests[0] -= 1
         if self.fault_service is not None and getattr(self.mem, "fault_service", None) is not None:
             self.fault_service.unregister(self.mem, materialize=False)
         for path in self._stores:

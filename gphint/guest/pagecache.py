@@ -18,7 +18,7 @@ import numpy as np
 from .._mechanism import mech
 from ..errors import ConfigError, GphintError
 from ..states import CONTENT_MASK, HostState, PageState
-from .content import PAGE_SIZE, generate, mismatching
+from .content import PAGE_SIZE, generate, page_digest
 from .files import pread_into
 
 S, P, V = int(PageState.STABLE), int(PageState.POT_VOLATILE), int(PageState.VOLATILE)
@@ -115,8 +115,11 @@ class FrameTable:
     def reclaimable(self):
         """Frames the LRU may drop: clean, unpinned page-cache and swap-cache pages."""
         kind = self.kind
+        # NO_BACKING keeps a page from the host (nothing to reload it from), not from the guest:
+        # its file still holds it, and a full store table must not leave the guest out of memory
         return (((kind == FILE) | (kind == SWAPCACHE)) & ((self.flags & UPTODATE) != 0)
-                & ((self.flags & (_PINS_STABLE | MAPPED_WRITABLE)) == 0) & (self.refs == 0))
+                & ((self.flags & (_PINS_STABLE & ~NO_BACKING | MAPPED_WRITABLE)) == 0)
+                & (self.refs == 0))
 
 
 # --- the seam to the discard-fault service (gphint.faults, issue 3) -------------------------
@@ -124,10 +127,13 @@ class FrameTable:
 # bounce copy under UFFD_USER_MODE_ONLY), state changes to STABLE through the HintBuffer's
 # make_stable (the state protocol, ext/protocol.c).
 
-def set_backing(mem, frames, store, offsets, table=None):
-    """Record where a clean frame's content lives, before it may become volatile.  With a
-    fault service but no store (the store table is full) the frames are flagged NO_BACKING:
-    like a page without a mapping they stay STABLE, since a discard could not be reloaded."""
+def set_backing(mem, frames, store, offsets, table=None, digests=None):
+    """Record where a clean frame's content lives, before it may become volatile, and what it
+    holds: the store's content record gets the digest of each frame (digests, if the caller
+    has them), which a reload must match.  Call it while the frames equal the file at offsets
+    (just read from it, or just written to it).  With a fault service but no store (the store
+    table is full) the frames are flagged NO_BACKING: like a page without a mapping they stay
+    STABLE, since a discard could not be reloaded."""
     if len(frames) == 0:
         return
     if store is None:
@@ -136,6 +142,9 @@ def set_backing(mem, frames, store, offsets, table=None):
         return
     if table is not None:
         table.flags[frames] &= ~FLAG_DTYPE(NO_BACKING)
+    record = getattr(store, "record", None)
+    if record is not None:
+        record(offsets, page_digest(mem.frames, frames) if digests is None else digests)
     mem.set_backing(frames, store, offsets)
 
 
@@ -307,6 +316,9 @@ class PageCache(GuestPart):
         n = len(files)
         self.page_frame = [None] * n          # per file: int64 frame per page, -1 = not cached
         self.version = [None] * n             # per file: int64 version per page (0 = original)
+        # per file: uint64 digest per page of what the guest last read from the file there (0 =
+        # never read): the reference of a version-0 page, independent of today's file
+        self.digest = [None] * n
         self.shadow = {}                      # (fid, page) -> expected bytes of a user write
         self.stats = {"reads": 0, "writes": 0, "hits": 0, "misses": 0, "fills": 0,
                       "writeback_pages": 0, "dropped_discarded": 0,
@@ -320,10 +332,12 @@ class PageCache(GuestPart):
             size = max(npages, self.files.npages(fid), 1)
             new_pf = np.full(size, -1, dtype=np.int64)
             new_v = np.zeros(size, dtype=np.int64)
+            new_d = np.zeros(size, dtype=np.uint64)
             if pf is not None:
                 new_pf[:pf.size] = pf
                 new_v[:pf.size] = self.version[fid]
-            self.page_frame[fid], self.version[fid] = new_pf, new_v
+                new_d[:pf.size] = self.digest[fid]
+            self.page_frame[fid], self.version[fid], self.digest[fid] = new_pf, new_v, new_d
         return self.page_frame[fid], self.version[fid]
 
     def _range(self, path, offset, length):
@@ -361,12 +375,15 @@ class PageCache(GuestPart):
             pf, _ = self._tables(fid, int(pages[-1]) + 1)   # reclaim may not shrink it; re-read
             self.table.claim(new, FILE, fid, mpages, 0)
             pf[mpages] = new
+            store = self.store_for(self.files.path(fid))
             self.mem.fill_from_file(new, self.files.read_fd(fid), mpages * PAGE_SIZE)
             mark_touched(self.mem, new)
             self.table.flags[new] |= UPTODATE
+            # what the guest read is its truth from now on, whatever the file says later
+            read = page_digest(self.mem.frames, new)
+            self.digest[fid][mpages] = read
             # record before hinting: the host may discard it the moment it is volatile
-            set_backing(self.mem, new, self.store_for(self.files.path(fid)), mpages * PAGE_SIZE,
-                        self.table)
+            set_backing(self.mem, new, store, mpages * PAGE_SIZE, self.table, read)
             self.stats["fills"] += nmiss
             frames = pf[pages]
         self.table.touch(frames)
@@ -458,7 +475,9 @@ class PageCache(GuestPart):
             version[pages] = nxt
             self.mem.frames[frames] = generate(self.seed, fid, pages, nxt)
         else:
-            expected = self.expected(fid, pages)
+            # read-modify-write of the cached pages, as a kernel does: their bytes now (stable,
+            # reloaded if they were discarded) are the base, not a re-read of the file
+            expected = self.mem.frames[frames].copy()
             flat = expected.reshape(-1)
             start = offset - int(pages[0]) * PAGE_SIZE
             flat[start:start + length] = buf
@@ -636,33 +655,36 @@ class PageCache(GuestPart):
         return int(dirty.size)
 
     # --- expected content ------------------------------------------------------------------
-    def expected(self, fid, pages):
-        """(n, PAGE_SIZE) content pages of fid must hold: original bytes, generated version, or
-        the shadow of a user write."""
+    def expected_digests(self, fid, pages, on_disk=False):
+        """Digest of the content pages of fid must hold: what the guest read (version 0; for a
+        page never read and on_disk, what the overlay copy took), the generated version, or the
+        shadow of a user write."""
         pages = np.asarray(pages, dtype=np.int64)
         _, version = self._tables(fid, int(pages.max()) + 1 if pages.size else 0)
         v = version[pages]
-        out = np.zeros((pages.size, PAGE_SIZE), dtype=np.uint8)
-        orig = v == 0
-        if orig.any():
-            out[orig] = self.files.original_pages(fid, pages[orig])
+        out = self.digest[fid][pages].copy()
+        if on_disk:
+            unread = (v == 0) & (out == 0)
+            if unread.any():
+                out[unread] = self.files.copy_digests(fid, pages[unread])
         gen = v > 0
         if gen.any():
-            out[gen] = generate(self.seed, fid, pages[gen], v[gen])
-        for i in np.flatnonzero(v < 0).tolist():
-            out[i] = self.shadow[(fid, int(pages[i]))]
+            out[gen] = page_digest(generate(self.seed, fid, pages[gen], v[gen]))
+        user = np.flatnonzero(v < 0)
+        if user.size:
+            out[user] = page_digest(np.stack([self.shadow[(fid, int(pages[i]))] for i in user.tolist()]))
         return out
 
     def verify(self):
-        """Mismatching pages: every cached frame against its expected content (read through
-        the real fault path), and every written file's clean pages on disk."""
+        """Mismatching pages: every cached frame against the digest of what it must hold (read
+        through the real fault path), and every written file's clean pages on disk."""
         bad = 0
         frames = self.cached_frames()
         fids = self.table.owner[frames]
         for fid in np.unique(fids).tolist():
             sel = frames[fids == fid]
             pages = self.table.index[sel]
-            bad += int(mismatching(self.mem.frames[sel], self.expected(fid, pages)).sum())
+            bad += int(np.count_nonzero(page_digest(self.mem.frames, sel) != self.expected_digests(fid, pages)))
         for fid in np.flatnonzero(self.files.copied).tolist():
             npages = self.files.npages(fid)
             pages = np.arange(npages, dtype=np.int64)
@@ -676,6 +698,6 @@ class PageCache(GuestPart):
                 continue
             disk = np.zeros((npages, PAGE_SIZE), dtype=np.uint8)
             pread_into(self.files.read_fd(fid), disk, 0)
-            want = self.expected(fid, pages[on_disk])
-            bad += int(mismatching(disk[on_disk], want).sum())
+            want = self.expected_digests(fid, pages[on_disk], on_disk=True)
+            bad += int(np.count_nonzero(page_digest(disk[on_disk]) != want))
         return bad

@@ -1,0 +1,148 @@
+"""A backing file changed under pages the host discarded: a reload never serves foreign bytes.
+
+Rewritten or truncated in place, a discarded page of it comes back as zeros and is reported lost,
+with its page named (FaultService.check() raises ReloadError, lost_pages counts it, Guest.verify()
+counts it); renamed or unlinked, it reloads byte-exact.  verify() compares against what the guest
+read, not against today's file.  Real files, real discards, the real fault thread."""
+import os
+
+import numpy as np
+import pytest
+
+from gphint import PageState
+from gphint.faults import ReloadError
+from gphint.guest.content import PAGE_SIZE
+from gphint.guest.guest import Guest
+
+from test_guest import fault_service_or_skip
+
+V = int(PageState.VOLATILE)
+NPAGES = 64
+
+
+@pytest.fixture
+def svc():
+    s = fault_service_or_skip()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A small real tree: a.dat (NPAGES pages of random bytes) and b.dat."""
+    rng = np.random.default_rng(7)
+    root = tmp_path / "tree"
+    root.mkdir()
+    for name in ("a.dat", "b.dat"):
+        (root / name).write_bytes(rng.integers(0, 256, NPAGES * PAGE_SIZE, dtype=np.uint8).tobytes())
+    return root
+
+
+def cache_and_discard(g, path):
+    """Read the whole file into the guest's cache, then the host discards every page of it."""
+    want = g.read(path, 0, NPAGES * PAGE_SIZE)
+    frames = g.cache.page_frame[g.files.lookup(path)][:NPAGES].copy()
+    g.allocator.flush_hints()
+    assert (g.mem.usage(frames) == V).all()
+    assert g.mem.discard(frames) == NPAGES
+    return want, frames
+
+
+def rewrite_in_place(full, keep_mtime):
+    st = os.stat(full)
+    new = np.random.default_rng(99).integers(0, 256, st.st_size, dtype=np.uint8).tobytes()
+    with open(full, "r+b") as f:           # same inode, same size, other bytes
+        f.write(new)
+    if keep_mtime:
+        os.utime(full, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert os.stat(full).st_mtime_ns == st.st_mtime_ns
+    return new
+
+
+@pytest.mark.parametrize("change, lost_from, reason", [
+    ("truncate", 16, "size"),              # pages 16.. are gone, 0..15 keep their bytes
+    ("rewrite", 0, "mtime"),
+    ("rewrite_keep_mtime", 0, "ctime"),    # size and mtime as before: ctime still tells
+])
+def test_a_file_changed_in_place_reloads_as_named_lost_pages(svc, tree, change, lost_from, reason):
+    with Guest("8M", files=tree, workload=None, fault_service=svc) as g:
+        want, frames = cache_and_discard(g, "a.dat")
+        full = tree / "a.dat"
+        foreign = None
+        if change == "truncate":
+            os.truncate(full, lost_from * PAGE_SIZE)
+        else:
+            foreign = rewrite_in_place(full, keep_mtime=change == "rewrite_keep_mtime")
+        got = g.read("a.dat", 0, NPAGES * PAGE_SIZE)     # the discard faults: must not hang
+        split = lost_from * PAGE_SIZE
+        assert got[:split] == want[:split]
+        assert got[split:] == bytes(len(got) - split)   # lost pages read as zeros ...
+        if foreign is not None:                           # ... never as the new bytes
+            pages_got = np.frombuffer(got, np.uint8).reshape(NPAGES, PAGE_SIZE)
+            pages_new = np.frombuffer(foreign, np.uint8).reshape(NPAGES, PAGE_SIZE)
+            assert not (pages_got == pages_new).all(axis=1).any()
+        nlost = NPAGES - lost_from
+        assert svc.stats(g.mem)["lost_pages"] == nlost
+        with pytest.raises(ReloadError) as err:
+            svc.check()
+        assert err.value.page in set(frames[lost_from:].tolist())
+        assert "backing file changed (%s)" % reason in str(err.value)
+        assert "page %d" % err.value.page in str(err.value)
+        # verify() checks against what the guest read, so it sees every lost page too
+        assert g.verify() == nlost
+
+
+@pytest.mark.parametrize("change", ["unlink", "rename"])
+def test_an_unlinked_or_renamed_file_reloads_byte_exact(svc, tree, change):
+    with Guest("8M", files=tree, workload=None, fault_service=svc) as g:
+        want, frames = cache_and_discard(g, "a.dat")
+        if change == "unlink":
+            os.unlink(tree / "a.dat")
+        else:
+            os.rename(tree / "a.dat", tree / "renamed.dat")
+        assert g.read("a.dat", 0, NPAGES * PAGE_SIZE) == want
+        assert svc.stats(g.mem)["lost_pages"] == 0
+        assert svc.stats(g.mem)["file_reloads"] >= NPAGES
+        svc.check()
+        assert g.verify() == 0
+
+
+def test_the_guests_own_writeback_is_not_taken_for_a_foreign_change(svc):
+    """Writeback through gphint changes the overlay file's size, mtime and ctime and the written
+    page's bytes: the discarded pages of that file still reload, and so does the written page."""
+    with Guest("8M", seed=3, workload=None, file_bytes="4M", fault_service=svc) as g:
+        path = g.files.paths[int(np.argmax(g.files.size_bytes))]
+        fid = g.files.lookup(path)
+        n = min(g.files.npages(fid), 32)
+        g.write(path, 0, b"first")
+        g.writeback(path)                           # the overlay copy is the file from now on
+        want = g.read(path, 0, n * PAGE_SIZE)
+        frames = g.cache.page_frame[fid][:n].copy()
+        g.allocator.flush_hints()
+        assert g.mem.discard(frames[1:]) == n - 1
+        before = os.stat(g.files.path(fid))
+        g.write(path, 0, b"again, and longer")
+        assert g.writeback(path) == 1
+        assert os.stat(g.files.path(fid)).st_ctime_ns != before.st_ctime_ns
+        g.allocator.flush_hints()
+        assert g.mem.discard(frames[:1]) == 1       # the written page, clean again
+        want = b"again, and longer" + want[17:]
+        assert g.read(path, 0, n * PAGE_SIZE) == want
+        assert svc.stats(g.mem)["lost_pages"] == 0
+        svc.check()
+        assert g.verify() == 0
+
+
+def test_two_guests_that_read_different_bytes_of_one_page_lose_it_on_reload(svc, tree):
+    """One store per file is shared by the guests of a tree: when the file changed between their
+    reads, neither record stands for both, and a reload of that page is lost for either."""
+    with Guest("8M", files=tree, workload=None, fault_service=svc, seed=1) as g1, \
+            Guest("8M", files=tree, workload=None, fault_service=svc, seed=2) as g2:
+        want1, frames1 = cache_and_discard(g1, "b.dat")
+        rewrite_in_place(tree / "b.dat", keep_mtime=False)
+        want2, frames2 = cache_and_discard(g2, "b.dat")
+        assert want1 != want2
+        assert g2.read("b.dat", 0, NPAGES * PAGE_SIZE) == bytes(NPAGES * PAGE_SIZE)
+        assert svc.stats(g2.mem)["lost_pages"] == NPAGES
+        with pytest.raises(ReloadError):
+            svc.check()
