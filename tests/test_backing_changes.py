@@ -146,3 +146,19 @@ def test_two_guests_that_read_different_bytes_of_one_page_lose_it_on_reload(svc,
         assert svc.stats(g2.mem)["lost_pages"] == NPAGES
         with pytest.raises(ReloadError):
             svc.check()
+
+
+def test_store_ids_past_the_old_fixed_table_reload(svc, tree, monkeypatch):
+    """The store table grows in chunks: a store with an id far past 4096 still reaches the fault
+    thread (hundreds of guests each hold hundreds of files)."""
+    from gphint import stores
+    monkeypatch.setattr(stores, "_next_id", [70000])
+    monkeypatch.setattr(stores, "_free_ids", [])
+    with Guest("8M", files=tree, workload=None, fault_service=svc) as g:
+        want, frames = cache_and_discard(g, "a.dat")
+        assert g._stores[os.path.join(str(tree), "a.dat")].id >= 70000
+        assert g.read("a.dat", 0, NPAGES * PAGE_SIZE) == want
+        assert svc.stats(g.mem)["file_reloads"] >= NPAGES
+        svc.check()
+    with pytest.raises(ValueError):
+        stores.mech.store_set(stores.MAX_STORES, 0)

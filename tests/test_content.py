@@ -48,3 +48,24 @@ def test_mismatching_finds_one_flipped_byte():
     b = a.copy()
     b[5, 4095] ^= 1
     assert content.mismatching(a, b).tolist() == [False] * 5 + [True] + [False] * 2
+
+
+def test_page_digest_is_the_fault_threads_digest_and_sees_every_one_word_change():
+    pages = content.generate(3, 1, np.arange(64), 0)
+    pages[0] = 0
+    pages[1, :8] = 255
+    d = content.page_digest(pages)
+    assert d.dtype == np.uint64 and (d & np.uint64(1)).all()        # never 0: 0 means "none"
+    # the compiled digest (ext/stores.c, what reloads are checked with) and numpy agree
+    assert np.array_equal(d, content.numpy_page_digest(pages))
+    assert np.array_equal(content.page_digest(pages, [5, 2, 5]), d[[5, 2, 5]])
+    assert np.unique(d).size == 64
+    rng = np.random.default_rng(0)
+    for _ in range(200):                  # any change of one 64-bit word changes the digest
+        changed = pages[2].copy()
+        word = int(rng.integers(0, PAGE_SIZE // 8))
+        changed.view(np.uint64)[word] ^= np.uint64(int(rng.integers(1, 1 << 63)))
+        assert content.page_digest(changed)[0] != d[2]
+    swapped = pages[2].copy().view(np.uint64)
+    swapped[[0, 1]] = swapped[[1, 0]]     # position matters: moved words are a change too
+    assert content.page_digest(swapped.view(np.uint8))[0] != d[2]

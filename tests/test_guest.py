@@ -409,3 +409,32 @@ def test_guests_on_one_tree_share_their_backing_stores(svc):
         assert len(guest_mod._SHARED_STORES) == 0
     finally:
         fs.close()
+
+
+def test_verify_compares_with_what_the_guest_read_not_with_todays_file(tmp_path):
+    """A file changed in place after the guest read it: the guest's cached pages still hold what
+    it read, and verify() says so (it used to re-read the file and count them wrong); a frame
+    that really changed is still caught.  No fault service needed: both mechanisms."""
+    rng = np.random.default_rng(11)
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.dat").write_bytes(rng.integers(0, 256, 16 * PAGE_SIZE, dtype=np.uint8).tobytes())
+    (root / "b.dat").write_bytes(rng.integers(0, 256, 16 * PAGE_SIZE, dtype=np.uint8).tobytes())
+    with Guest("8M", files=root, workload=None) as g:
+        want = g.read("a.dat", 0, 16 * PAGE_SIZE)
+        g.write("b.dat", PAGE_SIZE + 7, b"written")      # b.dat gets an overlay copy ...
+        g.writeback("b.dat")
+        (root / "a.dat").write_bytes(bytes(16 * PAGE_SIZE))          # ... then both originals
+        (root / "b.dat").write_bytes(bytes(8 * PAGE_SIZE))           # change under the guest
+        assert g.read("a.dat", 0, 16 * PAGE_SIZE) == want            # cache hits
+        assert g.verify() == 0
+        frame = int(g.cache.page_frame[g.files.lookup("a.dat")][3])
+        g.mem.frames[frame, 100] ^= 1
+        assert g.verify() == 1
+        g.mem.frames[frame, 100] ^= 1
+        # the overlay copy's pages on disk are checked against what the copy took
+        with open(g.files.path(g.files.lookup("b.dat")), "r+b") as f:
+            f.seek(9 * PAGE_SIZE)
+            f.write(b"foreign")
+        g.cache.drop(g.cache.cached_frames())
+        assert g.verify() == 1

@@ -13,15 +13,16 @@ Two ways to take a discard fault (per guest):
                  and read again -- an ordinary cache miss
 """
 import threading
+from resource import RLIM_INFINITY
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..memory import GuestMemory
+from ..stores import fd_room, raise_nofile_limit
 from ..units import parse_size
 from .allocator import BuddyAllocator
 from .anon import AnonMemory, SwapFile
-from ..stores import fd_room
 from .files import FD_CACHE_MAX, FileSet
 from .pagecache import (DIRTY, FILE, KIND_NAMES, LOCKED, MAPPED_WRITABLE, MLOCKED, PRIVATE,
                         SWAPCACHE, WRITEBACK, FrameTable, Hinter, PageCache)
@@ -66,6 +67,7 @@ def _release_store(path):
 # goes up and every guest, at its next store look-up, closes the stores none of its frames
 # records (each guest only its own: another guest's thread may be between look-up and record).
 _FD_RESERVE = 64                 # fds kept free for the process itself (uffd, /proc reads, ...)
+_FDS_PER_GUEST = 4               # a guest's own fds besides its file set's: swap file, its store
 _sweep_epoch = [0]
 _live_guests = [0]
 RECLAIM_CLUSTER = 32        # pages reclaimed at least per shortage (Linux SWAP_CLUSTER_MAX)
@@ -143,16 +145,17 @@ class Guest:
             self._release_unrecorded()
         store = self._stores.get(path)
         if store is None:
-            if len(self._stores) >= MAX_STORES_PER_GUEST:
+            limit = self._store_share()
+            if len(self._stores) >= limit:
                 self._release_unrecorded()
-            reserve = _FD_RESERVE + FD_CACHE_MAX * _live_guests[0]
-            if len(self._stores) < MAX_STORES_PER_GUEST and not fd_room(reserve):
+            reserve = _FD_RESERVE + (FD_CACHE_MAX + _FDS_PER_GUEST) * _live_guests[0]
+            if len(self._stores) < limit and not fd_room(reserve):
                 _sweep_epoch[0] += 1
                 self._release_unrecorded()
                 if not fd_room(reserve):
                     self.stats["stores_refused"] += 1
                     return None
-            if len(self._stores) >= MAX_STORES_PER_GUEST:
+            if len(self._stores) >= limit:
                 self.stats["stores_refused"] += 1
                 return None
             store = _shared_store(path)
@@ -162,6 +165,17 @@ class Guest:
             self._stores[path] = store
             self.stats["stores_opened"] += 1
         return store
+
+    @staticmethod
+    def _store_share():
+        """Stores one guest may hold: an equal share of the fds the process may open, so the
+        first guest to fill its cache does not leave the others without any."""
+        soft = raise_nofile_limit()
+        if soft == RLIM_INFINITY:
+            return MAX_STORES_PER_GUEST
+        guests = max(_live_guests[0], 1)
+        share = (soft - _FD_RESERVE) // guests - FD_CACHE_MAX - _FDS_PER_GUEST
+        return max(min(share, MAX_STORES_PER_GUEST), 1)
 
     def _release_unrecorded(self):
         """Close (release) this guest's stores that no frame's backing record names."""
