@@ -438,3 +438,16 @@ def test_verify_compares_with_what_the_guest_read_not_with_todays_file(tmp_path)
             f.write(b"foreign")
         g.cache.drop(g.cache.cached_frames())
         assert g.verify() == 1
+
+
+def test_a_guest_without_backing_stores_still_evicts_its_clean_cache(svc, monkeypatch):
+    """No store for any file (fds or store ids exhausted): the cache pages stay STABLE -- the host
+    could not reload them -- but the guest itself may still drop them (its file holds them), so
+    a file set larger than memory does not run the guest out of frames."""
+    monkeypatch.setattr(Guest, "_store_share", staticmethod(lambda: 0))
+    with Guest("8M", seed=6, workload="fileserver", file_bytes="32M", fault_service=svc) as g:
+        g.step(3000)
+        assert g.stats["stores_refused"] > 0 and not g._stores
+        assert g.stats["evicted"] > 0
+        assert not (g.mem.usage(g.cache.cached_frames()) == V).any()
+        assert g.verify() == 0

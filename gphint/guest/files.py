@@ -26,7 +26,7 @@ from . import content
 from .content import PAGE_SIZE, page_digest
 
 DEFAULT_FILE_BYTES = (4 << 10, 1 << 20)   # size range of generated files: small sources to blobs
-FD_CACHE_MAX = 16                         # open fds kept per file set (least recently used go)
+FD_CACHE_MAX = 4                          # open fds kept per file set: a read or writeback uses one
 _COPY_CHUNK_BYTES = 8 << 20               # overlay copy: read, digest and write this much at once
 ZERO_PAGE_DIGEST = page_digest(np.zeros(PAGE_SIZE, dtype=np.uint8))[0]
 
