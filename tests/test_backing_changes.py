@@ -8,13 +8,15 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from gphint import PageState
 from gphint.faults import ReloadError
 from gphint.guest.content import PAGE_SIZE
 from gphint.guest.guest import Guest
 
-from test_guest import fault_service_or_skip
+from test_guest import EXAMPLES, fault_service_or_skip
 
 V = int(PageState.VOLATILE)
 NPAGES = 64
@@ -162,3 +164,62 @@ def test_store_ids_past_the_old_fixed_table_reload(svc, tree, monkeypatch):
         svc.check()
     with pytest.raises(ValueError):
         stores.mech.store_set(stores.MAX_STORES, 0)
+
+
+CHANGES = st.one_of(
+    st.tuples(st.just("discard"), st.lists(st.integers(0, NPAGES - 1), min_size=1, max_size=NPAGES)),
+    st.tuples(st.just("rewrite"), st.tuples(st.integers(0, NPAGES - 1), st.integers(1, 8), st.booleans())),
+    st.tuples(st.just("truncate"), st.integers(0, NPAGES)),
+    st.tuples(st.just("rename"), st.none()),
+    st.tuples(st.just("read"), st.none()),
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(CHANGES, min_size=1, max_size=12), seed=st.integers(0, 2 ** 16))
+def test_random_changes_under_discards_never_serve_foreign_bytes(svc, tmp_path_factory, ops, seed):
+    """Random discards, in-place rewrites (mtime kept or not), truncations, renames and reads:
+    every page reads as what the guest read, or as zeros counted lost -- and verify() counts
+    exactly the pages that read as zeros for a loss."""
+    rng = np.random.default_rng(seed)
+    root = tmp_path_factory.mktemp("fuzz")
+    name = "f.dat"
+    known = rng.integers(0, 256, (NPAGES, PAGE_SIZE), dtype=np.uint8)
+    (root / name).write_bytes(known.tobytes())
+    with Guest("8M", files=root, workload=None, fault_service=svc) as g:
+        assert g.read(name, 0, NPAGES * PAGE_SIZE) == known.tobytes()
+        frames = g.cache.page_frame[g.files.lookup(name)][:NPAGES].copy()
+        current = root / name
+        zeroed = np.zeros(NPAGES, dtype=bool)          # pages the guest now holds as zeros
+        for op, arg in ops:
+            if op == "discard":
+                g.allocator.flush_hints()
+                pick = frames[np.unique(arg)]
+                pick = pick[(g.mem.usage(pick) == V) & (g.mem.content(pick) == 0)]
+                g.mem.discard(pick)
+            elif op == "rewrite":
+                first, n, keep_mtime = arg
+                st_ = os.stat(current)
+                with open(current, "r+b") as f:
+                    f.seek(first * PAGE_SIZE)
+                    f.write(rng.integers(0, 256, n * PAGE_SIZE, dtype=np.uint8).tobytes())
+                if keep_mtime:
+                    os.utime(current, ns=(st_.st_atime_ns, st_.st_mtime_ns))
+            elif op == "truncate":
+                os.truncate(current, min(arg * PAGE_SIZE, os.stat(current).st_size))
+            elif op == "rename":
+                renamed = current.with_name(current.name + "x")
+                os.rename(current, renamed)
+                current = renamed
+            got = np.frombuffer(g.read(name, 0, NPAGES * PAGE_SIZE), np.uint8).reshape(NPAGES, PAGE_SIZE)
+            same = (got == known).all(axis=1)
+            zero = ~got.any(axis=1)
+            assert (same | zero).all()                  # never foreign bytes
+            zeroed |= zero & ~same
+        lost = svc.stats(g.mem)["lost_pages"]
+        event("pages lost: %s" % ("none" if lost == 0 else "some"))
+        assert lost >= int(zeroed.sum())
+        if lost:
+            with pytest.raises(ReloadError):
+                svc.check()
+        assert g.verify() == int(zeroed.sum())
