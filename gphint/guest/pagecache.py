@@ -319,7 +319,7 @@ class PageCache(GuestPart):
         # per file: uint64 digest per page of what the guest last read from the file there (0 =
         # never read): the reference of a version-0 page, independent of today's file
         self.digest = [None] * n
-        self.shadow = {}                      # (fid, page) -> expected bytes of a user write
+        self.shadow = {}                      # (fid, page) -> digest of a user write's page
         self.stats = {"reads": 0, "writes": 0, "hits": 0, "misses": 0, "fills": 0,
                       "writeback_pages": 0, "dropped_discarded": 0,
                       "reloaded": 0, "mapped_dirty": 0}
@@ -482,8 +482,8 @@ class PageCache(GuestPart):
             start = offset - int(pages[0]) * PAGE_SIZE
             flat[start:start + length] = buf
             version[pages] = -1
-            for i, p in enumerate(pages.tolist()):   # user bytes only: the shadow of a write call
-                self.shadow[(fid, p)] = expected[i]
+            # user bytes only: the shadow of a write call, kept as a digest (8 bytes a page)
+            self.shadow.update(zip(((fid, p) for p in pages.tolist()), page_digest(expected).tolist()))
             self.mem.frames[frames] = expected
         mark_touched(self.mem, frames)
         self.files.note_extent(fid, end)
@@ -672,7 +672,7 @@ class PageCache(GuestPart):
             out[gen] = page_digest(generate(self.seed, fid, pages[gen], v[gen]))
         user = np.flatnonzero(v < 0)
         if user.size:
-            out[user] = page_digest(np.stack([self.shadow[(fid, int(pages[i]))] for i in user.tolist()]))
+            out[user] = [self.shadow[(fid, int(pages[i]))] for i in user.tolist()]
         return out
 
     def verify(self):
