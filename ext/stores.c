@@ -200,13 +200,26 @@ uint64_t gph_page_digest(const uint8_t *page, size_t page_size)
      * the sum (multiplication by an odd number is a bijection mod 2^64); more changes cancel with
      * probability about 2^-63.  Four sums keep the multiplier busy.  Bit 0 set: 0 means "none". */
     const uint64_t golden = 0x9E3779B97F4A7C15ull;
-    size_t n = page_size / 8;
-    uint64_t a[4] = {0, 0, 0, 0}, w;
-    for (size_t i = 0; i < n; i++) {
-        memcpy(&w, page + 8 * i, 8);   /* no alignment assumption */
-        a[i & 3] += w * ((2 * (uint64_t)i + 1) * golden);
+    size_t n = page_size / 8;   /* a multiple of 4: page sizes are powers of two >= 4 KiB */
+    /* K_i = (2i + 1) * golden, stepped by addition: sum j takes words i = j mod 4 */
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, w0, w1, w2, w3;
+    uint64_t k0 = golden, k1 = 3 * golden, k2 = 5 * golden, k3 = 7 * golden;
+    const uint64_t step = 8 * golden;
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+        memcpy(&w0, page + 8 * i, 8);   /* no alignment assumption; compiles to plain loads */
+        memcpy(&w1, page + 8 * i + 8, 8);
+        memcpy(&w2, page + 8 * i + 16, 8);
+        memcpy(&w3, page + 8 * i + 24, 8);
+        a0 += w0 * k0;
+        a1 += w1 * k1;
+        a2 += w2 * k2;
+        a3 += w3 * k3;
+        k0 += step;
+        k1 += step;
+        k2 += step;
+        k3 += step;
     }
-    return mix64((a[0] + a[1] + a[2] + a[3]) ^ (uint64_t)n) | 1;
+    return mix64((a0 + a1 + a2 + a3) ^ (uint64_t)n) | 1;
 }
 
 long gph_page_digests(const uint8_t *base, size_t page_size, int64_t npages, const int64_t *pages,
