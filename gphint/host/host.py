@@ -40,6 +40,10 @@ class GuestSlot:
         self.name = getattr(guest, "name", None) or getattr(self.mem, "name", None) or "g%d" % index
         self.index = index
         self.residency = ResidencyTracker(self.mem)
+        # when each page was made UNUSED, dated by the guest's hint path (shared memory the
+        # host reads, like the state byte); None for a bare GuestMemory, which has no hint path
+        hints = getattr(getattr(guest, "allocator", None), "hints", None)
+        self.unused_since_ns = getattr(hints, "unused_since_ns", None)
         self.discarded = {}       # kind -> pages the host discarded from this guest
         self.swapped = {}         # usage state -> pages the host wrote to host swap
 

@@ -117,8 +117,10 @@ class HintScan(Strategy):
         self.scan_s = float(self.spec.params["scan"])
         self.delay_s = float(self.spec.params["delay"])
         self._next_scan = 0.0
-        # when each page was first seen UNUSED by a scan (for the `delay` rule), per guest
-        self._unused_since = [np.full(s.mem.npages, np.inf) for s in self.host.slots]
+        # bare GuestMemory has no hint path to date its frees: the host dates its UNUSED pages
+        # from the first scan that sees them (a page freed again between scans keeps its date)
+        self._first_seen = [None if s.unused_since_ns is not None else np.full(s.mem.npages, np.inf)
+                            for s in self.host.slots]
         self.scans = 0
 
     def _candidates(self, slot, state):
@@ -126,18 +128,25 @@ class HintScan(Strategy):
         return np.flatnonzero(slot.residency.resident & (usage == state))
 
     def proactive(self, now):
-        """Proactive mode only: every `scan` seconds discard resident UNUSED pages at least
-        `delay` seconds old.  Under a budget the host reclaims on demand instead."""
+        """Proactive mode only: every `scan` seconds discard resident UNUSED pages that became
+        UNUSED -- as the host sees it: the guest's hint submission -- at least `delay` seconds
+        ago.  Under a budget the host reclaims on demand instead."""
         if self.host.budget_bytes is not None or now < self._next_scan:
             return 0
         self._next_scan = now + self.scan_s
         self.scans += 1
         taken = 0
-        for slot, since in zip(self.host.slots, self._unused_since):
+        for slot, first_seen in zip(self.host.slots, self._first_seen):
+            # the states before the dates: the guest dates a free before its state byte
+            # changes, so an UNUSED read here is never paired with an older free's date
             unused = (slot.mem.states & USAGE_MASK) == PageState.UNUSED
-            since[~unused] = np.inf
-            since[unused & np.isinf(since)] = now
-            ripe = np.flatnonzero(slot.residency.resident & unused & (now - since >= self.delay_s))
+            if first_seen is None:
+                young = (round(now * 1e9) - slot.unused_since_ns) < round(self.delay_s * 1e9)
+            else:
+                first_seen[~unused] = np.inf
+                first_seen[unused & np.isinf(first_seen)] = now
+                young = now - first_seen < self.delay_s
+            ripe = np.flatnonzero(slot.residency.resident & unused & ~young)
             taken += self.discard(slot, ripe, PageState.UNUSED.name)
         return taken
 
