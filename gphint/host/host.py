@@ -7,7 +7,8 @@ touches nothing else.
 
 The loop (`step`) is: sample residency -> let the strategy take what it is told is free ->
 if over budget, reclaim by the strategy's hint tiers -> host-swap the rest, oldest resident
-first.  `start()` runs it in a thread every `interval_s`; tests call `step()` directly.
+first.  `start()` runs it in a thread every `interval_s`, together with the guests' own timers
+(`guest_timers`); tests call `step()` (the reclaim pass only) directly.
 Guest code and the host loop are serialised by `host.lock`: the runner holds it around each
 guest step, so the host's picture of the states (one mincore + state snapshot per pass) is
 never stale while it acts on it.  The C state protocol underneath makes a race safe anyway;
@@ -65,6 +66,30 @@ def share(counts, need):
     return np.minimum(quota, counts)
 
 
+def serving_service(slots, given, required=True):
+    """The fault service the host swaps through: `given`, else the one serving every guest.
+    Host swap-out and the swap-in on access go through the service that serves the guest's
+    memory, so a guest served by another service (or none) is refused here, by name, rather
+    than failing at the first swap-out.  required=False: None when the guests have none."""
+    served = [s.mem.fault_service for s in slots]
+    if given is None:
+        given = next((svc for svc in served if svc is not None), None)
+        if given is None:
+            if not required:
+                return None
+            raise ConfigError("host swap under a budget needs a fault service: guest %s is served "
+                              "by none (register the guests' memory with a FaultService, or pass "
+                              "Host(..., fault_service=svc))" % slots[0].name)
+    for slot, svc in zip(slots, served):
+        if svc is not given:
+            if not required and svc is None:
+                continue
+            raise ConfigError("guest %s is %s, not by the host's fault service %r: register it "
+                              "with that service" % (slot.name, "served by no fault service"
+                                                     if svc is None else "served by %r" % (svc,), given))
+    return given
+
+
 class Host:
     """A host with `guests` (Guest objects or bare GuestMemory), a `budget` for their total
     resident memory (None: proactive mode) and a reclaim `strategy` spec."""
@@ -78,12 +103,16 @@ class Host:
         if not 0 <= headroom < 0.5:
             raise ConfigError("headroom %r must be in [0, 0.5)" % headroom)
         self.slots = [GuestSlot(g, i) for i, g in enumerate(guests)]
-        self.fault_service = fault_service
         self.swapper = None
         self._own_swap = None
         if self.budget_bytes is not None:
             # under pressure every strategy may have to swap: the host's last resort
             require_fault_service("host swap under a budget (strategy %s)" % self.spec.name)
+            fault_service = serving_service(self.slots, fault_service)
+        elif fault_service is None:
+            fault_service = serving_service(self.slots, None, required=False)
+        self.fault_service = fault_service
+        if self.budget_bytes is not None:
             if swap is None:
                 from ..faults import HostSwap
                 swap = self._own_swap = HostSwap(size=sum(s.mem.size_bytes for s in self.slots))
@@ -241,7 +270,10 @@ class Host:
 
     # --- thread --------------------------------------------------------------------------------
     def start(self):
-        """Run the reclaim loop in its own thread until stop()."""
+        """Run the reclaim loop in its own thread until stop(); every `interval_s` the thread
+        also fires the guests' timers (guest_timers: free page reporting's delayed work item),
+        so a started host needs no one else to drive them.  Calling guest_timers() as well
+        (the runner does, between guest steps) is harmless: a timer runs only when due."""
         if self._thread is not None:
             return
         self._stop.clear()
@@ -251,6 +283,7 @@ class Host:
     def _run(self):
         try:
             while not self._stop.wait(self.interval_s):
+                self.guest_timers()
                 self.step()
         except BaseException as e:   # recorded and re-raised by stop(): never die silently
             self.error = e
