@@ -11,8 +11,16 @@ first.  `start()` runs it in a thread every `interval_s`, together with the gues
 (`guest_timers`); tests call `step()` (the reclaim pass only) directly.
 Guest code and the host loop are serialised by `host.lock`: the runner holds it around each
 guest step, so the host's picture of the states (one mincore + state snapshot per pass) is
-never stale while it acts on it.  The C state protocol underneath makes a race safe anyway;
-the lock keeps the accounting (what was taken, by which tier) exact.
+never stale while it acts on it, and the accounting (what was taken, by which tier) is exact.
+Guest threads that do not take the lock race the host; with a fault service the C state
+protocol makes that safe: the host picks each page by a CAS on its state byte, so a page the
+guest changed since the snapshot is skipped (counted in `skipped_pages`), never taken and
+never an error.  Without a fault service the host has no hold on a page (its UNUSED discards
+are plain madvise calls), so there the guests must hold the lock.
+
+A host thread that dies anyway is reported: the error is re-raised by the next call a runner
+makes into the host (`on_scheduled`, `guest_timers`, `over_budget`, `check`) as HostThreadDied,
+since from then on the budget is no longer enforced.
 """
 import threading
 import time
@@ -20,7 +28,7 @@ import time
 import numpy as np
 
 from .. import measure
-from ..errors import ConfigError
+from ..errors import ConfigError, GphintError
 from ..memory import PAGE_SIZE
 from ..states import PAIR_MASK, PageState, pair
 from ..units import parse_size
@@ -47,6 +55,9 @@ class GuestSlot:
         self.unused_since_ns = getattr(hints, "unused_since_ns", None)
         self.discarded = {}       # kind -> pages the host discarded from this guest
         self.swapped = {}         # usage state -> pages the host wrote to host swap
+        self.skipped = {}         # kind -> pages chosen but not taken: they changed state (or
+                                  # were held) between the host's snapshot and its pick
+        self.swap_skipped = {}    # usage state -> pages chosen for swap-out but skipped so
 
     def count(self, kind, npages, table=None):
         table = self.discarded if table is None else table
@@ -64,6 +75,10 @@ def share(counts, need):
     order = np.argsort(-(counts * need % total), kind="stable")
     quota[order[:rest]] += 1
     return np.minimum(quota, counts)
+
+
+class HostThreadDied(GphintError, RuntimeError):
+    """The host's reclaim thread stopped on an error: the budget is no longer enforced."""
 
 
 def serving_service(slots, given, required=True):
@@ -138,7 +153,9 @@ class Host:
         self.swap_dropped_npages = 0    # swapped-out free pages whose copy a peer's discard dropped
         self._thread = None
         self._stop = threading.Event()
-        self.error = None
+        self.error = None           # what the host thread died of, until reported
+        self.reported_error = None  # ... and once check() reported it
+        self.died_at_step = None
         self.strategy.attach()
 
     # --- measurement ---------------------------------------------------------------------
@@ -173,6 +190,7 @@ class Host:
 
     def over_budget(self):
         """Cheap check for direct reclaim: are the guests above budget right now (mincore)?"""
+        self.check()
         if self.budget_bytes is None:
             return False
         return self.guest_resident_bytes() > self.budget_bytes
@@ -245,18 +263,22 @@ class Host:
             n += self.swapper.swap_out(slot.mem, pages[first:first + batch])
         slot.residency.forget(pages)
         slot.count(kind, n, slot.swapped)
+        if n < pages.size:        # the protocol skipped pages that changed since the snapshot
+            slot.count(kind, pages.size - n, slot.swap_skipped)
         return n
 
     # --- guests' side of the host -----------------------------------------------------------
     def on_scheduled(self, guest):
         """The runner is about to run `guest`: deliver what the host asked of it (balloon)."""
+        self.check()
         slot = self.slot_of(guest)
         with self.lock:
             self.strategy.on_scheduled(slot, self.clock())
 
     def guest_timers(self):
         """Guests' own timers (the free page reporting work item) fire now; called by the
-        runner every round whether or not a guest is scheduled."""
+        runner every round whether or not a guest is scheduled (and by the started host)."""
+        self.check()
         now = self.clock()
         with self.lock:
             for slot in self.slots:
@@ -285,8 +307,23 @@ class Host:
             while not self._stop.wait(self.interval_s):
                 self.guest_timers()
                 self.step()
-        except BaseException as e:   # recorded and re-raised by stop(): never die silently
+        except BaseException as e:   # recorded and reported by check() / stop(): never silent
             self.error = e
+            self.died_at_step = self.steps
+
+    def check(self):
+        """Raise HostThreadDied if the started host thread stopped on an error (once; the
+        original error is its __cause__).  The runner's calls into the host make this check,
+        so a dead host thread stops the run instead of leaving the budget unenforced."""
+        err = self.error
+        if err is None or self._thread is None:
+            return
+        self.error = None
+        self.reported_error = err
+        raise HostThreadDied("the host thread died at step %d (%s: %s): the %s is no longer "
+                             "enforced" % (self.died_at_step, type(err).__name__, err,
+                                           "budget" if self.budget_bytes is not None
+                                           else "proactive scan")) from err
 
     def stop(self):
         """Stop the loop thread; re-raise anything it failed with."""
@@ -316,15 +353,17 @@ class Host:
     # --- results ---------------------------------------------------------------------------------
     def stats(self):
         """Counters for the results record."""
-        discarded, swapped = {}, {}
+        discarded, swapped, skipped, swap_skipped = {}, {}, {}, {}
         for s in self.slots:
-            for table, total in ((s.discarded, discarded), (s.swapped, swapped)):
+            for table, total in ((s.discarded, discarded), (s.swapped, swapped),
+                                 (s.skipped, skipped), (s.swap_skipped, swap_skipped)):
                 for k, v in table.items():
                     total[k] = total.get(k, 0) + v
         out = {"strategy": str(self.spec), "mode": "pressure" if self.budget_bytes else "proactive",
                "budget_bytes": self.budget_bytes, "steps": self.steps, "samples": self.samples,
                "reclaim_calls": self.reclaim_calls, "budget_overruns": self.budget_overruns,
                "discarded_pages": discarded, "host_swap_out_pages": swapped,
+               "skipped_pages": skipped, "host_swap_skipped_pages": swap_skipped,
                "host_swap_out_bytes": (self.swapper.out_npages if self.swapper else 0) * PAGE_SIZE,
                "host_swap_calls": self.swapper.calls if self.swapper else 0,
                "swap_dropped_pages": self.swap_dropped_npages,

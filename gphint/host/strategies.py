@@ -13,7 +13,7 @@ they fill.  Host swap under a budget is the Host's, common to all.
 """
 import numpy as np
 
-from ..errors import Unsupported
+from ..errors import StateError, Unsupported
 from ..states import CONTENT_MASK, HostState, PageState, USAGE_MASK
 
 
@@ -82,9 +82,33 @@ class Strategy:
             if raw:
                 n += mem.discard_raw(chunk, self.advice, self.submit)
             else:
-                n += mem.discard(chunk, advice=self.advice, submit=self.submit)
+                n += self._discard_hinted(slot, chunk, kind)
         slot.residency.forget(pages)
         slot.count(kind, n)
+        return n
+
+    # tries per chunk before the host gives the chunk up: each failed try means a guest thread
+    # made one of its pages STABLE between the host's re-read and discard's own check
+    RACE_TRIES = 8
+
+    def _discard_hinted(self, slot, chunk, kind):
+        """Discard a chunk chosen from a snapshot of the states, which guest threads not holding
+        host.lock may have changed since: a page made STABLE meanwhile is a lost race, so it
+        is skipped (and counted), never an error.  With a fault service the state protocol
+        decides page by page (pick CAS: a page changed since is left alone), so nothing can be
+        lost; without one the host has no hold on a page, and guests must hold host.lock."""
+        mem = slot.mem
+        for _ in range(self.RACE_TRIES):
+            live = chunk[(mem.states[chunk] & USAGE_MASK) != PageState.STABLE]
+            try:
+                n = mem.discard(live, advice=self.advice, submit=self.submit) if live.size else 0
+                break
+            except StateError:
+                continue
+        else:
+            n = 0
+        if n < chunk.size:
+            slot.count(kind, chunk.size - n, slot.skipped)
         return n
 
 
