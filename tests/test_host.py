@@ -197,6 +197,7 @@ def test_delay_counts_from_the_last_free_not_from_a_scan(strategy):
         clock.t = 101.75
         assert host.step() == again.size
         assert not mem.residency()[again].any()
+        assert host.stats()["youngest_unused_taken_s"] == pytest.approx(1.05)
     finally:
         g.close()
 

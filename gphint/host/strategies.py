@@ -146,6 +146,7 @@ class HintScan(Strategy):
         self._first_seen = [None if s.unused_since_ns is not None else np.full(s.mem.npages, np.inf)
                             for s in self.host.slots]
         self.scans = 0
+        self.youngest_taken_s = np.inf
 
     def _candidates(self, slot, state):
         usage = slot.mem.states & USAGE_MASK
@@ -164,13 +165,18 @@ class HintScan(Strategy):
             # the states before the dates: the guest dates a free before its state byte
             # changes, so an UNUSED read here is never paired with an older free's date
             unused = (slot.mem.states & USAGE_MASK) == PageState.UNUSED
-            if first_seen is None:
-                young = (round(now * 1e9) - slot.unused_since_ns) < round(self.delay_s * 1e9)
+            if first_seen is None:     # in integer ns, as the guest dated the frees
+                age_ns = round(now * 1e9) - slot.unused_since_ns
+                old = age_ns >= round(self.delay_s * 1e9)
             else:
                 first_seen[~unused] = np.inf
                 first_seen[unused & np.isinf(first_seen)] = now
-                young = now - first_seen < self.delay_s
-            ripe = np.flatnonzero(slot.residency.resident & unused & ~young)
+                age_ns = (now - first_seen) * 1e9
+                old = now - first_seen >= self.delay_s
+            ripe = np.flatnonzero(slot.residency.resident & unused & old)
+            if ripe.size:
+                # the youngest page taken: what the delay rule promised, as the host measured it
+                self.youngest_taken_s = min(self.youngest_taken_s, float(age_ns[ripe].min()) * 1e-9)
             taken += self.discard(slot, ripe, PageState.UNUSED.name)
         return taken
 
@@ -192,7 +198,8 @@ class HintScan(Strategy):
         return sum(self.discard(s, c[:q], state.name) for s, c, q in zip(slots, cands, quota))
 
     def stats(self):
-        return {"scans": self.scans}
+        return {"scans": self.scans, "youngest_unused_taken_s":
+                None if np.isinf(self.youngest_taken_s) else round(self.youngest_taken_s, 4)}
 
 
 class Cmma(HintScan):
