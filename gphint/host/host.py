@@ -144,6 +144,7 @@ class Host:
         self.timeline = []
         self._next_sample = self.t0
         self.cpu_s_by_thread = {}
+        self.guest_timer_cpu_s = 0.0    # guest timers the host thread fired (guest work)
         self.steps = 0
         self.reclaim_calls = 0
         self.budget_overruns = 0
@@ -305,7 +306,10 @@ class Host:
     def _run(self):
         try:
             while not self._stop.wait(self.interval_s):
+                t_cpu = time.thread_time()
                 self.guest_timers()
+                # the guests' own work, though this thread ran it: not the host's CPU
+                self.guest_timer_cpu_s += time.thread_time() - t_cpu
                 self.step()
         except BaseException as e:   # recorded and reported by check() / stop(): never silent
             self.error = e
@@ -367,6 +371,7 @@ class Host:
                "host_swap_out_bytes": (self.swapper.out_npages if self.swapper else 0) * PAGE_SIZE,
                "host_swap_calls": self.swapper.calls if self.swapper else 0,
                "swap_dropped_pages": self.swap_dropped_npages,
-               "host_step_cpu_s": sum(self.cpu_s_by_thread.values())}
+               "host_step_cpu_s": sum(self.cpu_s_by_thread.values()),
+               "guest_timer_cpu_s": self.guest_timer_cpu_s}
         out.update(self.strategy.stats())
         return out
