@@ -117,3 +117,42 @@ def test_a_host_thread_that_dies_is_reported_by_the_next_call_into_the_host(tmp_
         svc.unregister(mem, materialize=False)
         svc.stop()
         mem.close()
+
+
+@needs_service
+def test_guests_stepping_their_workloads_in_threads_without_the_lock():
+    """The report as a user meets it: two Guests run their workloads in their own threads, a
+    started cmma host keeps them under a budget, nobody takes host.lock."""
+    from gphint.guest.guest import Guest
+    svc = FaultService()
+    guests = [Guest("16M", seed=i + 1, workload=w, file_bytes="24M", fault_service=svc, name="g%d" % i)
+              for i, w in enumerate(["fileserver", "build"])]
+    host = Host(guests, "12M", "cmma", interval_s=0.002)
+    errors = []
+
+    def run(g, end):
+        try:
+            while time.monotonic() < end:
+                g.step(32)
+        except Exception as e:     # reported below, never swallowed
+            errors.append(e)
+
+    try:
+        end = time.monotonic() + 3.0
+        threads = [threading.Thread(target=run, args=(g, end), daemon=True) for g in guests]
+        host.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert host._thread.is_alive() and host.error is None, host.error
+        host.stop()
+        assert errors == []
+        assert [g.verify() for g in guests] == [0, 0]
+        s = host.stats()
+        assert sum(s["discarded_pages"].values()) > 0
+    finally:
+        for g in guests:
+            g.close()
+        host.close()
+        svc.stop()
