@@ -10,7 +10,7 @@ import pytest
 
 import gphint
 from gphint.faults import FaultService, FileStore, HostSwap
-from gphint.host import Host
+from gphint.host import Host, HostThreadDied
 from gphint.host.hostswap import fault_service_available
 
 from conftest import PAGE
@@ -92,7 +92,6 @@ def test_guest_threads_without_the_host_lock_lose_races_not_the_host(tmp_path, s
 def test_a_host_thread_that_dies_is_reported_by_the_next_call_into_the_host(tmp_path):
     """The host swap file closed under a running host: its next swap-out fails and the host
     thread stops.  The runner's next call into the host says so, naming the cause."""
-    from gphint.host.host import HostThreadDied
     svc = FaultService()
     swap = HostSwap("4M")
     mem = gphint.GuestMemory("4M", name="g0")
