@@ -96,6 +96,24 @@ cdef class HintQueue:
             raise MemoryError("hint queue: out of memory")
         return self.q.nrefused
 
+    def record_unused(self, int64_t[::1] since_ns not None, int64_t now_ns=-1):
+        """From now on write, into since_ns (one int64 per page), the time in ns at which each
+        page is made UNUSED, before its state byte changes.  now_ns < 0: CLOCK_MONOTONIC read
+        at each transition (time.monotonic_ns's clock); otherwise that fixed time (see now_ns)."""
+        if since_ns.shape[0] != self.q.npages:
+            raise ValueError("since_ns has %d entries for %d pages" % (since_ns.shape[0], self.q.npages))
+        self._tables = self._tables[:4] + (since_ns,)
+        gph_hintq_record_unused(&self.q, &since_ns[0], now_ns)
+
+    @property
+    def now_ns(self):
+        """The time record_unused writes (< 0: the clock is read at each transition)."""
+        return self.q.now_ns
+
+    @now_ns.setter
+    def now_ns(self, int64_t value):
+        self.q.now_ns = value
+
     def take_refused(self):
         """(pages, usages) the state table refused since the last call, as int64/uint8 arrays."""
         cdef size_t n = self.q.nrefused

@@ -218,6 +218,8 @@ struct gph_hintq {
     uint64_t *ops_total;      /* the memory's count of usage-change calls, shared by its queues */
     size_t capacity, npending;
     uint64_t hint_ops, transitions, cancelled;   /* state changes made, pages moved, superseded */
+    int64_t *unused_since_ns; /* per page, or NULL: when it was last made UNUSED (the host's delay rule) */
+    int64_t now_ns;           /* the clock for unused_since_ns; < 0: read CLOCK_MONOTONIC */
     /* owned by the queue (gph_hintq_free) */
     int64_t *queue; size_t qlen, qcap;           /* deferred pages, oldest first; dead entries allowed */
     int64_t *work; size_t wcap;                  /* scratch: pages applied now or submitted */
@@ -237,6 +239,10 @@ long gph_hintq_hint(struct gph_hintq *q, const int64_t *pages, size_t n, int usa
  * Returns how many were found discarded, or -ERANGE / -ENOMEM as gph_hintq_hint. */
 long gph_hintq_make_stable(struct gph_hintq *q, const int64_t *pages, size_t n,
                            int64_t *discarded_out, struct gph_err *err);
+/* Record in since_ns[page] (npages entries, or NULL: no record) the time each page is made UNUSED,
+ * written before its state byte changes, so a host that sees UNUSED reads a time no older than the
+ * transition.  now_ns < 0 reads CLOCK_MONOTONIC at each transition; >= 0 is that time (tests). */
+void gph_hintq_record_unused(struct gph_hintq *q, int64_t *since_ns, int64_t now_ns);
 /* Submit the oldest pending transitions: all, or (whole_batches_only) a multiple of capacity.
  * Returns the transitions submitted. */
 long gph_hintq_submit(struct gph_hintq *q, int whole_batches_only);

@@ -114,10 +114,12 @@ cdef extern from "gphint.h" nogil:
         uint64_t hint_ops, transitions, cancelled
         int64_t *refused
         uint8_t *refused_usage
+        int64_t now_ns
     long gph_hintq_init(gph_hintq *q, uint8_t *states, int64_t npages, const uint8_t *next,
                         uint8_t *pending, uint64_t *ops_total, size_t capacity)
     void gph_hintq_free(gph_hintq *q)
     long gph_hintq_hint(gph_hintq *q, const int64_t *pages, size_t n, int usage, gph_err *err)
     long gph_hintq_submit(gph_hintq *q, int whole_batches_only)
+    void gph_hintq_record_unused(gph_hintq *q, int64_t *since_ns, int64_t now_ns)
     long gph_hintq_make_stable(gph_hintq *q, const int64_t *pages, size_t n, int64_t *discarded_out,
                                gph_err *err)

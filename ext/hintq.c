@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MARK 0x40   /* compaction only: "this page's first live entry was kept already" */
 
@@ -56,7 +57,31 @@ long gph_hintq_init(struct gph_hintq *q, uint8_t *states, int64_t npages, const 
     q->pending = pending;
     q->ops_total = ops_total;
     q->capacity = capacity;
+    q->now_ns = -1;
     return 0;
+}
+
+void gph_hintq_record_unused(struct gph_hintq *q, int64_t *since_ns, int64_t now_ns)
+{
+    q->unused_since_ns = since_ns;
+    q->now_ns = now_ns;
+}
+
+/* The host's proactive scan discards an UNUSED page only `delay` after the guest freed it, and
+ * must date the free from the transition itself: a page freed, re-allocated and freed again
+ * between two scans looks, to a scan, like a page that stayed free.  The time is written
+ * before the state byte (release), so a host that reads UNUSED and then the time never pairs a
+ * new UNUSED with an older time; pairing an old UNUSED with a newer time only delays it. */
+static void record_unused(struct gph_hintq *q, const int64_t *pages, size_t n)
+{
+    int64_t now = q->now_ns;
+    if (now < 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
+    for (size_t i = 0; i < n; i++)
+        __atomic_store_n(&q->unused_since_ns[pages[i]], now, __ATOMIC_RELEASE);
 }
 
 void gph_hintq_free(struct gph_hintq *q)
@@ -102,6 +127,8 @@ static long apply(struct gph_hintq *q, const int64_t *pages, size_t n, uint8_t u
     uint8_t old;
     for (size_t lo = 0; lo < n; lo += q->capacity) {
         size_t k = n - lo < q->capacity ? n - lo : q->capacity;
+        if (usage == GPH_USAGE_UNUSED && q->unused_since_ns != NULL)
+            record_unused(q, pages + lo, k);
         if (gph_set_usage(q->states, q->npages, pages + lo, k, usage, q->next, &old, &err) < 0) {
             if (refuse(q, pages + lo, k, usage) < 0)
                 return -ENOMEM;

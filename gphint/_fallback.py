@@ -10,6 +10,7 @@ import ctypes.util
 import errno as _errno
 import mmap
 import os
+import time
 
 import numpy as np
 
@@ -257,6 +258,17 @@ class HintQueue:
         self.npending = 0
         self.hint_ops = self.transitions = self.cancelled = 0
         self._refused = []         # (pages, usage)
+        self._unused_since = None  # per page: when it was made UNUSED (record_unused)
+        self.now_ns = -1
+
+    def record_unused(self, since_ns, now_ns=-1):
+        if len(since_ns) != len(self._states):
+            raise ValueError("since_ns has %d entries for %d pages" % (len(since_ns), len(self._states)))
+        self._unused_since, self.now_ns = since_ns, int(now_ns)
+
+    def _record_unused(self, pages):
+        # before the state bytes change, as the C queue does (ext/hintq.c, record_unused)
+        self._unused_since[pages] = self.now_ns if self.now_ns >= 0 else time.monotonic_ns()
 
     def hint(self, pages, usage):
         if usage & ~0x0C:                 # checked first, as the C call does, even for no pages
@@ -352,6 +364,8 @@ class HintQueue:
         cap = self.capacity
         for lo in range(0, pages.size, cap):
             chunk = pages[lo:lo + cap]
+            if usage == 0x04 and self._unused_since is not None:
+                self._record_unused(chunk)
             if set_usage(self._states, chunk, usage, self._next)[0] < 0:
                 self._refused.append((chunk.copy(), usage))
                 continue

@@ -218,6 +218,7 @@ class Runner:
         if cfg.status_path:
             self.write_status(time.monotonic() - wall0, done=True)
         guest_thread_s = time.thread_time() - thread0 - host.cpu_s_by_thread.get(me, 0.0)
+        guest_thread_s += host.guest_timer_cpu_s     # guest timers the host thread fired
         process_s = _process_cpu_s() - cpu0
         return self.record(ops, wall_s, guest_thread_s, process_s, probe)
 

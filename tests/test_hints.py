@@ -240,17 +240,66 @@ def test_compiled_and_pure_queues_agree_step_by_step(compiled_only, cap, ops):
         states = np.zeros(64, np.uint8)
         pend = np.full(64, 0xFF, np.uint8)
         ops_total = np.zeros(1, np.uint64)
-        sides.append((impl.HintQueue(states, pend, NEXT_TABLE, ops_total, cap), states, pend, ops_total))
-    for req, state in ops:
+        q = impl.HintQueue(states, pend, NEXT_TABLE, ops_total, cap)
+        since = np.full(64, -1, np.int64)
+        q.record_unused(since, 0)
+        sides.append((q, states, pend, ops_total, since))
+    for step, (req, state) in enumerate(ops):
         for q, *_ in sides:
+            q.now_ns = step
             if state is None:
                 q.submit(False)
             else:
                 q.hint(np.array(req, dtype=np.int64), int(state))
-        (qc, sc, pc, oc), (qp, sp, pp, op) = sides
-        assert np.array_equal(sc, sp) and np.array_equal(pc, pp)
+        (qc, sc, pc, oc, tc), (qp, sp, pp, op, tp) = sides
+        assert np.array_equal(sc, sp) and np.array_equal(pc, pp) and np.array_equal(tc, tp)
         assert (qc.npending, qc.hint_ops, qc.transitions, qc.cancelled, int(oc[0])) == \
                (qp.npending, qp.hint_ops, qp.transitions, qp.cancelled, int(op[0]))
+
+
+class StepClock:
+    def __init__(self):
+        self.t = 10.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_a_free_is_dated_when_it_is_submitted_not_when_it_is_requested(mem):
+    """unused_since_ns is the host's view: a page is UNUSED from the submission of its hint."""
+    clock = StepClock()
+    h = HintBuffer(mem, capacity=4, clock=clock)
+    boot = h.unused_since_ns.copy()
+    assert (boot == 10_000_000_000).all()                # created at t=10
+    clock.t = 11.0
+    h.hint(pages(0, 1, 2), U)                            # pending: not dated
+    assert np.array_equal(h.unused_since_ns, boot)
+    clock.t = 12.0
+    h.hint(pages(3), U)                                  # fills the batch: all four submitted
+    assert (h.unused_since_ns[:4] == 12_000_000_000).all()
+    assert (h.unused_since_ns[4:] == boot[4:]).all()
+    clock.t = 13.0
+    h.hint(pages(0), S)                                  # re-allocated: the date stays, the
+    h.hint(pages(0), U)                                  # state says STABLE, then pending again
+    assert h.unused_since_ns[0] == 12_000_000_000
+    clock.t = 14.0
+    h.flush()
+    assert h.unused_since_ns[0] == 14_000_000_000
+    h.hint(pages(5), V)
+    h.flush()
+    clock.t = 15.0
+    h.hint(pages(5), U)                                  # V -> U is applied at once
+    assert h.unused_since_ns[5] == 15_000_000_000
+    assert list(mem.usage(pages(0, 1, 5))) == [U, U, U]
+
+
+def test_frees_are_dated_with_the_machine_clock_by_default(mem):
+    import time
+    h = HintBuffer(mem, capacity=1)
+    lo = time.monotonic_ns()
+    h.hint(pages(7), U)
+    hi = time.monotonic_ns()
+    assert lo <= h.unused_since_ns[7] <= hi
 
 
 def test_a_deferred_pot_volatile_the_host_made_impossible_is_dropped_and_nothing_is_lost(compiled_only):

@@ -7,6 +7,7 @@ import pytest
 
 import gphint
 from gphint import ConfigError, PageState, Unsupported, measure
+from gphint.guest.allocator import BuddyAllocator
 from gphint.host import Host
 from gphint.host.host import share
 from gphint.host.hostswap import fault_service_available
@@ -151,3 +152,111 @@ def test_share_is_proportional_and_exact():
         need = int(rng.integers(0, 3000))
         q = share(counts, need)
         assert (q <= counts).all() and q.sum() == min(need, counts.sum())
+
+
+class HintedGuest:
+    """The least a host needs from a guest with a hint path: its memory and its allocator."""
+
+    def __init__(self, size, clock, batch):
+        self.mem = gphint.GuestMemory(size)
+        self.allocator = BuddyAllocator(self.mem, batch=batch, clock=clock)
+
+    def close(self):
+        self.mem.close()
+
+
+@pytest.mark.parametrize("strategy", ["unused", "cmma"])
+def test_delay_counts_from_the_last_free_not_from_a_scan(strategy):
+    """A page freed, re-allocated and freed again between two scans must wait the full delay
+    from its last free: a scan sees it UNUSED both times, but the guest dates each free."""
+    clock = Clock()
+    g = HintedGuest("4M", clock, batch=4)
+    try:
+        a, mem = g.allocator, g.mem
+        host = Host([g], None, "%s:scan=0.1,delay=1.0" % strategy, clock=clock)
+        first = a.alloc(64)
+        mem.frames[first] = 1
+        a.free(first)
+        a.flush_hints()                          # t=100.0: UNUSED as the host sees it
+        assert host.step() == 0                  # too young
+        clock.t = 100.7
+        again = a.alloc(16)                      # the guest takes some back ...
+        assert np.isin(again, first).all()       # (address-ordered: the same low pages)
+        mem.frames[again] = 2
+        a.free(again)
+        a.flush_hints()                          # ... and frees them again at t=100.7
+        clock.t = 101.2
+        old = np.setdiff1d(first, again)
+        assert host.step() == old.size           # 1.2 s since the first free: only those
+        res = mem.residency()
+        assert not res[old].any() and res[again].all()
+        assert (mem.frames[again] == 2).all()
+        clock.t = 101.65
+        assert host.step() == 0                  # 0.95 s since the last free
+        assert mem.residency()[again].all()
+        clock.t = 101.75
+        assert host.step() == again.size
+        assert not mem.residency()[again].any()
+        assert host.stats()["youngest_unused_taken_s"] == pytest.approx(1.05)
+    finally:
+        g.close()
+
+
+def test_delay_counts_from_the_hint_submission_not_the_free_call():
+    """A free that waits in the hint buffer is not UNUSED to the host yet: its delay starts
+    when the buffer submits it."""
+    clock = Clock()
+    g = HintedGuest("4M", clock, batch=8)
+    try:
+        a, mem = g.allocator, g.mem
+        host = Host([g], None, "cmma:scan=0.1,delay=1.0", clock=clock)
+        pages = a.alloc(3)
+        mem.frames[pages] = 3
+        a.free(pages)                            # t=100.0: fewer than a batch: pending
+        assert (mem.usage(pages) == PageState.STABLE).all()
+        clock.t = 100.5
+        assert host.step() == 0
+        a.flush_hints()                          # t=100.5: submitted
+        clock.t = 101.4
+        assert host.step() == 0                  # 1.4 s after free(), 0.9 s after submission
+        assert mem.residency()[pages].all()
+        clock.t = 101.6
+        assert host.step() == pages.size
+        assert not mem.residency()[pages].any()
+    finally:
+        g.close()
+
+
+def test_delay_with_the_machine_clock():
+    """The same rule on the default clocks (the guest's CLOCK_MONOTONIC and the host's
+    time.monotonic are one clock): the bounds are taken around each call, so a slow machine
+    can only make the test inconclusive in the safe direction, never wrong."""
+    delay_s = 0.4
+    g = HintedGuest("4M", None, batch=4)
+    try:
+        a, mem = g.allocator, g.mem
+        host = Host([g], None, "unused:scan=0.001,delay=%g" % delay_s)
+        first = a.alloc(32)
+        mem.frames[first] = 1
+        a.free(first)
+        a.flush_hints()
+        t_first_hi = time.monotonic()            # the first free is dated before this
+        host.step()
+        time.sleep(delay_s * 0.6)
+        again = a.alloc(8)
+        mem.frames[again] = 2
+        t_again_lo = time.monotonic()            # the second free is dated after this
+        a.free(again)
+        a.flush_hints()
+        time.sleep(max(0.0, t_first_hi + delay_s * 1.05 - time.monotonic()))
+        host.step()                              # its clock reads now, after t_first_hi + delay
+        t_scan_hi = time.monotonic()
+        res = mem.residency()
+        assert not res[np.setdiff1d(first, again)].any()   # >= delay since the first free
+        if t_scan_hi - t_again_lo < delay_s:
+            assert res[again].all()              # surely < delay since the second free
+        time.sleep(delay_s)
+        host.step()
+        assert not mem.residency()[again].any()
+    finally:
+        g.close()

@@ -6,11 +6,15 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import gphint
 from gphint import ConfigError, PageState
+from gphint.host.hostswap import fault_service_available
 from gphint.guest.content import PAGE_SIZE
 from gphint.guest.guest import Guest
-from gphint.guest.pagecache import FLAG_DTYPE, UPTODATE
+from gphint.guest.pagecache import FLAG_DTYPE, MAPPED_WRITABLE, UPTODATE
 
 S, V, P, U = (int(PageState.STABLE), int(PageState.VOLATILE), int(PageState.POT_VOLATILE),
               int(PageState.UNUSED))
@@ -236,3 +240,106 @@ def test_real_tree_is_never_modified():
             assert f.read(9) == b"#!patched"
         assert g.verify() == 0
     assert tree_digest(JSON_DIR) == before
+
+
+def _guest_mode_guest():
+    from gphint.faults import FaultService
+    ok, why = fault_service_available()
+    if not ok:
+        pytest.skip("needs the discard-fault service: %s" % why)
+    if not gphint.caps.has("dirty_tracking"):
+        pytest.skip("no host dirty tracking: mapped pages stay STABLE and are never discarded")
+    svc = FaultService()
+    return svc, Guest("16M", seed=3, workload=None, file_bytes="8M", discard_mode="guest",
+                      fault_service=svc)
+
+
+@pytest.mark.parametrize("access", ["read", "write", "store_mapped", "msync", "unpin"])
+def test_guest_mode_keeps_a_discarded_writable_mapping(access):
+    """discard_mode="guest": the host discards clean mapped pages (Pr -> Vz).  The mapping
+    holds them, so the guest's next access re-reads them into the same frames -- as a real
+    guest re-reads a page into the mapping that holds it -- and a store through the mapping
+    still works, whatever touches the pages first."""
+    svc, g = _guest_mode_guest()
+    try:
+        path = big_file(g)
+        n = 4
+        frames = g.map_writable(path, 0, n * PAGE_SIZE)
+        g.msync(path)                                   # written back: clean to the host
+        assert usage(g, frames) == [P] * n
+        assert g.mem.discard(frames) == n               # clean: discarded
+        assert (g.mem.content(frames) == 3).all() and (g.mem.usage(frames) == V).all()
+        if access == "read":
+            data = g.read(path, 0, n * PAGE_SIZE)
+            with open(os.path.join(g.files.root, path), "rb") as f:
+                assert data == f.read(n * PAGE_SIZE)
+        elif access == "write":
+            g.write(path, PAGE_SIZE, b"x" * 100)
+        elif access == "store_mapped":
+            pass
+        elif access == "msync":
+            g.msync(path)
+        elif access == "unpin":
+            g.pin(path, 0, PAGE_SIZE)                   # a pinned page must be STABLE
+            g.unpin(path, 0, PAGE_SIZE)
+        assert np.array_equal(file_frames(g, path, 0, n * PAGE_SIZE), frames)   # same frames
+        g.store_mapped(path, 0, n * PAGE_SIZE)          # the mapping is still there, all of it
+        assert g.verify() == 0
+        g.msync(path)
+        g.unmap(path, 0, n * PAGE_SIZE)
+        assert g.verify() == 0
+        assert g.cache.stats["dropped_discarded"] == 0  # a mapped page is never dropped
+    finally:
+        g.close()
+        svc.stop()
+
+
+def test_guest_mode_mappings_survive_random_discards_and_accesses():
+    """Random interleavings of host discards (clean P -> Vz, dirty P -> preserved) with every
+    guest access to a writably mapped range, guest-visible discard mode: every store through
+    the mapping succeeds and every byte is right."""
+    svc, g = _guest_mode_guest()
+    path = big_file(g, 16)
+    frames = g.map_writable(path, 0, 16 * PAGE_SIZE)
+    ops = st.lists(st.tuples(st.sampled_from(["discard", "read", "write", "store", "msync", "pin",
+                                              "lock", "writeback"]),
+                             st.integers(0, 15), st.integers(1, 4)), min_size=1, max_size=30)
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(ops=ops)
+    def check(ops):
+        g.msync(path)                 # clean to the host: a discard now takes clean P pages
+        for op, first, n in ops:
+            n = min(n, 16 - first)
+            off, length = first * PAGE_SIZE, n * PAGE_SIZE
+            if op == "discard":
+                g.allocator.flush_hints()
+                g.mem.discard(frames[first:first + n][g.mem.usage(frames[first:first + n]) != S])
+            elif op == "read":
+                g.read(path, off, length)
+            elif op == "write":
+                g.write(path, off + 10, b"w" * 50)
+            elif op == "store":
+                g.store_mapped(path, off, length)
+            elif op == "msync":
+                g.msync(path)
+            elif op == "pin":
+                g.pin(path, off, length)
+                g.unpin(path, off, length)
+            elif op == "lock":
+                g.lock(path, off, length, on=True)
+                g.lock(path, off, length, on=False)
+            elif op == "writeback":
+                g.writeback()
+            # the mapping still holds every page (no verify() here: its reads through the
+            # fault path would reload the discarded pages before the next access finds them)
+            assert np.array_equal(file_frames(g, path, 0, 16 * PAGE_SIZE), frames), op
+            assert (g.table.flags[frames] & MAPPED_WRITABLE).all(), op
+        g.store_mapped(path, 0, 16 * PAGE_SIZE)
+        assert g.verify() == 0
+
+    try:
+        check()
+    finally:
+        g.close()
+        svc.stop()

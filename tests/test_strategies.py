@@ -178,3 +178,79 @@ def test_balloon_drops_the_host_swap_copy_of_pages_it_takes():
     finally:
         g.close()
         svc.stop()
+
+
+def test_a_started_host_runs_its_guests_timers():
+    """Free page reporting's work item is the guest's own timer: a started host fires it
+    (nobody else calls guest_timers here), so a freed block is reported and discarded."""
+    g = Guest("16M", workload=None, hinting=False, file_bytes="1M", name="g0")
+    try:
+        a = g.allocator
+        pages = a.alloc(a.free_pages)
+        g.mem.frames[:] = 1
+        block = np.arange(g.mem.npages // 2, g.mem.npages)    # above the low watermark
+        a.free(block)
+        host = Host([g], None, "reporting:order=5,capacity=32,delay=0.1", interval_s=0.01)
+        host.start()
+        try:
+            deadline = time.monotonic() + 10
+            while g.mem.residency()[block].any() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            host.stop()
+        assert not g.mem.residency()[block].any()
+        assert host.stats()["reports"] >= 1
+        assert host.stats()["discarded_pages"] == {"reported": block.size}
+        keep = np.setdiff1d(pages, block)
+        assert g.mem.residency()[keep].all() and (g.mem.frames[keep] == 1).all()
+    finally:
+        g.close()
+
+
+@pytest.mark.skipif(not fault_service_available()[0], reason="needs the discard-fault service: %s"
+                    % fault_service_available()[1])
+def test_a_host_with_a_budget_and_no_fault_service_is_refused_at_construction():
+    """Host swap needs a fault service: without one (given, or serving the guests), the host
+    refuses at once, naming what is missing -- not an AttributeError at the first swap-out."""
+    mem = gphint.GuestMemory("4M", name="g0")
+    try:
+        with pytest.raises(gphint.ConfigError, match="fault service.*g0|g0.*fault service"):
+            Host([mem], "2M", "none")
+    finally:
+        mem.close()
+
+
+@pytest.mark.skipif(not fault_service_available()[0], reason="needs the discard-fault service: %s"
+                    % fault_service_available()[1])
+def test_a_host_with_a_budget_uses_the_service_that_serves_its_guests():
+    from gphint.faults import FaultService
+    svc, other = FaultService(), FaultService()
+    mems = [gphint.GuestMemory("4M", name="g%d" % i) for i in range(2)]
+    try:
+        for m in mems:
+            svc.register(m)
+        data = [pattern(m.npages, seed=20 + i) for i, m in enumerate(mems)]
+        for m, d in zip(mems, data):
+            m.frames[:] = d
+        host = Host(mems, "4M", "none:batch=256", headroom=0.0)
+        assert host.fault_service is svc
+        host.step()
+        assert sum(m.resident_pages() for m in mems) * PAGE <= 4 << 20
+        assert host.stats()["host_swap_out_pages"]["STABLE"] >= mems[0].npages
+        for m, d in zip(mems, data):
+            assert np.array_equal(m.frames, d)                  # swapped back in, byte for byte
+        with pytest.raises(gphint.ConfigError, match="g0"):
+            Host(mems, "4M", "none", fault_service=other)       # not the guests' service
+        host.close()
+        lone = gphint.GuestMemory("1M", name="lone")
+        try:
+            with pytest.raises(gphint.ConfigError, match="lone"):
+                Host(mems + [lone], "4M", "none")               # one guest has no service
+        finally:
+            lone.close()
+    finally:
+        for m in mems:
+            svc.unregister(m)
+            m.close()
+        svc.stop()
+        other.stop()

@@ -62,14 +62,15 @@ def aligned_blocks(first, npages, max_order):
 
 
 class BuddyAllocator:
-    """BuddyAllocator(mem, max_order=10, batch=32, hinting=True): every frame of mem starts free
-    (hinted UNUSED at construction).  batch is the HintBuffer capacity (1 = unbatched)."""
+    """BuddyAllocator(mem, max_order=10, batch=32, hinting=True, clock=None): every frame of mem
+    starts free (hinted UNUSED at construction).  batch is the HintBuffer capacity (1 =
+    unbatched); clock dates the frees (HintBuffer.unused_since_ns)."""
 
-    def __init__(self, mem, max_order=10, batch=32, hinting=True):
+    def __init__(self, mem, max_order=10, batch=32, hinting=True, clock=None):
         self.mem = mem
         self.npages = mem.npages
         self.max_order = _check_int(max_order, "max_order", 0, MAX_SUPPORTED_ORDER)
-        self.hints = HintBuffer(mem, batch, enabled=hinting)
+        self.hints = HintBuffer(mem, batch, enabled=hinting, clock=clock)
         self.hinting = bool(hinting)
         self._free_lists = [set() for _ in range(self.max_order + 1)]   # first pages per order
         self._list_peak = [0] * (self.max_order + 1)   # largest size since the set was built

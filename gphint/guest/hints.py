@@ -37,6 +37,7 @@ policy around it: input checks, hinting on or off, and turning a refused transit
 StateError that names it.
 """
 import threading
+import time
 
 import numpy as np
 
@@ -47,6 +48,7 @@ from ..states import NEXT_TABLE, PAIR_MASK, HostState, PageState, parse_state
 NO_PENDING = 0xFF
 SP = int(PageState.STABLE) | int(HostState.PRESERVED)
 POT_VOLATILE = int(PageState.POT_VOLATILE)
+UNUSED = int(PageState.UNUSED)
 
 
 def _int64(pages):
@@ -64,13 +66,22 @@ def _locked(lock, *calls):
 
 
 class HintBuffer:
-    """HintBuffer(mem, capacity=32, enabled=True): pending (page -> usage state) transitions.
+    """HintBuffer(mem, capacity=32, enabled=True, clock=None): pending (page -> usage state)
+    transitions.
 
     enabled=False turns hinting off entirely: hint() and flush() do nothing, pages stay as
     they are (STABLE), and the host can only swap -- the baseline of the overhead benchmark.
+
+    unused_since_ns (int64 per page) is when each page was last made UNUSED: written at the
+    transition, before its state byte, so a free that waits in the buffer is dated from its
+    submission -- when the host can first see it.  Like the state byte it is memory the host
+    reads without calling the guest (its proactive scan's `delay` rule).  Pages made UNUSED
+    outside the buffer (the allocator's boot transition) keep the buffer's creation time.
+    The clock is the machine's CLOCK_MONOTONIC (time.monotonic's) unless `clock` (seconds, like
+    Host's clock) is given: then each request is dated by one call of it.
     """
 
-    def __init__(self, mem, capacity=32, enabled=True):
+    def __init__(self, mem, capacity=32, enabled=True, clock=None):
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
             raise ConfigError("hint buffer capacity must be an integer >= 1, got %r" % (capacity,))
         self.mem = mem
@@ -81,11 +92,38 @@ class HintBuffer:
         self._pending = np.full(mem.npages, NO_PENDING, dtype=np.uint8)
         self._q = mech.HintQueue(mem._states, self._pending, NEXT_TABLE, mem._hint_ops_total,
                                  self.capacity)
-        # the compiled queue is serialised by the GIL (one C call per request); the twin's
-        # requests are many Python steps, so they take a lock
-        self._request, self._stabilise, self._submit = (
-            (self._q.hint, self._q.make_stable, self._q.submit) if mech.COMPILED
-            else _locked(threading.RLock(), self._q.hint, self._q.make_stable, self._q.submit))
+        self._lock = None if mech.COMPILED else threading.RLock()
+        self.clock = clock
+        self.unused_since_ns = np.full(mem.npages, self._now_ns(), dtype=np.int64)
+        self._q.record_unused(self.unused_since_ns, -1)
+
+    @property
+    def clock(self):
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock):
+        """Bind the queue's calls: the compiled queue is serialised by the GIL (one C call per
+        request); the twin's requests are many Python steps, so they take a lock.  A given
+        clock dates each request before the call."""
+        self._clock = clock
+        calls = (self._q.hint, self._q.make_stable, self._q.submit)
+        if clock is not None:
+            calls = tuple(self._dated(c) for c in calls)
+        if self._lock is not None:
+            calls = _locked(self._lock, *calls)
+        self._request, self._stabilise, self._submit = calls
+
+    def _dated(self, call):
+        q, clock = self._q, self._clock
+
+        def dated(*args):
+            q.now_ns = round(clock() * 1e9)
+            return call(*args)
+        return dated
+
+    def _now_ns(self):
+        return time.monotonic_ns() if self._clock is None else round(self._clock() * 1e9)
 
     # --- the fill side -------------------------------------------------------------------
     def hint(self, pages, state):
@@ -133,6 +171,8 @@ class HintBuffer:
             todo = pages[usages == usage]
             while todo.size:
                 try:
+                    if usage == UNUSED:     # dated at the transition, as the queue dates it
+                        self.unused_since_ns[todo] = self._now_ns()
                     self.mem.set_state(todo, usage)
                     break
                 except StateError as e:

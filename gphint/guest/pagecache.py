@@ -396,9 +396,34 @@ class PageCache(GuestPart):
             return
         st = self.mem.states[frames]
         gone = frames[((st & 0x0C) >= P) & ((st & 0x03) == 0x03)]
+        gone = self._keep_mapped(gone, hold=True)
         if gone.size:
             self.drop(gone)
             self.stats["dropped_discarded"] += int(gone.size)
+
+    def _keep_mapped(self, lost, hold=False):
+        """Guest-visible discard faults on pages a writable mapping holds: the mapping keeps
+        them in the cache (dropping one would unmap it under the process that mapped it), so
+        the guest re-reads each into its frame, as a real guest re-reads a page into the
+        mapping that holds it (the fault service serves the access from the backing file: the
+        page was clean, so the file holds its bytes), and settles it back to POT_VOLATILE.
+        hold=True: the frames' descriptors do not ask for STABLE already, so they are held
+        stable (HELD) across the reload.  Returns the frames that are not mapped: the caller
+        drops them."""
+        mapped = (self.table.flags[lost] & MAPPED_WRITABLE) != 0
+        if not mapped.any():
+            return lost
+        keep = lost[mapped]
+        if hold:
+            self.table.flags[keep] |= HELD
+        try:
+            self.hinter.stabilise(keep, self._reload)
+        finally:
+            if hold:
+                self.table.flags[keep] &= ~FLAG_DTYPE(HELD)
+        if hold:
+            self.hinter.settle(keep)      # -> POT_VOLATILE: a deferred hint, nothing found lost
+        return lost[~mapped]
 
     def drop(self, frames):
         """Remove clean cached frames from the cache and free them."""
@@ -413,7 +438,8 @@ class PageCache(GuestPart):
             frames, _ = self._get(fid, pages)
             self.table.flags[frames] |= mark
             if self.discard_mode == "guest":
-                lost = self.hinter.settle(frames)
+                # `mark` asks for STABLE: a mapped page found discarded is reloaded in place
+                lost = self._keep_mapped(self.hinter.settle(frames))
                 if lost.size == 0:
                     return frames
                 self.drop(lost)
@@ -520,7 +546,8 @@ class PageCache(GuestPart):
         lost = self.hinter.settle(frames)
         if lost.size:
             if self.discard_mode == "guest":
-                self.drop(lost)
+                # found discarded while made STABLE: mapped pages are reloaded in place
+                self.drop(self._keep_mapped(lost))
             else:
                 self.hinter.stabilise(lost, self._reload)
 

@@ -7,11 +7,20 @@ touches nothing else.
 
 The loop (`step`) is: sample residency -> let the strategy take what it is told is free ->
 if over budget, reclaim by the strategy's hint tiers -> host-swap the rest, oldest resident
-first.  `start()` runs it in a thread every `interval_s`; tests call `step()` directly.
+first.  `start()` runs it in a thread every `interval_s`, together with the guests' own timers
+(`guest_timers`); tests call `step()` (the reclaim pass only) directly.
 Guest code and the host loop are serialised by `host.lock`: the runner holds it around each
 guest step, so the host's picture of the states (one mincore + state snapshot per pass) is
-never stale while it acts on it.  The C state protocol underneath makes a race safe anyway;
-the lock keeps the accounting (what was taken, by which tier) exact.
+never stale while it acts on it, and the accounting (what was taken, by which tier) is exact.
+Guest threads that do not take the lock race the host; with a fault service the C state
+protocol makes that safe: the host picks each page by a CAS on its state byte, so a page the
+guest changed since the snapshot is skipped (counted in `skipped_pages`), never taken and
+never an error.  Without a fault service the host has no hold on a page (its UNUSED discards
+are plain madvise calls), so there the guests must hold the lock.
+
+A host thread that dies anyway is reported: the error is re-raised by the next call a runner
+makes into the host (`on_scheduled`, `guest_timers`, `over_budget`, `check`) as HostThreadDied,
+since from then on the budget is no longer enforced.
 """
 import threading
 import time
@@ -19,7 +28,7 @@ import time
 import numpy as np
 
 from .. import measure
-from ..errors import ConfigError
+from ..errors import ConfigError, GphintError
 from ..memory import PAGE_SIZE
 from ..states import PAIR_MASK, PageState, pair
 from ..units import parse_size
@@ -40,8 +49,15 @@ class GuestSlot:
         self.name = getattr(guest, "name", None) or getattr(self.mem, "name", None) or "g%d" % index
         self.index = index
         self.residency = ResidencyTracker(self.mem)
+        # when each page was made UNUSED, dated by the guest's hint path (shared memory the
+        # host reads, like the state byte); None for a bare GuestMemory, which has no hint path
+        hints = getattr(getattr(guest, "allocator", None), "hints", None)
+        self.unused_since_ns = getattr(hints, "unused_since_ns", None)
         self.discarded = {}       # kind -> pages the host discarded from this guest
         self.swapped = {}         # usage state -> pages the host wrote to host swap
+        self.skipped = {}         # kind -> pages chosen but not taken: they changed state (or
+                                  # were held) between the host's snapshot and its pick
+        self.swap_skipped = {}    # usage state -> pages chosen for swap-out but skipped so
 
     def count(self, kind, npages, table=None):
         table = self.discarded if table is None else table
@@ -61,6 +77,34 @@ def share(counts, need):
     return np.minimum(quota, counts)
 
 
+class HostThreadDied(GphintError, RuntimeError):
+    """The host's reclaim thread stopped on an error: the budget is no longer enforced."""
+
+
+def serving_service(slots, given, required=True):
+    """The fault service the host swaps through: `given`, else the one serving every guest.
+    Host swap-out and the swap-in on access go through the service that serves the guest's
+    memory, so a guest served by another service (or none) is refused here, by name, rather
+    than failing at the first swap-out.  required=False: None when the guests have none."""
+    served = [s.mem.fault_service for s in slots]
+    if given is None:
+        given = next((svc for svc in served if svc is not None), None)
+        if given is None:
+            if not required:
+                return None
+            raise ConfigError("host swap under a budget needs a fault service: guest %s is served "
+                              "by none (register the guests' memory with a FaultService, or pass "
+                              "Host(..., fault_service=svc))" % slots[0].name)
+    for slot, svc in zip(slots, served):
+        if svc is not given:
+            if not required and svc is None:
+                continue
+            raise ConfigError("guest %s is %s, not by the host's fault service %r: register it "
+                              "with that service" % (slot.name, "served by no fault service"
+                                                     if svc is None else "served by %r" % (svc,), given))
+    return given
+
+
 class Host:
     """A host with `guests` (Guest objects or bare GuestMemory), a `budget` for their total
     resident memory (None: proactive mode) and a reclaim `strategy` spec."""
@@ -74,12 +118,16 @@ class Host:
         if not 0 <= headroom < 0.5:
             raise ConfigError("headroom %r must be in [0, 0.5)" % headroom)
         self.slots = [GuestSlot(g, i) for i, g in enumerate(guests)]
-        self.fault_service = fault_service
         self.swapper = None
         self._own_swap = None
         if self.budget_bytes is not None:
             # under pressure every strategy may have to swap: the host's last resort
             require_fault_service("host swap under a budget (strategy %s)" % self.spec.name)
+            fault_service = serving_service(self.slots, fault_service)
+        elif fault_service is None:
+            fault_service = serving_service(self.slots, None, required=False)
+        self.fault_service = fault_service
+        if self.budget_bytes is not None:
             if swap is None:
                 from ..faults import HostSwap
                 swap = self._own_swap = HostSwap(size=sum(s.mem.size_bytes for s in self.slots))
@@ -96,6 +144,7 @@ class Host:
         self.timeline = []
         self._next_sample = self.t0
         self.cpu_s_by_thread = {}
+        self.guest_timer_cpu_s = 0.0    # guest timers the host thread fired (guest work)
         self.steps = 0
         self.reclaim_calls = 0
         self.budget_overruns = 0
@@ -105,7 +154,9 @@ class Host:
         self.swap_dropped_npages = 0    # swapped-out free pages whose copy a peer's discard dropped
         self._thread = None
         self._stop = threading.Event()
-        self.error = None
+        self.error = None           # what the host thread died of, until reported
+        self.reported_error = None  # ... and once check() reported it
+        self.died_at_step = None
         self.strategy.attach()
 
     # --- measurement ---------------------------------------------------------------------
@@ -140,6 +191,7 @@ class Host:
 
     def over_budget(self):
         """Cheap check for direct reclaim: are the guests above budget right now (mincore)?"""
+        self.check()
         if self.budget_bytes is None:
             return False
         return self.guest_resident_bytes() > self.budget_bytes
@@ -212,18 +264,22 @@ class Host:
             n += self.swapper.swap_out(slot.mem, pages[first:first + batch])
         slot.residency.forget(pages)
         slot.count(kind, n, slot.swapped)
+        if n < pages.size:        # the protocol skipped pages that changed since the snapshot
+            slot.count(kind, pages.size - n, slot.swap_skipped)
         return n
 
     # --- guests' side of the host -----------------------------------------------------------
     def on_scheduled(self, guest):
         """The runner is about to run `guest`: deliver what the host asked of it (balloon)."""
+        self.check()
         slot = self.slot_of(guest)
         with self.lock:
             self.strategy.on_scheduled(slot, self.clock())
 
     def guest_timers(self):
         """Guests' own timers (the free page reporting work item) fire now; called by the
-        runner every round whether or not a guest is scheduled."""
+        runner every round whether or not a guest is scheduled (and by the started host)."""
+        self.check()
         now = self.clock()
         with self.lock:
             for slot in self.slots:
@@ -237,7 +293,10 @@ class Host:
 
     # --- thread --------------------------------------------------------------------------------
     def start(self):
-        """Run the reclaim loop in its own thread until stop()."""
+        """Run the reclaim loop in its own thread until stop(); every `interval_s` the thread
+        also fires the guests' timers (guest_timers: free page reporting's delayed work item),
+        so a started host needs no one else to drive them.  Calling guest_timers() as well
+        (the runner does, between guest steps) is harmless: a timer runs only when due."""
         if self._thread is not None:
             return
         self._stop.clear()
@@ -247,9 +306,28 @@ class Host:
     def _run(self):
         try:
             while not self._stop.wait(self.interval_s):
+                t_cpu = time.thread_time()
+                self.guest_timers()
+                # the guests' own work, though this thread ran it: not the host's CPU
+                self.guest_timer_cpu_s += time.thread_time() - t_cpu
                 self.step()
-        except BaseException as e:   # recorded and re-raised by stop(): never die silently
+        except BaseException as e:   # recorded and reported by check() / stop(): never silent
             self.error = e
+            self.died_at_step = self.steps
+
+    def check(self):
+        """Raise HostThreadDied if the started host thread stopped on an error (once; the
+        original error is its __cause__).  The runner's calls into the host make this check,
+        so a dead host thread stops the run instead of leaving the budget unenforced."""
+        err = self.error
+        if err is None or self._thread is None:
+            return
+        self.error = None
+        self.reported_error = err
+        raise HostThreadDied("the host thread died at step %d (%s: %s): the %s is no longer "
+                             "enforced" % (self.died_at_step, type(err).__name__, err,
+                                           "budget" if self.budget_bytes is not None
+                                           else "proactive scan")) from err
 
     def stop(self):
         """Stop the loop thread; re-raise anything it failed with."""
@@ -279,18 +357,21 @@ class Host:
     # --- results ---------------------------------------------------------------------------------
     def stats(self):
         """Counters for the results record."""
-        discarded, swapped = {}, {}
+        discarded, swapped, skipped, swap_skipped = {}, {}, {}, {}
         for s in self.slots:
-            for table, total in ((s.discarded, discarded), (s.swapped, swapped)):
+            for table, total in ((s.discarded, discarded), (s.swapped, swapped),
+                                 (s.skipped, skipped), (s.swap_skipped, swap_skipped)):
                 for k, v in table.items():
                     total[k] = total.get(k, 0) + v
         out = {"strategy": str(self.spec), "mode": "pressure" if self.budget_bytes else "proactive",
                "budget_bytes": self.budget_bytes, "steps": self.steps, "samples": self.samples,
                "reclaim_calls": self.reclaim_calls, "budget_overruns": self.budget_overruns,
                "discarded_pages": discarded, "host_swap_out_pages": swapped,
+               "skipped_pages": skipped, "host_swap_skipped_pages": swap_skipped,
                "host_swap_out_bytes": (self.swapper.out_npages if self.swapper else 0) * PAGE_SIZE,
                "host_swap_calls": self.swapper.calls if self.swapper else 0,
                "swap_dropped_pages": self.swap_dropped_npages,
-               "host_step_cpu_s": sum(self.cpu_s_by_thread.values())}
+               "host_step_cpu_s": sum(self.cpu_s_by_thread.values()),
+               "guest_timer_cpu_s": self.guest_timer_cpu_s}
         out.update(self.strategy.stats())
         return out

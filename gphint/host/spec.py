@@ -32,7 +32,8 @@ STRATEGY_KEYS = {
     #   order     smallest reported block order (pageblock order 9 = 2 MiB)
     #   capacity  blocks per report (the scatterlist), delay: seconds from a free to a pass
     "reporting": dict(_HINTING, order=9, capacity=32, delay=2.0),
-    # s390 mainline: UNUSED only;  scan: proactive scan period, delay: minimum UNUSED age
+    # s390 mainline: UNUSED only;  scan: proactive scan period, delay: seconds from a page's
+    # UNUSED hint submission (dated by the guest, HintBuffer.unused_since_ns) to its discard
     "unused": dict(_HINTING, scan=0.1, delay=0.0),
     # full guest page hinting: UNUSED, VOLATILE, clean POT_VOLATILE
     "cmma": dict(_HINTING, scan=0.1, delay=0.0),

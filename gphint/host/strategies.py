@@ -13,7 +13,7 @@ they fill.  Host swap under a budget is the Host's, common to all.
 """
 import numpy as np
 
-from ..errors import Unsupported
+from ..errors import StateError, Unsupported
 from ..states import CONTENT_MASK, HostState, PageState, USAGE_MASK
 
 
@@ -82,9 +82,33 @@ class Strategy:
             if raw:
                 n += mem.discard_raw(chunk, self.advice, self.submit)
             else:
-                n += mem.discard(chunk, advice=self.advice, submit=self.submit)
+                n += self._discard_hinted(slot, chunk, kind)
         slot.residency.forget(pages)
         slot.count(kind, n)
+        return n
+
+    # tries per chunk before the host gives the chunk up: each failed try means a guest thread
+    # made one of its pages STABLE between the host's re-read and discard's own check
+    RACE_TRIES = 8
+
+    def _discard_hinted(self, slot, chunk, kind):
+        """Discard a chunk chosen from a snapshot of the states, which guest threads not holding
+        host.lock may have changed since: a page made STABLE meanwhile is a lost race, so it
+        is skipped (and counted), never an error.  With a fault service the state protocol
+        decides page by page (pick CAS: a page changed since is left alone), so nothing can be
+        lost; without one the host has no hold on a page, and guests must hold host.lock."""
+        mem = slot.mem
+        for _ in range(self.RACE_TRIES):
+            live = chunk[(mem.states[chunk] & USAGE_MASK) != PageState.STABLE]
+            try:
+                n = mem.discard(live, advice=self.advice, submit=self.submit) if live.size else 0
+                break
+            except StateError:
+                continue
+        else:
+            n = 0
+        if n < chunk.size:
+            slot.count(kind, chunk.size - n, slot.skipped)
         return n
 
 
@@ -117,27 +141,42 @@ class HintScan(Strategy):
         self.scan_s = float(self.spec.params["scan"])
         self.delay_s = float(self.spec.params["delay"])
         self._next_scan = 0.0
-        # when each page was first seen UNUSED by a scan (for the `delay` rule), per guest
-        self._unused_since = [np.full(s.mem.npages, np.inf) for s in self.host.slots]
+        # bare GuestMemory has no hint path to date its frees: the host dates its UNUSED pages
+        # from the first scan that sees them (a page freed again between scans keeps its date)
+        self._first_seen = [None if s.unused_since_ns is not None else np.full(s.mem.npages, np.inf)
+                            for s in self.host.slots]
         self.scans = 0
+        self.youngest_taken_s = np.inf
 
     def _candidates(self, slot, state):
         usage = slot.mem.states & USAGE_MASK
         return np.flatnonzero(slot.residency.resident & (usage == state))
 
     def proactive(self, now):
-        """Proactive mode only: every `scan` seconds discard resident UNUSED pages at least
-        `delay` seconds old.  Under a budget the host reclaims on demand instead."""
+        """Proactive mode only: every `scan` seconds discard resident UNUSED pages that became
+        UNUSED -- as the host sees it: the guest's hint submission -- at least `delay` seconds
+        ago.  Under a budget the host reclaims on demand instead."""
         if self.host.budget_bytes is not None or now < self._next_scan:
             return 0
         self._next_scan = now + self.scan_s
         self.scans += 1
         taken = 0
-        for slot, since in zip(self.host.slots, self._unused_since):
+        for slot, first_seen in zip(self.host.slots, self._first_seen):
+            # the states before the dates: the guest dates a free before its state byte
+            # changes, so an UNUSED read here is never paired with an older free's date
             unused = (slot.mem.states & USAGE_MASK) == PageState.UNUSED
-            since[~unused] = np.inf
-            since[unused & np.isinf(since)] = now
-            ripe = np.flatnonzero(slot.residency.resident & unused & (now - since >= self.delay_s))
+            if first_seen is None:     # in integer ns, as the guest dated the frees
+                age_ns = round(now * 1e9) - slot.unused_since_ns
+                old = age_ns >= round(self.delay_s * 1e9)
+            else:
+                first_seen[~unused] = np.inf
+                first_seen[unused & np.isinf(first_seen)] = now
+                age_ns = (now - first_seen) * 1e9
+                old = now - first_seen >= self.delay_s
+            ripe = np.flatnonzero(slot.residency.resident & unused & old)
+            if ripe.size:
+                # the youngest page taken: what the delay rule promised, as the host measured it
+                self.youngest_taken_s = min(self.youngest_taken_s, float(age_ns[ripe].min()) * 1e-9)
             taken += self.discard(slot, ripe, PageState.UNUSED.name)
         return taken
 
@@ -159,7 +198,8 @@ class HintScan(Strategy):
         return sum(self.discard(s, c[:q], state.name) for s, c, q in zip(slots, cands, quota))
 
     def stats(self):
-        return {"scans": self.scans}
+        return {"scans": self.scans, "youngest_unused_taken_s":
+                None if np.isinf(self.youngest_taken_s) else round(self.youngest_taken_s, 4)}
 
 
 class Cmma(HintScan):
