@@ -166,8 +166,10 @@ def scale_demo(args, environ=os.environ):
         scale = float("nan")
     if not 0 < scale <= 1:
         raise ConfigError("%s must be a number in (0, 1], got %r" % (DEMO_SCALE_ENV, text))
+    import mmap
+
     def scaled(size, option):         # whole pages: a guest region is a page multiple
-        return str(max(1, int(parse_size(size, option) * scale) >> 12) << 12)
+        return str(max(1, int(parse_size(size, option) * scale) // mmap.PAGESIZE) * mmap.PAGESIZE)
     args.guest_mem = scaled(args.guest_mem, "--guest-mem")
     if args.host_mem:
         args.host_mem = scaled(args.host_mem, "--host-mem")
