@@ -260,13 +260,22 @@ def build_parser():
     return p
 
 
-class Terminated(BaseException):
-    """SIGTERM (also what a compare child gets when its parent dies): unwind like ^C, so
-    that the run's finally blocks stop the host and remove its temporary files."""
+TERM_GRACE_S = 20.0
 
 
 def _on_sigterm(signum, frame):
-    raise Terminated()
+    """SIGTERM (also what a compare child gets when its parent dies): ask the run to stop at
+    its next step, so that it stops the host and removes its temporary files; if it has not
+    exited TERM_GRACE_S later, or at a second SIGTERM, leave at once (a later run's sweep
+    removes what is left)."""
+    import threading
+    from . import experiment
+    if experiment.STOP.is_set():
+        os._exit(128 + signal.SIGTERM)
+    experiment.STOP.set()
+    t = threading.Timer(TERM_GRACE_S, os._exit, [128 + signal.SIGTERM])
+    t.daemon = True
+    t.start()
 
 
 def main(argv=None):
@@ -278,8 +287,11 @@ def main(argv=None):
     previous = signal.getsignal(signal.SIGTERM)
     if previous == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
+    from .experiment import Stopped
     try:
         return args.func(args) or 0
+    except Stopped:
+        return 128 + signal.SIGTERM
     except (GphintError, OSError, MemoryError) as e:
         if args.debug:
             raise
@@ -287,8 +299,6 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         return 130
-    except Terminated:
-        return 128 + signal.SIGTERM
     finally:
         if previous == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, previous)

@@ -29,6 +29,15 @@ from .memory import PAGE_SIZE
 from .units import fmt_bytes
 
 SCHEMA_VERSION = 1
+# Set (by the CLI's SIGTERM handler) to end a run early: the runner stops at its next step, from
+# a consistent state, and cleans up.  An exception raised from the signal handler itself could
+# land anywhere -- inside a finalizer that swallows it, or half-way through a page-state change.
+STOP = threading.Event()
+
+
+class Stopped(BaseException):
+    """The run was told to stop (STOP); not an error of the run, so not an Exception."""
+
 MAX_SEED = (1 << 63) - 1
 # the workloads allocate up to 64 pages (256 KiB) at once and the guest keeps a low watermark
 # free: below 1 MiB a guest cannot boot every workload
@@ -259,6 +268,8 @@ class Runner:
                 now = time.monotonic()
                 if now >= end:
                     break
+                if STOP.is_set():
+                    raise Stopped()
                 if cfg.ops_per_guest is not None and not any(self._busy(g) for g in counted):
                     self.finished_by = "ops"
                     break
@@ -544,6 +555,10 @@ def compare(config, strategies, progress=None, debug=False):
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             t0 = time.monotonic()
             while proc.poll() is None:
+                if STOP.is_set():
+                    proc.terminate()
+                    proc.wait()
+                    raise Stopped()
                 if progress:
                     progress(i, spec, _child_fraction(config, time.monotonic() - t0))
                 time.sleep(0.1)
