@@ -182,6 +182,7 @@ def cmd_demo(args):
     """The headline comparison: all five strategies, mixed workload, ~2x overcommit."""
     from .host.hostswap import fault_service_available
     scale_demo(args)
+    check_outputs(args)             # before anything is said about the run
     ok, why = fault_service_available()
     if not ok and args.host_mem:
         print("gphint demo: pressure mode needs the discard-fault service (%s); "
@@ -266,12 +267,14 @@ TERM_GRACE_S = 20.0
 def _on_sigterm(signum, frame):
     """SIGTERM (also what a compare child gets when its parent dies): ask the run to stop at
     its next step, so that it stops the host and removes its temporary files; if it has not
-    exited TERM_GRACE_S later, or at a second SIGTERM, leave at once (a later run's sweep
-    removes what is left)."""
+    exited TERM_GRACE_S later, leave at once (a later run's sweep removes what is left).
+    A repeated SIGTERM changes nothing: the parent-death signal comes once per thread of the
+    dying parent (the kernel reparents to its other threads first, kernel/exit.c), and numpy's
+    BLAS threads make that several."""
     import threading
     from . import experiment
     if experiment.STOP.is_set():
-        os._exit(128 + signal.SIGTERM)
+        return
     experiment.STOP.set()
     t = threading.Timer(TERM_GRACE_S, os._exit, [128 + signal.SIGTERM])
     t.daemon = True

@@ -15,7 +15,7 @@ import pytest
 
 import gphint
 from gphint import tmpfiles
-from test_experiment import check_document
+from test_experiment import check_document, needs_service
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.dirname(os.path.abspath(gphint.__file__))
@@ -230,6 +230,13 @@ def test_bad_values_name_the_option(extra, words):
                    *words)
 
 
+@pytest.mark.parametrize("scale", ["0", "2", "fast"])
+def test_a_bad_demo_scale_is_one_line(scale, tmp_path):
+    r = gphint_cmd("demo", "--out-dir", str(tmp_path), env=env_with(GPHINT_DEMO_SCALE=scale), timeout=60)
+    one_error_line(r, "GPHINT_DEMO_SCALE", repr(scale))
+    assert os.listdir(tmp_path) == []
+
+
 def test_guests_that_do_not_fit_in_memory_are_refused_up_front():
     avail = _meminfo()["MemAvailable"]
     per_guest = "%dM" % (avail // 3 // (1 << 20) + 1)
@@ -265,6 +272,7 @@ def test_a_file_set_larger_than_tmpdir_is_refused_up_front(small_tmpfs):
     assert os.listdir(small_tmpfs) == []
 
 
+@needs_service
 def test_a_full_tmpdir_names_the_place_and_says_enospc_for_host_swap(small_tmpfs):
     """The file set fits, then host swap fills the disk: the error says ENOSPC and TMPDIR
     (the C swap-out reports the failed write as EIO)."""
@@ -339,10 +347,23 @@ def test_a_killed_compare_takes_its_child_with_it(tmp_path):
                                "--guests", "1", "--guest-mem", "8M", "--duration", "600",
                                "--no-probe", "--quiet"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env_with(TMPDIR=tmp_path))
-    me = psutil.Process(parent.pid)
-    child = _wait_for(lambda: me.children())[0]
-    _wait_for(lambda: any("-%d-" % child.pid in n for n in _ours(tmp_path)))
-    os.kill(parent.pid, signal.SIGKILL)
-    parent.wait(timeout=30)
-    child.wait(timeout=60)          # PR_SET_PDEATHSIG: SIGTERM, the child unwinds and exits
-    assert not any("-%d-" % child.pid in n for n in _ours(tmp_path))
+    try:
+        me = psutil.Process(parent.pid)
+
+        def strategy_child():        # not a short-lived helper the parent may also start
+            for c in me.children():
+                try:
+                    if "--parent-pid" in c.cmdline():
+                        return c
+                except psutil.Error:
+                    pass
+        child = _wait_for(strategy_child)
+        _wait_for(lambda: any("-%d-" % child.pid in n for n in _ours(tmp_path)))
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        child.wait(timeout=60)          # PR_SET_PDEATHSIG: SIGTERM, the child unwinds and exits
+        assert [n for n in _ours(tmp_path) if "-%d-" % child.pid in n] == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
