@@ -1,9 +1,10 @@
 """Experiments: guests + a host + a strategy, run for a while -> one results record (JSON).
 
 `run_one(config, strategy)` runs in this process; `compare(config, strategies)` runs each
-strategy in a fresh child process (`python -m gphint run ... --json tmp`) so that every RSS
-baseline starts clean and one strategy's leftovers (page cache, allocator arenas) cannot be
-charged to the next.  The record's fields are the contract documented in docs/results.md.
+strategy in a fresh child process (`gphint run ... --json tmp` on this very package, dying with
+its parent: child_command) so that every RSS baseline starts clean and one strategy's leftovers
+(page cache, allocator arenas) cannot be charged to the next.  The record's fields are the
+contract documented in docs/results.md.
 """
 import dataclasses
 import errno
@@ -451,6 +452,9 @@ def run_one(config, strategy, progress=None):
         r.close()
 
 
+FULL_BELOW_BYTES = 1 << 20     # a filesystem with less free space than this counts as full
+
+
 def explain_full_tmpdir(e, tmpdir=None):
     """A write error of the run's temporaries, with the place named: a run writes its generated
     files, the guests' swap files and the host swap into TMPDIR, and the bare errors name no
@@ -464,8 +468,10 @@ def explain_full_tmpdir(e, tmpdir=None):
     except OSError:
         return e
     free = st.f_bavail * st.f_frsize
+    if free >= FULL_BELOW_BYTES:
+        return e        # not this filesystem (ENOSPC is also what a full C table says)
     if e.errno == errno.EIO:
-        if "host swap" not in str(e) or free >= 1 << 20:
+        if "host swap" not in str(e):
             return e
         what = "host swap write failed: No space left on device (reported as EIO by the swap-out)"
     elif getattr(e, "filename", None) is not None:

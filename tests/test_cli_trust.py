@@ -145,6 +145,8 @@ def test_compare_keeps_the_record_of_a_strategy_with_integrity_errors(tmp_path):
     assert "error" not in rec, rec
     assert rec["integrity_errors"] > 0 and rec["ops"] > 0
     assert "none: %d pages differ" % rec["integrity_errors"] in stderr
+    row = [x for x in stdout.splitlines() if x.startswith("none ")]
+    assert row and row[0].split()[-1] == str(rec["integrity_errors"])      # the table has it
     assert "error: exit status" not in stdout + stderr
 
 
@@ -282,6 +284,31 @@ def test_a_full_tmpdir_names_the_place_and_says_enospc_for_host_swap(small_tmpfs
     line = one_error_line(r, "TMPDIR=%s" % small_tmpfs)
     assert "[Errno 28]" in line and "No space left on device" in line and "Input/output" not in line
     assert os.listdir(small_tmpfs) == []       # the failed run removed its files
+
+
+def test_enospc_is_blamed_on_tmpdir_only_when_it_is_full(small_tmpfs, tmp_path):
+    """The bare os.write error of a full TMPDIR gets the place named; the same errno from
+    something else (a full C table, a roomy TMPDIR) is left as it was."""
+    import errno
+    from gphint.errors import SyscallError
+    from gphint.experiment import explain_full_tmpdir
+    bare = OSError(errno.ENOSPC, "No space left on device")
+    assert explain_full_tmpdir(bare, str(tmp_path)) is bare          # tmp_path has room
+    with open(small_tmpfs / "fill", "wb") as f:                      # really fill the tmpfs
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    try:
+        out = explain_full_tmpdir(bare, str(small_tmpfs))
+        assert out.errno == errno.ENOSPC and "TMPDIR=%s" % small_tmpfs in str(out)
+        table = SyscallError(errno.ENOSPC, "register: region table full")
+        assert explain_full_tmpdir(table, str(tmp_path)) is table
+        named = OSError(errno.ENOSPC, "No space left on device", "/some/file")
+        assert explain_full_tmpdir(named, str(small_tmpfs)) is named
+    finally:
+        os.unlink(small_tmpfs / "fill")
 
 
 # --- what a killed run leaves -----------------------------------------------------------------

@@ -65,6 +65,9 @@ def _base_python():
     return mine, False
 
 
+@pytest.mark.skipif(os.environ.get("GPHINT_PUREPYTHON") == "1",
+                    reason="the install path is the same in both passes of the suite: it is "
+                    "tested once, in the compiled pass (the fresh venv builds the extension)")
 def test_quick_start_from_a_fresh_clone():
     command = quick_start_first_command()
     assert "gphint demo" in command and "pip install ." in command, command
