@@ -124,13 +124,11 @@ def _compare(args, cfg, strategies, json_path, plot_path):
     failed = [r for r in records if r.get("error")]
     if len(failed) == len(records):
         # nothing ran: one line for the reason, not a table of errors and a plot of nothing
-        reasons = {}
-        for r in records:
-            reasons.setdefault(r["error"].replace("(strategy %s)" % r["strategy_name"], "").replace("  ", " "),
-                               []).append(r["strategy"])
-        if len(reasons) == 1:
+        def reason(r):      # the same failure, told apart only by the strategy's name
+            return r["error"].replace(" (strategy %s)" % r["strategy_name"], "")
+        if len({reason(r) for r in records}) == 1:
             print("gphint: error: every strategy failed (%s): %s"
-                  % (", ".join(r["strategy"] for r in records), records[0]["error"]), file=sys.stderr)
+                  % (", ".join(r["strategy"] for r in records), reason(records[0])), file=sys.stderr)
         else:
             print("gphint: error: every strategy failed:", file=sys.stderr)
             for r in records:
@@ -290,7 +288,8 @@ def main(argv=None):
     previous = signal.getsignal(signal.SIGTERM)
     if previous == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
-    from .experiment import Stopped
+    from .experiment import STOP, Stopped
+    STOP.clear()
     try:
         return args.func(args) or 0
     except Stopped:
