@@ -4,7 +4,19 @@ Guests' physical memory is real anonymous mmap memory; the host discards hinted 
 madvise/process_madvise from a compiled fast path; discarded pages come back through a
 userfaultfd service.  Start with GuestMemory and PageState; see README.md.
 """
+import sys
+
 from ._version import __version__
+
+try:
+    from . import _mechanism  # noqa: F401  (chooses the mechanism; refuses an unbuilt source tree)
+except ImportError as e:
+    # `python -m gphint` imports this package while it locates gphint.__main__, and sys.argv[0]
+    # is "-m" exactly then (documented for the -m option): a user at the command line gets the
+    # one line that says what to do, not a traceback through runpy
+    if sys.argv[:1] == ["-m"]:
+        raise SystemExit("gphint: error: %s" % e) from None
+    raise
 from .errors import (ClosedError, ConfigError, GphintError, StateError, SyscallError,
                      Unsupported)
 from .states import HostState, PageState, discardable

@@ -4,11 +4,14 @@ User mistakes (bad sizes, options, strategy specs, paths) print one line naming 
 exit 2; --debug shows the traceback.
 """
 import argparse
+import ctypes
 import json
 import os
+import signal
 import sys
 
 from . import caps as caps_mod
+from . import outputs
 from .errors import ConfigError, GphintError
 from .units import parse_size
 
@@ -40,12 +43,36 @@ def cmd_caps(args):
     return 0
 
 
+def check_outputs(args):
+    """Refuse a results path that is not a regular file before the run, not after it."""
+    for option, path in (("--json", getattr(args, "json", None)), ("--plot", getattr(args, "plot", None)),
+                         ("--status", getattr(args, "status", None))):
+        if path:
+            outputs.target_of(path, option)
+    if getattr(args, "plot", None):
+        plot_format_supported(args.plot, "--plot")
+    if getattr(args, "out_dir", None) is not None:
+        for name in ("demo.json", "demo.png"):
+            outputs.target_of(os.path.join(args.out_dir, name), "--out-dir")
+
+
+def plot_format_supported(path, option):
+    ext = os.path.splitext(path)[1][1:].lower() or "png"
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    kinds = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if ext not in kinds:
+        raise ConfigError("%s %r: matplotlib cannot write .%s files (it writes %s)"
+                          % (option, path, ext, ", ".join(sorted(kinds))))
+
+
 def config_from(args):
     from .experiment import RunConfig
     if args.nops < 1:
         raise ConfigError("--nops must be >= 1, got %d" % args.nops)
     if args.idle_sched < 0:
         raise ConfigError("--idle-sched must be >= 0 seconds, got %r" % args.idle_sched)
+    check_outputs(args)
     return RunConfig(
         workload=args.workload, guests=args.guests,
         guest_mem_bytes=parse_size(args.guest_mem, "--guest-mem"),
@@ -78,6 +105,7 @@ def cmd_run(args):
 
 
 def _compare(args, cfg, strategies, json_path, plot_path):
+    """Returns (exit status, paths written)."""
     from . import experiment, report
     from .host import parse_strategies
     from .progress import Bar
@@ -89,22 +117,70 @@ def _compare(args, cfg, strategies, json_path, plot_path):
             bar.update_to(100.0 * (i + fraction) / len(specs))
         records = experiment.compare(cfg, specs, progress=progress, debug=args.debug)
     doc = experiment.results_document(cfg, records)
+    written = []
     if json_path:
         experiment.write_json(json_path, doc)
+        written.append(json_path)
+    failed = [r for r in records if r.get("error")]
+    if len(failed) == len(records):
+        # nothing ran: one line for the reason, not a table of errors and a plot of nothing
+        def reason(r):      # the same failure, told apart only by the strategy's name
+            return r["error"].replace(" (strategy %s)" % r["strategy_name"], "")
+        if len({reason(r) for r in records}) == 1:
+            print("gphint: error: every strategy failed (%s): %s"
+                  % (", ".join(r["strategy"] for r in records), reason(records[0])), file=sys.stderr)
+        else:
+            print("gphint: error: every strategy failed:", file=sys.stderr)
+            for r in records:
+                print("  %s: %s" % (r["strategy"], r["error"]), file=sys.stderr)
+        return 1, written
     if plot_path:
-        report.plot(doc, plot_path)
+        written.append(report.plot(doc, plot_path))  # returns the path it was given
     _print_results(doc)
-    failed = [r for r in records if r.get("error") or r.get("integrity_errors")]
-    return 1 if failed else 0
+    lost = [r for r in records if r.get("integrity_errors")]
+    for r in lost:
+        print("gphint: %s: %d pages differ from what the guests wrote (integrity errors)"
+              % (r["strategy"], r["integrity_errors"]), file=sys.stderr)
+    return (1 if failed or lost else 0), written
 
 
 def cmd_compare(args):
-    return _compare(args, config_from(args), args.strategies, args.json, args.plot)
+    return _compare(args, config_from(args), args.strategies, args.json, args.plot)[0]
+
+
+DEMO_SCALE_ENV = "GPHINT_DEMO_SCALE"
+
+
+def scale_demo(args, environ=os.environ):
+    """GPHINT_DEMO_SCALE=F (0 < F <= 1) shrinks the demo -- guest memory, host budget, probe
+    memory and operations -- by F, for a quick check of the README's command (its test runs
+    it from a fresh clone); the results JSON records the sizes actually run."""
+    text = environ.get(DEMO_SCALE_ENV)
+    if not text:
+        return
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = float("nan")
+    if not 0 < scale <= 1:
+        raise ConfigError("%s must be a number in (0, 1], got %r" % (DEMO_SCALE_ENV, text))
+    import mmap
+
+    def scaled(size, option):         # whole pages: a guest region is a page multiple
+        return str(max(1, int(parse_size(size, option) * scale) // mmap.PAGESIZE) * mmap.PAGESIZE)
+    args.guest_mem = scaled(args.guest_mem, "--guest-mem")
+    if args.host_mem:
+        args.host_mem = scaled(args.host_mem, "--host-mem")
+    args.probe_mem = scaled(args.probe_mem, "--probe-mem")
+    if args.ops:
+        args.ops = max(1, int(args.ops * scale))
 
 
 def cmd_demo(args):
     """The headline comparison: all five strategies, mixed workload, ~2x overcommit."""
     from .host.hostswap import fault_service_available
+    scale_demo(args)
+    check_outputs(args)             # before anything is said about the run
     ok, why = fault_service_available()
     if not ok and args.host_mem:
         print("gphint demo: pressure mode needs the discard-fault service (%s); "
@@ -112,8 +188,9 @@ def cmd_demo(args):
         args.host_mem = None
     json_path = os.path.join(args.out_dir, "demo.json")
     plot_path = os.path.join(args.out_dir, "demo.png")
-    rc = _compare(args, config_from(args), args.strategies, json_path, plot_path)
-    print("wrote %s and %s" % (json_path, plot_path))
+    rc, written = _compare(args, config_from(args), args.strategies, json_path, plot_path)
+    if written:
+        print("wrote %s" % " and ".join(written))
     return rc
 
 
@@ -182,14 +259,41 @@ def build_parser():
     return p
 
 
+TERM_GRACE_S = 20.0
+
+
+def _on_sigterm(signum, frame):
+    """SIGTERM (also what a compare child gets when its parent dies): ask the run to stop at
+    its next step, so that it stops the host and removes its temporary files; if it has not
+    exited TERM_GRACE_S later, leave at once (a later run's sweep removes what is left).
+    A repeated SIGTERM changes nothing: the parent-death signal comes once per thread of the
+    dying parent (the kernel reparents to its other threads first, kernel/exit.c), and numpy's
+    BLAS threads make that several."""
+    import threading
+    from . import experiment
+    if experiment.STOP.is_set():
+        return
+    experiment.STOP.set()
+    t = threading.Timer(TERM_GRACE_S, os._exit, [128 + signal.SIGTERM])
+    t.daemon = True
+    t.start()
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    from .experiment import STOP, Stopped
+    STOP.clear()
     try:
         return args.func(args) or 0
+    except Stopped:
+        return 128 + signal.SIGTERM
     except (GphintError, OSError, MemoryError) as e:
         if args.debug:
             raise
@@ -197,6 +301,34 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+
+
+PR_SET_PDEATHSIG = 1        # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid):
+    """Have the kernel send SIGTERM when the parent dies (prctl(PR_SET_PDEATHSIG)), so that a
+    killed `gphint compare` does not leave its strategy child running to the end.  The parent
+    may have died before the prctl: then this process was reparented already, and it leaves.
+    The signal follows the parent *thread* that forked (prctl(2)): compare forks from the main
+    thread, which outlives every child."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+def child_main(argv=None):
+    """Entry point of a `compare` child (experiment.child_command): `--parent-pid PID ARGS`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["--parent-pid"] or len(argv) < 2:
+        raise SystemExit("gphint: error: child_main expects --parent-pid PID first")
+    die_with_parent(int(argv[1]))
+    return main(argv[2:])
 
 
 if __name__ == "__main__":

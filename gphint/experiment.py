@@ -1,11 +1,13 @@
 """Experiments: guests + a host + a strategy, run for a while -> one results record (JSON).
 
 `run_one(config, strategy)` runs in this process; `compare(config, strategies)` runs each
-strategy in a fresh child process (`python -m gphint run ... --json tmp`) so that every RSS
-baseline starts clean and one strategy's leftovers (page cache, allocator arenas) cannot be
-charged to the next.  The record's fields are the contract documented in docs/results.md.
+strategy in a fresh child process (`gphint run ... --json tmp` on this very package, dying with
+its parent: child_command) so that every RSS baseline starts clean and one strategy's leftovers
+(page cache, allocator arenas) cannot be charged to the next.  The record's fields are the
+contract documented in docs/results.md.
 """
 import dataclasses
+import errno
 import json
 import os
 import platform
@@ -18,14 +20,29 @@ import time
 import numpy as np
 import psutil
 
-from . import caps, measure
+from . import caps, measure, outputs, tmpfiles
 from ._version import __version__
 from .errors import ConfigError
 from .host import Host, parse_strategy
 from .host.hostswap import fault_service_available
+from .guest.files import DEFAULT_FILE_BYTES
 from .memory import PAGE_SIZE
+from .units import fmt_bytes
 
 SCHEMA_VERSION = 1
+# Set (by the CLI's SIGTERM handler) to end a run early: the runner stops at its next step, from
+# a consistent state, and cleans up.  An exception raised from the signal handler itself could
+# land anywhere -- inside a finalizer that swallows it, or half-way through a page-state change.
+STOP = threading.Event()
+
+
+class Stopped(BaseException):
+    """The run was told to stop (STOP); not an error of the run, so not an Exception."""
+
+MAX_SEED = (1 << 63) - 1
+# the workloads allocate up to 64 pages (256 KiB) at once and the guest keeps a low watermark
+# free: below 1 MiB a guest cannot boot every workload
+MIN_GUEST_MEM_BYTES = 1 << 20
 STATUS_INTERVAL_S = 0.5
 
 
@@ -73,7 +90,51 @@ class RunConfig:
             raise ConfigError("--files %r is not a directory" % self.files)
         if self.host_mem_bytes is not None and self.host_mem_bytes < 4 * (2 << 20):
             raise ConfigError("--host-mem %d bytes is too small (at least 8 MiB)" % self.host_mem_bytes)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or \
+                not 0 <= self.seed <= MAX_SEED - self.guests:
+            # guest i is seeded seed + i, hashed as a 64-bit integer (guest.content)
+            raise ConfigError("--seed must be an integer in [0, 2**63 - guests], got %r" % (self.seed,))
+        if self.probe_timeout_s is not None and not 0 < self.probe_timeout_s < float("inf"):
+            raise ConfigError("--probe-timeout must be > 0 seconds, got %r" % self.probe_timeout_s)
+        if self.guest_mem_bytes < MIN_GUEST_MEM_BYTES:
+            raise ConfigError("--guest-mem %s is too small: a guest needs at least %s"
+                              % (fmt_bytes(self.guest_mem_bytes), fmt_bytes(MIN_GUEST_MEM_BYTES)))
+        self.check_fits_machine()
         return self
+
+    def check_fits_machine(self, meminfo=None, tmpdir=None):
+        """Refuse sizes this machine cannot hold, before anything is allocated or written: the
+        guests' memory against RAM, and the generated file set against TMPDIR's free space."""
+        mi = meminfo or meminfo_bytes()
+        total = mi["MemTotal"] + mi.get("SwapTotal", 0)
+        if self.guest_mem_bytes > total:
+            # one anonymous mapping larger than RAM + swap: refused by mmap under the kernel's
+            # heuristic overcommit (mm/util.c __vm_enough_memory), and never usable anyway
+            raise ConfigError("--guest-mem %s exceeds this machine's memory (MemTotal + SwapTotal = "
+                              "%s)" % (fmt_bytes(self.guest_mem_bytes), fmt_bytes(total)))
+        need = self.guests * self.guest_mem_bytes
+        avail = mi.get("MemAvailable", mi["MemTotal"])
+        if self.host_mem_bytes is None and need > avail:
+            # proactive mode: guests fill their memory (page cache), nothing caps their RSS
+            raise ConfigError("--guests %d x --guest-mem %s = %s exceeds the memory available on "
+                              "this machine (MemAvailable %s): give --host-mem, or fewer or smaller "
+                              "guests" % (self.guests, fmt_bytes(self.guest_mem_bytes),
+                                          fmt_bytes(need), fmt_bytes(avail)))
+        if self.host_mem_bytes is not None and self.host_mem_bytes > avail:
+            raise ConfigError("--host-mem %s exceeds the memory available on this machine "
+                              "(MemAvailable %s)" % (fmt_bytes(self.host_mem_bytes), fmt_bytes(avail)))
+        if self.files is None:
+            tmpdir = tmpdir or tempfile.gettempdir()
+            st = os.statvfs(tmpdir)
+            free = st.f_bavail * st.f_frsize
+            # host.guests.shared_files generates 2 x guest memory, the last file overshooting by
+            # at most the largest generated file
+            fileset = 2 * self.guest_mem_bytes + DEFAULT_FILE_BYTES[1]
+            if fileset > free:
+                raise ConfigError("the generated file set (2 x --guest-mem = %s) does not fit in "
+                                  "TMPDIR=%s (%s free): pass --files DIR, a smaller --guest-mem, or "
+                                  "set TMPDIR to a larger filesystem"
+                                  % (fmt_bytes(fileset), tmpdir, fmt_bytes(free)))
 
     def to_dict(self):
         d = dataclasses.asdict(self)
@@ -105,6 +166,18 @@ class RunConfig:
         if self.ops_per_guest is not None:
             args += ["--ops", str(self.ops_per_guest)]
         return args
+
+
+def meminfo_bytes(path="/proc/meminfo"):
+    """{field: bytes} of /proc/meminfo (its kB are KiB)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                out[name] = int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
+    return out
 
 
 def git_commit():
@@ -148,6 +221,7 @@ class Runner:
 
     def setup(self):
         cfg = self.config
+        tmpfiles.sweep()            # what killed runs left in the temp dir
         self.rss_baseline_bytes = measure.rss_bytes()
         if fault_service_available()[0]:
             self.svc = self.api.fault_service()
@@ -195,6 +269,8 @@ class Runner:
                 now = time.monotonic()
                 if now >= end:
                     break
+                if STOP.is_set():
+                    raise Stopped()
                 if cfg.ops_per_guest is not None and not any(self._busy(g) for g in counted):
                     self.finished_by = "ops"
                     break
@@ -282,7 +358,7 @@ class Runner:
                            "resident_bytes": slot.mem.resident_pages() * PAGE_SIZE,
                            "census": slot.mem.census(), "discarded_pages": dict(slot.discarded),
                            "swapped_pages": dict(slot.swapped)})
-        write_json(self.config.status_path, {
+        write_json(self.config.status_path, option="--status", doc={
             "strategy": str(self.spec), "mode": self.config.mode, "t_s": round(t_s, 2),
             "duration_s": self.config.duration_s, "budget_bytes": self.config.host_mem_bytes,
             "rss_bytes": measure.rss_bytes(), "host_swap_bytes": host.host_swap_bytes(),
@@ -368,8 +444,45 @@ def run_one(config, strategy, progress=None):
     try:
         r.setup()
         return r.run()
+    except OSError as e:
+        explained = explain_full_tmpdir(e)
+        if explained is e:
+            raise
+        raise explained from e
     finally:
         r.close()
+
+
+FULL_BELOW_BYTES = 1 << 20     # a filesystem with less free space than this counts as full
+
+
+def explain_full_tmpdir(e, tmpdir=None):
+    """A write error of the run's temporaries, with the place named: a run writes its generated
+    files, the guests' swap files and the host swap into TMPDIR, and the bare errors name no
+    path ("[Errno 28] No space left on device" from os.write).  Host swap-out in C reports any
+    failed write as EIO, so an EIO of the host swap on a full TMPDIR is reported as ENOSPC."""
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        return e
+    tmpdir = tmpdir or tempfile.gettempdir()
+    try:
+        st = os.statvfs(tmpdir)
+    except OSError:
+        return e
+    free = st.f_bavail * st.f_frsize
+    if free >= FULL_BELOW_BYTES:
+        return e        # not this filesystem (ENOSPC is also what a full C table says)
+    if e.errno == errno.EIO:
+        if "host swap" not in str(e):
+            return e
+        what = "host swap write failed: No space left on device (reported as EIO by the swap-out)"
+    elif getattr(e, "filename", None) is not None:
+        return e
+    else:
+        what = e.strerror or os.strerror(e.errno)
+    return OSError(errno.ENOSPC if e.errno == errno.EIO else e.errno,
+                   "%s in TMPDIR=%s (%s free): a run writes its generated files, guest swap and "
+                   "host swap there; free space there or set TMPDIR to a larger filesystem"
+                   % (what, tmpdir, fmt_bytes(free)))
 
 
 def results_document(config, records, env=None):
@@ -377,19 +490,60 @@ def results_document(config, records, env=None):
             "env": env or environment(), "results": records}
 
 
-def write_json(path, doc):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+def write_json(path, doc, option="--json"):
+    """Write doc to a regular file (gphint.outputs: never into a FIFO or over a device)."""
+    def dump(f):
         json.dump(doc, f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
+    return outputs.write_atomically(path, dump, option)
 
 
 def _child_fraction(config, elapsed_s):
     """Progress of a child by its elapsed time (what the parent can see), 0..1."""
     return min(elapsed_s / config.duration_s, 0.99)
+
+
+# The child imports gphint from exactly the directory the parent's gphint came from.
+# `python -m gphint` would put the child's working directory first on sys.path, so a user
+# standing in a source checkout (its root has a gphint/ directory, usually unbuilt) would have
+# every child import that checkout instead of the installed package the parent runs.  Changing
+# the child's cwd would break relative paths in its options (--files, --status), and putting
+# the package's parent directory first on sys.path would let anything else installed there
+# shadow the standard library; loading the package from its own __init__.py changes neither.
+_CHILD_BOOTSTRAP = (
+    "import importlib.util, os, sys\n"
+    "pkg = sys.argv.pop(1)\n"
+    "spec = importlib.util.spec_from_file_location('gphint', os.path.join(pkg, '__init__.py'),"
+    " submodule_search_locations=[pkg])\n"
+    "mod = importlib.util.module_from_spec(spec)\n"
+    "sys.modules['gphint'] = mod\n"
+    "spec.loader.exec_module(mod)\n"
+    "from gphint.cli import child_main\n"
+    "sys.exit(child_main())\n")
+
+
+def child_command(args):
+    """argv that runs `gphint ARGS` in a child on this very gphint, as a child of this process
+    (it dies with its parent: cli.child_main)."""
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    return [sys.executable, "-c", _CHILD_BOOTSTRAP, pkg, "--parent-pid", str(os.getpid())] + list(args)
+
+
+def _child_record(spec, out, returncode, err):
+    """The record of one child: its JSON when it wrote one (a run that found integrity errors
+    exits 1 but its record is the evidence), else an error record with its last stderr line."""
+    rec = None
+    if os.path.exists(out):
+        try:
+            with open(out) as f:
+                rec = json.load(f)["results"][0]
+        except (OSError, ValueError, KeyError, IndexError):
+            rec = None
+    if rec is not None and (returncode == 0 or rec.get("integrity_errors")):
+        return rec
+    last = err.splitlines()[-1] if err else "exit status %d" % returncode
+    return {"strategy": str(spec), "strategy_name": spec.name,
+            "error": last.replace("gphint: error: ", "", 1)}
 
 
 def compare(config, strategies, progress=None, debug=False):
@@ -398,26 +552,26 @@ def compare(config, strategies, progress=None, debug=False):
     config.validate()
     specs = [parse_strategy(s) for s in strategies]
     records = []
-    with tempfile.TemporaryDirectory(prefix="gphint-compare-") as tmp:
+    tmpfiles.sweep()
+    with tempfile.TemporaryDirectory(prefix=tmpfiles.prefix("compare")) as tmp:
         for i, spec in enumerate(specs):
             out = os.path.join(tmp, "%d.json" % i)
-            cmd = [sys.executable, "-m", "gphint"] + (["--debug"] if debug else []) + \
-                ["run", "--strategy", str(spec), "--json", out, "--quiet"] + config.cli_args()
+            cmd = child_command((["--debug"] if debug else []) +
+                                ["run", "--strategy", str(spec), "--json", out, "--quiet"] +
+                                config.cli_args())
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             t0 = time.monotonic()
             while proc.poll() is None:
+                if STOP.is_set():
+                    proc.terminate()
+                    proc.wait()
+                    raise Stopped()
                 if progress:
                     progress(i, spec, _child_fraction(config, time.monotonic() - t0))
                 time.sleep(0.1)
             err = proc.stderr.read().strip()
             proc.stderr.close()
-            if proc.returncode == 0 and os.path.exists(out):
-                with open(out) as f:
-                    records.append(json.load(f)["results"][0])
-            else:
-                last = err.splitlines()[-1] if err else "exit status %d" % proc.returncode
-                records.append({"strategy": str(spec), "strategy_name": spec.name,
-                                "error": last.replace("gphint: error: ", "", 1)})
+            records.append(_child_record(spec, out, proc.returncode, err))
             if progress:
                 progress(i + 1, None, 0.0)
     return records

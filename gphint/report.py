@@ -9,6 +9,7 @@ adds the interpreter and the guest model's own tables and file mappings).
 import os
 import textwrap
 
+from . import outputs
 from .units import fmt_bytes
 
 MiB = float(1 << 20)
@@ -175,8 +176,10 @@ def plot(doc, path):
          [("guest", [r["guest_cpu_s"] for r in records], ""),
           ("host", [r["host_cpu_s"] for r in records], "//")],
          "CPU seconds", "CPU (guest | host)")
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fmt = os.path.splitext(path)[1][1:].lower() or "png"
+    try:
+        outputs.write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=110), "--plot",
+                                 binary=True)
+    finally:
+        plt.close(fig)
     return path

@@ -122,14 +122,14 @@ def test_progress_bar_on_a_terminal_and_quiet_turns_it_off():
     assert rc == 0 and "%|" not in tty
 
 
-def test_compare_records_a_failed_strategy_and_exits_1(tmp_path):
-    """A strategy whose child fails gets an error record (its one-line reason) and the others
-    still run; here every guest fails to boot from an empty --files tree."""
+def test_compare_where_every_strategy_fails_says_it_once_and_plots_nothing(tmp_path):
+    """Every child fails (every guest fails to boot from an empty --files tree): the reason is
+    said once, the JSON keeps an error record per strategy, no table, no plot, exit 1."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    out = tmp_path / "c.json"
+    out, png = tmp_path / "c.json", tmp_path / "c.png"
     r = gphint("compare", "--strategies", "none,cmma", "--files", str(empty), "--json", str(out),
-               *SMALL)
+               "--plot", str(png), *SMALL)
     assert r.returncode == 1
     doc = json.loads(out.read_text())
     check_document(doc)
@@ -137,4 +137,8 @@ def test_compare_records_a_failed_strategy_and_exits_1(tmp_path):
     for rec in doc["results"]:
         assert str(empty) in rec["error"] and "readable" in rec["error"]
         assert not rec["error"].startswith("gphint: error:")
-    assert r.stdout.count("error: ") == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "every strategy failed (none, cmma)" in lines[0], r.stderr
+    assert str(empty) in lines[0]
+    assert "integrity errors" not in r.stdout       # no table of nothing
+    assert not png.exists()

@@ -17,6 +17,7 @@ import weakref
 
 import numpy as np
 
+from .. import tmpfiles
 from ..errors import ConfigError, GphintError
 from . import content
 from .content import ANON_KEY_BASE, PAGE_SIZE
@@ -37,7 +38,7 @@ class SwapFile:
 
     def __init__(self, nslots, path=None):
         if path is None:
-            fd, path = tempfile.mkstemp(prefix="gphint-gswap-")
+            fd, path = tempfile.mkstemp(prefix=tmpfiles.prefix("gswap"))
             os.close(fd)
             # dropped without close() (or at exit): the temporary swap file still goes away
             self._cleanup = weakref.finalize(self, _unlink, path)

@@ -21,6 +21,7 @@ import weakref
 
 import numpy as np
 
+from .. import tmpfiles
 from ..errors import ConfigError
 from . import content
 from .content import PAGE_SIZE, page_digest
@@ -94,7 +95,7 @@ class FileSet:
     """The files a guest reads and writes.  fid = index in sorted path order."""
 
     def __init__(self, root=None, *, seed=1, total_bytes=64 << 20):
-        self._tmp = tempfile.mkdtemp(prefix="gphint-files-")
+        self._tmp = tempfile.mkdtemp(prefix=tmpfiles.prefix("files"))
         # a FileSet dropped without close() (or an exiting process) still removes its files
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmp, True)
         self.generated = root is None
