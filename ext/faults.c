@@ -31,10 +31,6 @@
 #include <unistd.h>
 #include <sched.h>
 
-#ifndef SYS_userfaultfd
-#define SYS_userfaultfd 323
-#endif
-
 uint64_t gph_now_ns_(void)
 {
     struct timespec ts;
@@ -206,7 +202,7 @@ static void mark_served(uint8_t *b)
 static void spin_pause(unsigned *spins)
 {
     if (++*spins < 64)
-        __builtin_ia32_pause();
+        gph_cpu_relax();
     else
         sched_yield();
 }

@@ -3,6 +3,7 @@
 #ifndef GPHINT_FAULTS_INTERNAL_H
 #define GPHINT_FAULTS_INTERNAL_H
 
+#include "cpu_relax.h"
 #include "gphint.h"
 #include "uffd_compat.h"
 

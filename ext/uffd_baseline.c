@@ -16,10 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef SYS_userfaultfd
-#define SYS_userfaultfd 323
-#endif
-
 struct baseline {
     int uffd, stopfd;
     size_t ps;
