@@ -16,6 +16,7 @@
 struct gph_region {
     struct gph_region_desc d;
     int active;
+    int closing;                  /* unregister under way: host operations refused (see gph_region_open_) */
     pthread_mutex_t ring_lock;    /* fault thread (and materialize) append, Python drains */
     int64_t *ring;
     uint64_t ring_cap, ring_head, ring_tail;
@@ -24,6 +25,7 @@ struct gph_region {
 
 struct gph_service {
     int uffd, wakefd, flags;
+    size_t page_size;             /* the kernel's base page (sysconf): userfaultfd's unit */
     uint64_t features;
     size_t window_bytes;          /* atomic: Python may tune it while the thread runs */
     int started, stopping;
@@ -41,6 +43,14 @@ struct gph_service {
     uint8_t *host_buf;            /* host's compare buffer (GPH_SCRATCH_BYTES) */
     uint64_t race_delay_ns;       /* tests only: sleep inside each hold to widen race windows */
 };
+
+/* Regions, looked up with s->lock held (read or write) for as long as the region is used.
+ * gph_region_: registered (also while closing: the fault thread serves it until it is gone);
+ * gph_region_open_: registered and not closing -- what a host operation may work on.  A host
+ * operation holds the read lock from this check to its last state change, and unregister marks
+ * the region closing under the write lock, so no host operation overlaps an unregister. */
+struct gph_region *gph_region_(struct gph_service *s, int rid);
+struct gph_region *gph_region_open_(struct gph_service *s, int rid);
 
 void gph_race_delay_(struct gph_service *s);
 

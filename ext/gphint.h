@@ -145,8 +145,10 @@ long gph_service_set_window(struct gph_service *s, size_t window_bytes);
 long gph_service_set_race_delay(struct gph_service *s, uint64_t ns);
 /* Returns the region id (>= 0). */
 long gph_service_register(struct gph_service *s, const struct gph_region_desc *d, struct gph_err *err);
-/* materialize: first reload every page whose content lives elsewhere (file/swap), so the memory
- * stays correct without the service.  Then unregister (wakes any thread still waiting). */
+/* First closes the region to the host (discard / swap-out then fail with -ENOENT, and none is
+ * still running), then, with materialize, reloads every page whose content lives elsewhere
+ * (file/swap), so the memory stays correct without the service; then unregisters (waking any
+ * thread still waiting).  -ENOENT: not registered, or another unregister is under way. */
 long gph_service_unregister(struct gph_service *s, int region, int materialize, struct gph_err *err);
 long gph_service_stop(struct gph_service *s);
 void gph_service_destroy(struct gph_service *s);

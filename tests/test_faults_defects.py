@@ -42,6 +42,256 @@ def run_child(code, timeout_s=CHILD_TIMEOUT_S):
     return p.stdout
 
 
+# --- gph_service_fill: a bad index after good ones ------------------------------------------------
+def test_fill_refusing_a_bad_index_leaves_no_page_held():
+    """The fill used to take SERVING holds on the missing frames before it checked the rest of
+    the indices: on ERANGE those holds stayed, and every later fault or state change of the
+    frames spun forever."""
+    out = run_child("""
+        import os, numpy as np, gphint
+        from gphint.errors import SyscallError
+        from conftest import PAGE, pattern
+        svc = gphint.FaultService()
+        mem = gphint.GuestMemory("4M")
+        svc.register(mem)                      # never-touched frames: Sz, missing
+        path = os.path.join(os.environ["TMPDIR"], "fill-erange-%d" % os.getpid())
+        pattern(16, seed=4).tofile(path)
+        fd = os.open(path, os.O_RDONLY)
+        os.unlink(path)
+        rid = svc._reg(mem).rid
+        pages = np.array(list(range(8)) + [mem.npages + 5], dtype=np.int64)
+        try:
+            svc._thread.fill(rid, pages, fd, np.arange(pages.size, dtype=np.int64) * PAGE, False)
+        except SyscallError as e:
+            print("refused", e.errno)
+        held = int(np.count_nonzero(mem.states[:8] & 0xf0))
+        mem.set_state(np.arange(8), "unused")  # waits out holds: hung here
+        pair = gphint.states.pair_name(mem.states[0])
+        print("held", held, pair, "zeros", int(mem.frames[:8].sum()))
+        os.close(fd)
+        svc.stop()
+    """)
+    assert "refused 34" in out          # ERANGE
+    assert "held 0 Uz zeros 0" in out   # nothing held, nothing installed, the state change went through
+
+
+# --- region ids out of bounds ---------------------------------------------------------------------
+@pytest.mark.parametrize("rid", [-1, -2 ** 31, 64, 2 ** 31 - 1])
+def test_every_entry_point_refuses_a_region_id_out_of_range(rid, mem):
+    svc = FaultService()
+    try:
+        svc.register(mem)
+        t = svc._thread
+        one = np.zeros(1, dtype=np.int64)
+        with pytest.raises(SyscallError, match="region"):
+            t.fill(rid, one, 0, one, False)
+        with pytest.raises(SyscallError):
+            t.host_discard(rid, one, 0, 0, -1, 0, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8))
+        if svc.can_swap:
+            with pytest.raises(SyscallError):
+                t.host_swap_out(rid, one, 0, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8))
+        assert t.stats(rid) is None if rid != -1 else t.stats(rid) is not None   # -1: the total
+        assert t.drain(rid, np.zeros(4, dtype=np.int64)) == 0
+        assert t.reclaim_slots(rid, 1) == 0
+        t.unregister(rid, True)                  # -ENOENT: already gone, not an error
+        mem.frames[0, 0] = 7                     # the real region is still served
+        assert mem.frames[0, 0] == 7
+    finally:
+        svc.stop()
+
+
+# --- register: two threads, one slot --------------------------------------------------------------
+def test_concurrent_registrations_get_distinct_regions(backing):
+    """register picked a free slot, dropped the lock and filled the slot later: two threads
+    registering at once could both take it.  The race delay widens the gap between the pick and
+    the fill, where the second thread used to pick the same slot."""
+    data, store, _ = backing
+    svc = FaultService(window="4K")
+    mems = [gphint.GuestMemory("4M") for _ in range(4)]
+    try:
+        svc.set_race_delay(50_000_000)
+        errors = []
+
+        def reg(m):
+            try:
+                svc.register(m)
+            except Exception as e:   # noqa: BLE001 -- reported by the assertion below
+                errors.append(e)
+
+        threads = [threading.Thread(target=reg, args=(m,)) for m in mems]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        svc.set_race_delay(0)
+        assert not errors
+        rids = [svc._reg(m).rid for m in mems]
+        assert len(set(rids)) == len(mems), rids
+        for k, m in enumerate(mems):   # each region serves its own memory, from its own tables
+            pages = np.arange(16)
+            m.frames[pages] = data[pages + 16 * k]
+            m.set_backing(pages, store, (pages + 16 * k) * PAGE)
+            m.set_state(pages, PageState.VOLATILE)
+            assert m.discard(pages) == pages.size
+        for k, m in enumerate(mems):
+            assert np.array_equal(m.frames[:16], data[16 * k:16 * k + 16])
+            assert svc.stats(m)["file_reloads"] == 16
+    finally:
+        svc.stop()
+        for m in mems:
+            m.close()
+
+
+# --- unregister against a concurrent host operation ----------------------------------------------
+def assert_all_back(mem, data, swap):
+    """Every page resident, stable and byte-exact, and no swap slot left behind."""
+    assert mem.census() == {"Sr": mem.npages}
+    assert np.array_equal(mem.frames, data)
+    assert swap.used_slots == 0
+
+
+@needs_move
+def test_unregister_waits_out_a_swap_out_in_flight_and_reloads_its_pages():
+    """unregister reloads swapped pages and then unregisters; a swap-out that had passed its
+    region check before unregister began used to finish in between, leaving pages Sp that then
+    read back as zeros.  The race delay keeps the swap-out inside its hold while unregister runs."""
+    swap = HostSwap("8M")
+    svc = FaultService()
+    mem = gphint.GuestMemory("4M")
+    try:
+        svc.register(mem)
+        data = pattern(mem.npages, seed=1)
+        mem.frames[:] = data
+        svc.set_race_delay(200_000_000)
+        done = []
+        host = threading.Thread(target=lambda: done.append(svc.swap_out(mem, np.arange(mem.npages), swap)))
+        host.start()
+        time.sleep(0.05)               # the host holds every page now (BUSY, inside the delay)
+        svc.unregister(mem)
+        host.join(30)
+        svc.set_race_delay(0)
+        assert done == [mem.npages]
+        assert mem.fault_service is None
+        assert_all_back(mem, data, swap)
+    finally:
+        svc.stop()
+        mem.close()
+        swap.close()
+
+
+def test_unregister_waits_out_a_discard_in_flight_and_reloads_its_pages(backing):
+    data, store, _ = backing
+    svc = FaultService()
+    mem = gphint.GuestMemory("4M")
+    try:
+        svc.register(mem)
+        pages = np.arange(256)
+        mem.frames[pages] = data[pages]
+        mem.set_backing(pages, store, pages * PAGE)
+        mem.set_state(pages, PageState.VOLATILE)
+        svc.set_race_delay(200_000_000)
+        done = []
+        host = threading.Thread(target=lambda: done.append(svc.discard(mem, pages)))
+        host.start()
+        time.sleep(0.05)
+        svc.unregister(mem)
+        host.join(30)
+        svc.set_race_delay(0)
+        assert done == [256]
+        assert mem.census().get("Vz", 0) == 0
+        assert np.array_equal(mem.frames[pages], data[pages])
+    finally:
+        svc.stop()
+        mem.close()
+
+
+class _LateHost:
+    """The service's C thread object, with the host's call into C made late: the host looked the
+    guest up (FaultService._reg) before unregister began, and calls in while unregister runs."""
+
+    def __init__(self, thread, late_s):
+        self._thread, self._late_s = thread, late_s
+
+    def __getattr__(self, name):
+        return getattr(self._thread, name)
+
+    def host_swap_out(self, *args):
+        time.sleep(self._late_s)
+        return self._thread.host_swap_out(*args)
+
+
+@needs_move
+def test_a_swap_out_arriving_while_unregister_reloads_does_nothing():
+    """The host's registration check passed, then unregister began reloading swapped pages, then
+    the host's swap-out reached C: it used to swap out pages unregister had already passed,
+    which then read back as zeros.  Now the region is closed to the host before the reload."""
+    swap = HostSwap("8M")
+    svc = FaultService(window="64K")
+    mem = gphint.GuestMemory("4M")
+    try:
+        svc.register(mem)
+        data = pattern(mem.npages, seed=5)
+        mem.frames[:] = data
+        low, high = np.arange(mem.npages // 2), np.arange(mem.npages // 2, mem.npages)
+        assert svc.swap_out(mem, high, swap) == high.size   # unregister has these to reload
+        svc.set_race_delay(20_000_000)                      # 20 ms per reload window: ~0.6 s
+        svc._thread = _LateHost(svc._thread, 0.1)
+        done = []
+        host = threading.Thread(target=lambda: done.append(svc.swap_out(mem, low, swap)))
+        host.start()
+        svc.unregister(mem)                                 # reloading the high half when the host calls in
+        host.join(30)
+        svc._thread = svc._thread._thread
+        svc.set_race_delay(0)
+        assert done == [0]                                  # refused: it did nothing
+        assert_all_back(mem, data, swap)
+    finally:
+        svc.stop()
+        mem.close()
+        swap.close()
+
+
+@needs_move
+def test_unregister_against_a_host_swapping_out_loses_nothing():
+    """A host thread swapping out a guest's resident pages in a loop while the guest is
+    unregistered: whatever it took before unregister comes back, and a call that was already
+    under way when unregister began does nothing (0 pages) -- never a page left preserved."""
+    swap = HostSwap("16M")
+    lost = []
+    for trial in range(4):
+        svc = FaultService()
+        mem = gphint.GuestMemory("8M")
+        svc.register(mem)
+        data = pattern(mem.npages, seed=trial)
+        mem.frames[:] = data
+        stop = threading.Event()
+        errors = []
+
+        def host():
+            while not stop.is_set():
+                try:
+                    svc.swap_out(mem, np.flatnonzero(mem.content() == 0), swap)
+                except gphint.ConfigError:   # "not registered": the guest is gone, as it should be
+                    return
+                except Exception as e:       # noqa: BLE001 -- reported by the assertion below
+                    errors.append(e)
+                    return
+
+        t = threading.Thread(target=host)
+        t.start()
+        time.sleep(0.05)
+        svc.unregister(mem)
+        stop.set()
+        t.join(30)
+        assert not errors
+        lost.append(int(np.count_nonzero((mem.frames != data).any(axis=1))))
+        assert "Sp" not in mem.census()
+        svc.stop()
+        mem.close()
+    swap.close()
+    assert lost == [0] * 4
+
+
 # --- uffd_baseline: failures of eventfd and pthread_create ----------------------------------------
 def test_baseline_reports_an_eventfd_failure_instead_of_hanging():
     """With no descriptor left for the eventfd, the baseline used to run without a stop fd and
