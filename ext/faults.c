@@ -70,6 +70,25 @@ void gph_record_error_(struct gph_service *s, int errnum, const char *syscall, i
     pthread_mutex_unlock(&s->err_lock);
 }
 
+/* One page of zeros by UFFDIO_COPY, for a page UFFDIO_ZEROPAGE refused with EEXIST.  ZEROPAGE
+ * installs only over a none pte (mm/userfaultfd.c, mfill_atomic_pte_zeropage), but a page can be
+ * missing without its pte being none: PAGEMAP_SCAN's write-protect of a page that has no pte
+ * (clearing the dirty bit of a discarded or never-touched page) leaves a uffd-wp marker there, and
+ * the next access is a missing fault again.  UFFDIO_COPY installs over a marker too
+ * (mfill_atomic_install_pte: pte_none_mostly), so the copy fills the page; a page that really is
+ * there gives EEXIST again.  Returns 0 (filled) or -errno. */
+static long zero_copy_page(struct gph_service *s, uint8_t *dst, size_t ps)
+{
+    struct uffdio_copy c = {.dst = (uint64_t)(uintptr_t)dst, .src = (uint64_t)(uintptr_t)s->zeros,
+                            .len = ps, .mode = UFFDIO_COPY_MODE_DONTWAKE};
+    while (ioctl(s->uffd, UFFDIO_COPY, &c) != 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            return -errno;
+        c.copy = 0;
+    }
+    return 0;
+}
+
 /* Fill [dst, dst+len) without waking: UFFDIO_COPY from src, or UFFDIO_ZEROPAGE when src is NULL.
  * The caller updates the tables first and wakes afterwards: a woken thread must find the state it
  * expects.  EAGAIN/EINTR are retried; EEXIST (the page is already there) is benign and drops to
@@ -104,9 +123,13 @@ static long uffd_fill(struct gph_service *s, uint8_t *dst, const uint8_t *src, s
         if (e == EAGAIN || e == EINTR)
             continue;
         if (e == EEXIST) {
-            ADD(s->total.eexist, 1);
-            if (per_page || chunk == ps)
-                done += ps;   /* this page is there: skip it (the final wake covers it) */
+            if (per_page || chunk == ps) {
+                /* the page at dst+done: a marker (zero_copy_page fills it), or really there --
+                 * skip it, the final wake covers it */
+                if (src || zero_copy_page(s, dst + done, ps) == -EEXIST)
+                    ADD(s->total.eexist, 1);
+                done += ps;
+            }
             per_page = 1;
             continue;
         }
@@ -356,6 +379,46 @@ static int find_region(struct gph_service *s, uint64_t addr)
     return -1;
 }
 
+/* The guard against a fault that never ends.  Answering EEXIST means "the page is there": the
+ * woken thread retries its access and should not fault again.  If it does, over and over, the
+ * page is missing in a way the fill cannot see (the known case, a uffd-wp marker, is filled by
+ * zero_copy_page) and the guest thread would spin forever -- with the GIL, the whole interpreter.
+ * After GPH_REFAULT_RESOLVE such answers in a row the page is un-write-protected, which turns a
+ * marker back into a none pte that the next fill installs over; the loop is counted
+ * (refault_loops).  A loop that outlives that (GPH_REFAULT_REPORT) is recorded as an error naming
+ * the page, so check() says where the guest is stuck.  A few EEXIST answers in a row are normal:
+ * threads faulting on the same page at once are all answered by the first fill. */
+#define GPH_REFAULT_RESOLVE 8
+#define GPH_REFAULT_REPORT 1024
+
+static void watch_refault(struct gph_service *s, struct gph_region *r, int rid, uint64_t page, int answered_eexist)
+{
+    struct gph_refault *w = &s->refaults[(page / s->page_size) % GPH_REFAULT_SLOTS];
+    if (!answered_eexist) {
+        if (w->page == page)
+            w->count = 0;
+        return;
+    }
+    if (w->page != page) {
+        w->page = page;
+        w->count = 0;
+    }
+    if (++w->count % GPH_REFAULT_RESOLVE != 0)
+        return;
+    struct gph_fault_stats *sts[2] = {&r->st, &s->total};
+    for (int i = 0; i < 2; i++)
+        ADD(sts[i]->refault_loops, 1);
+    if (s->features & UFFD_FEATURE_WP_ASYNC) {
+        struct uffdio_writeprotect wp = {.range = {.start = page, .len = s->page_size}, .mode = 0};
+        while (ioctl(s->uffd, UFFDIO_WRITEPROTECT, &wp) != 0 && (errno == EAGAIN || errno == EINTR))
+            ;
+    }
+    if (w->count == GPH_REFAULT_REPORT)
+        gph_record_error_(s, EEXIST, "UFFDIO_COPY/ZEROPAGE (the page keeps faulting)", rid,
+                          (int64_t)((page - (uint64_t)(uintptr_t)r->d.base) / r->d.page_size));
+    gph_uffd_wake_(s, (uint8_t *)(uintptr_t)page, s->page_size);
+}
+
 static void serve_msg(struct gph_service *s, const struct uffd_msg *m, uint64_t t0)
 {
     if (m->event != UFFD_EVENT_PAGEFAULT)
@@ -376,7 +439,11 @@ static void serve_msg(struct gph_service *s, const struct uffd_msg *m, uint64_t 
     }
     struct gph_region *r = &s->regions[rid];
     int64_t p = (int64_t)((addr - (uint64_t)(uintptr_t)r->d.base) / r->d.page_size);
+    /* other threads count EEXIST too (fills, materialize): the guard may see one too many, which
+     * costs at most an early un-write-protect (the page then reads written: preserved, not lost) */
+    uint64_t eexist0 = __atomic_load_n(&s->total.eexist, __ATOMIC_RELAXED);
     serve_page(s, rid, p, write, s->bounce, t0);
+    watch_refault(s, r, rid, page, __atomic_load_n(&s->total.eexist, __ATOMIC_RELAXED) != eexist0);
 }
 
 #define MSG_BATCH 64

@@ -12,6 +12,7 @@
 #define GPH_MAX_REGIONS 64
 #define GPH_WINDOW_MAX (2u << 20)    /* fault-around cap: 2 MiB, one UFFDIO_COPY */
 #define GPH_SCRATCH_BYTES (2u << 20) /* host's detach area for UFFDIO_MOVE */
+#define GPH_REFAULT_SLOTS 64         /* pages the fault thread watches for a refault loop */
 
 struct gph_region {
     struct gph_region_desc d;
@@ -42,6 +43,10 @@ struct gph_service {
     uint8_t *scratch;             /* registered with our uffd: UFFDIO_MOVE destination */
     uint8_t *host_buf;            /* host's compare buffer (GPH_SCRATCH_BYTES) */
     uint64_t race_delay_ns;       /* tests only: sleep inside each hold to widen race windows */
+    struct gph_refault {          /* fault thread only: pages answered "already there" (EEXIST) */
+        uint64_t page;            /* page address */
+        uint32_t count;           /* consecutive such answers */
+    } refaults[GPH_REFAULT_SLOTS];
 };
 
 /* Regions, looked up with s->lock held (read or write) for as long as the region is used.

@@ -117,6 +117,7 @@ struct gph_fault_stats {
     uint64_t lost_pages;         /* pages served as zeros because the source failed */
     uint64_t eexist;             /* benign: the page was already there */
     uint64_t ring_overflows;     /* discarded-page list entries dropped (list full) */
+    uint64_t refault_loops;      /* a page kept faulting after "already there" (EEXIST): resolved */
     uint64_t hist[GPH_HIST_BUCKETS];
 };
 
