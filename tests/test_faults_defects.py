@@ -143,6 +143,17 @@ def test_concurrent_registrations_get_distinct_regions(backing):
 
 
 # --- unregister against a concurrent host operation ----------------------------------------------
+def wait_until(cond, what, timeout_s=30):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting until " + what
+        time.sleep(0.001)
+
+
+def held_by_host(mem):
+    return bool((mem.states & 0x10).any())   # GPH_FLAG_BUSY: the host has picked pages
+
+
 def assert_all_back(mem, data, swap):
     """Every page resident, stable and byte-exact, and no swap slot left behind."""
     assert mem.census() == {"Sr": mem.npages}
@@ -166,7 +177,7 @@ def test_unregister_waits_out_a_swap_out_in_flight_and_reloads_its_pages():
         done = []
         host = threading.Thread(target=lambda: done.append(svc.swap_out(mem, np.arange(mem.npages), swap)))
         host.start()
-        time.sleep(0.05)               # the host holds every page now (BUSY, inside the delay)
+        wait_until(lambda: held_by_host(mem), "the host holds pages (BUSY, inside the delay)")
         svc.unregister(mem)
         host.join(30)
         svc.set_race_delay(0)
@@ -193,7 +204,7 @@ def test_unregister_waits_out_a_discard_in_flight_and_reloads_its_pages(backing)
         done = []
         host = threading.Thread(target=lambda: done.append(svc.discard(mem, pages)))
         host.start()
-        time.sleep(0.05)
+        wait_until(lambda: held_by_host(mem), "the host holds pages (BUSY, inside the delay)")
         svc.unregister(mem)
         host.join(30)
         svc.set_race_delay(0)
@@ -207,16 +218,16 @@ def test_unregister_waits_out_a_discard_in_flight_and_reloads_its_pages(backing)
 
 class _LateHost:
     """The service's C thread object, with the host's call into C made late: the host looked the
-    guest up (FaultService._reg) before unregister began, and calls in while unregister runs."""
+    guest up (FaultService._reg) before unregister began, and calls in once `when()` is true."""
 
-    def __init__(self, thread, late_s):
-        self._thread, self._late_s = thread, late_s
+    def __init__(self, thread, when):
+        self._thread, self._when = thread, when
 
     def __getattr__(self, name):
         return getattr(self._thread, name)
 
     def host_swap_out(self, *args):
-        time.sleep(self._late_s)
+        wait_until(self._when, "the moment to call in")
         return self._thread.host_swap_out(*args)
 
 
@@ -235,7 +246,8 @@ def test_a_swap_out_arriving_while_unregister_reloads_does_nothing():
         low, high = np.arange(mem.npages // 2), np.arange(mem.npages // 2, mem.npages)
         assert svc.swap_out(mem, high, swap) == high.size   # unregister has these to reload
         svc.set_race_delay(20_000_000)                      # 20 ms per reload window: ~0.6 s
-        svc._thread = _LateHost(svc._thread, 0.1)
+        # call in once unregister is reloading the high half (some back, not all)
+        svc._thread = _LateHost(svc._thread, lambda: 0 < np.count_nonzero(mem.content(high) == 0) < high.size)
         done = []
         host = threading.Thread(target=lambda: done.append(svc.swap_out(mem, low, swap)))
         host.start()
@@ -365,6 +377,78 @@ def test_written_after_a_clear_of_a_missing_page_reads_dirty(mem):
         assert svc.dirty_pages(mem, [2]).all()
     finally:
         svc.stop()
+
+
+@needs_tracking
+def test_random_guest_sequences_with_dirty_clears_neither_hang_nor_lose_a_byte():
+    """Hypothesis sequences of guest and host operations on a few pages, with dirty-bit clears
+    at any point (present or not): every read gives the modelled bytes, nothing loops.  The
+    whole search runs in one child with a timeout, since a regression hangs rather than fails."""
+    out = run_child("""
+        import os, numpy as np, gphint
+        from hypothesis import given, settings, strategies as st, HealthCheck
+        from gphint.faults import FileStore, HostSwap
+        from conftest import PAGE, pattern
+        NPAGES = 4                     # few pages: sequences revisit each one often
+        data = pattern(NPAGES, seed=31)
+        path = os.path.join(os.environ["TMPDIR"], "dirty-seq-%d" % os.getpid())
+        data.tofile(path)
+        store = FileStore(path)
+        os.unlink(path)
+        swap = HostSwap("1M")
+        svc = gphint.FaultService(swap=swap)
+        OPS = ["cache", "free", "alloc", "discard", "swap", "clear", "read", "peek", "write"]
+        runs = []
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, NPAGES - 1), st.integers(0, 255)),
+                        min_size=30, max_size=80))
+        def run(ops):
+            with gphint.GuestMemory("256K") as mem:
+                svc.register(mem)
+                usage = ["S"] * NPAGES
+                expect = [np.full(PAGE, 7 + p, dtype=np.uint8) for p in range(NPAGES)]
+                mem.frames[:NPAGES] = np.stack(expect)
+                for op, p, v in ops:
+                    if op == "cache" and usage[p] == "S":      # a page-cache page of the file
+                        mem.frames[p] = data[p]
+                        mem.set_backing([p], store, [p * PAGE])
+                        mem.set_state([p], "volatile")
+                        usage[p], expect[p] = "V", data[p].copy()
+                    elif op == "free" and usage[p] in "SV":
+                        mem.set_state([p], "unused")
+                        usage[p], expect[p] = "U", None      # content don't-care
+                    elif op == "alloc" and usage[p] == "U":
+                        mem.set_state([p], "stable")
+                        mem.frames[p] = v
+                        usage[p], expect[p] = "S", np.full(PAGE, v, dtype=np.uint8)
+                    elif op == "discard" and usage[p] in "UV":
+                        mem.discard([p])
+                    elif op == "swap":
+                        svc.swap_out(mem, [p])               # STABLE resident only; others skipped
+                    elif op == "clear":
+                        svc.clear_dirty(mem, [p])
+                    elif op == "write" and usage[p] == "S":
+                        mem.frames[p, v] = v
+                        expect[p][v] = v
+                    elif op == "read" and expect[p] is not None:
+                        assert np.array_equal(mem.frames[p], expect[p]), (op, p, ops)
+                    elif op == "peek":                         # any page, don't-care ones too:
+                        int(mem.frames[p].sum())               # the read must return
+                for p in range(NPAGES):
+                    if expect[p] is not None:
+                        assert np.array_equal(mem.frames[p], expect[p]), (p, ops)
+                st_ = svc.stats(mem)
+                assert st_["lost_pages"] == 0 and st_["refault_loops"] == 0, st_
+            runs.append(len(ops))
+
+        run()
+        svc.check()
+        print("sequences", len(runs), "ops", sum(runs))
+        svc.stop(); store.close(); swap.close()
+    """, timeout_s=300)
+    assert "sequences" in out
+    assert int(out.split("sequences ")[1].split()[0]) >= 60
 
 
 # --- uffd_baseline: failures of eventfd and pthread_create ----------------------------------------
