@@ -48,13 +48,13 @@ def test_fill_refusing_a_bad_index_leaves_no_page_held():
     the indices: on ERANGE those holds stayed, and every later fault or state change of the
     frames spun forever."""
     out = run_child("""
-        import os, numpy as np, gphint
+        import os, tempfile, numpy as np, gphint
         from gphint.errors import SyscallError
         from conftest import PAGE, pattern
         svc = gphint.FaultService()
         mem = gphint.GuestMemory("4M")
         svc.register(mem)                      # never-touched frames: Sz, missing
-        path = os.path.join(os.environ["TMPDIR"], "fill-erange-%d" % os.getpid())
+        path = os.path.join(tempfile.gettempdir(), "fill-erange-%d" % os.getpid())
         pattern(16, seed=4).tofile(path)
         fd = os.open(path, os.O_RDONLY)
         os.unlink(path)
@@ -315,7 +315,7 @@ def test_clearing_the_dirty_bit_of_a_missing_page_then_touching_it_returns(how, 
     if how == "swapped" and not caps.has("uffd_move"):
         pytest.skip(caps.probe().features["uffd_move"].reason)
     out = run_child("""
-        import os, numpy as np, gphint
+        import os, tempfile, numpy as np, gphint
         from gphint.faults import FileStore, HostSwap
         from conftest import PAGE, pattern
         how, access = %r, %r
@@ -325,7 +325,7 @@ def test_clearing_the_dirty_bit_of_a_missing_page_then_touching_it_returns(how, 
         data = pattern(64, seed=2)
         expect = np.zeros((64, PAGE), dtype=np.uint8)
         pages = np.arange(8, 40)
-        path = os.path.join(os.environ["TMPDIR"], "cleardirty-%%d" %% os.getpid())
+        path = os.path.join(tempfile.gettempdir(), "cleardirty-%%d" %% os.getpid())
         data.tofile(path)
         store = FileStore(path)
         os.unlink(path)
@@ -385,13 +385,13 @@ def test_random_guest_sequences_with_dirty_clears_neither_hang_nor_lose_a_byte()
     at any point (present or not): every read gives the modelled bytes, nothing loops.  The
     whole search runs in one child with a timeout, since a regression hangs rather than fails."""
     out = run_child("""
-        import os, numpy as np, gphint
+        import os, tempfile, numpy as np, gphint
         from hypothesis import given, settings, strategies as st, HealthCheck
         from gphint.faults import FileStore, HostSwap
         from conftest import PAGE, pattern
         NPAGES = 4                     # few pages: sequences revisit each one often
         data = pattern(NPAGES, seed=31)
-        path = os.path.join(os.environ["TMPDIR"], "dirty-seq-%d" % os.getpid())
+        path = os.path.join(tempfile.gettempdir(), "dirty-seq-%d" % os.getpid())
         data.tofile(path)
         store = FileStore(path)
         os.unlink(path)
