@@ -5,7 +5,7 @@ from libc.errno cimport ENOMEM
 
 FAULT_STAT_FIELDS = ("faults", "discard_faults", "zero_fills", "file_reloads", "swap_ins",
                      "pages_served", "bytes_served", "fault_around_hits", "lost_pages", "eexist",
-                     "ring_overflows")
+                     "ring_overflows", "refault_loops")
 SVC_USER_MODE_ONLY = GPH_SVC_USER_MODE_ONLY
 SVC_DIRTY = GPH_SVC_DIRTY
 SVC_MOVE = GPH_SVC_MOVE
@@ -236,7 +236,8 @@ cdef class FaultThread:
         d = {"faults": st.faults, "discard_faults": st.discard_faults, "zero_fills": st.zero_fills,
              "file_reloads": st.file_reloads, "swap_ins": st.swap_ins, "pages_served": st.pages_served,
              "bytes_served": st.bytes_served, "fault_around_hits": st.fault_around_hits,
-             "lost_pages": st.lost_pages, "eexist": st.eexist, "ring_overflows": st.ring_overflows}
+             "lost_pages": st.lost_pages, "eexist": st.eexist, "ring_overflows": st.ring_overflows,
+             "refault_loops": st.refault_loops}
         return d, [st.hist[i] for i in range(GPH_HIST_BUCKETS)]
 
     def error(self):

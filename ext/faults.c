@@ -31,10 +31,6 @@
 #include <unistd.h>
 #include <sched.h>
 
-#ifndef SYS_userfaultfd
-#define SYS_userfaultfd 323
-#endif
-
 uint64_t gph_now_ns_(void)
 {
     struct timespec ts;
@@ -74,6 +70,25 @@ void gph_record_error_(struct gph_service *s, int errnum, const char *syscall, i
     pthread_mutex_unlock(&s->err_lock);
 }
 
+/* One page of zeros by UFFDIO_COPY, for a page UFFDIO_ZEROPAGE refused with EEXIST.  ZEROPAGE
+ * installs only over a none pte (mm/userfaultfd.c, mfill_atomic_pte_zeropage), but a page can be
+ * missing without its pte being none: PAGEMAP_SCAN's write-protect of a page that has no pte
+ * (clearing the dirty bit of a discarded or never-touched page) leaves a uffd-wp marker there, and
+ * the next access is a missing fault again.  UFFDIO_COPY installs over a marker too
+ * (mfill_atomic_install_pte: pte_none_mostly), so the copy fills the page; a page that really is
+ * there gives EEXIST again.  Returns 0 (filled) or -errno. */
+static long zero_copy_page(struct gph_service *s, uint8_t *dst, size_t ps)
+{
+    struct uffdio_copy c = {.dst = (uint64_t)(uintptr_t)dst, .src = (uint64_t)(uintptr_t)s->zeros,
+                            .len = ps, .mode = UFFDIO_COPY_MODE_DONTWAKE};
+    while (ioctl(s->uffd, UFFDIO_COPY, &c) != 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            return -errno;
+        c.copy = 0;
+    }
+    return 0;
+}
+
 /* Fill [dst, dst+len) without waking: UFFDIO_COPY from src, or UFFDIO_ZEROPAGE when src is NULL.
  * The caller updates the tables first and wakes afterwards: a woken thread must find the state it
  * expects.  EAGAIN/EINTR are retried; EEXIST (the page is already there) is benign and drops to
@@ -108,9 +123,13 @@ static long uffd_fill(struct gph_service *s, uint8_t *dst, const uint8_t *src, s
         if (e == EAGAIN || e == EINTR)
             continue;
         if (e == EEXIST) {
-            ADD(s->total.eexist, 1);
-            if (per_page || chunk == ps)
-                done += ps;   /* this page is there: skip it (the final wake covers it) */
+            if (per_page || chunk == ps) {
+                /* the page at dst+done: a marker (zero_copy_page fills it), or really there --
+                 * skip it, the final wake covers it */
+                if (src || zero_copy_page(s, dst + done, ps) == -EEXIST)
+                    ADD(s->total.eexist, 1);
+                done += ps;
+            }
             per_page = 1;
             continue;
         }
@@ -206,7 +225,7 @@ static void mark_served(uint8_t *b)
 static void spin_pause(unsigned *spins)
 {
     if (++*spins < 64)
-        __builtin_ia32_pause();
+        gph_cpu_relax();
     else
         sched_yield();
 }
@@ -215,7 +234,7 @@ static void spin_pause(unsigned *spins)
  * bounce: GPH_WINDOW_MAX bytes owned by the calling thread. */
 static void serve_page(struct gph_service *s, int rid, int64_t p, int write, uint8_t *bounce, uint64_t t0)
 {
-    struct gph_region *r = &s->regions[rid];
+    struct gph_region *r = &s->regions[rid];   /* rid: from find_region or a checked caller */
     size_t ps = r->d.page_size;
     uint8_t *states = r->d.states;
     int64_t lo = p, hi = p + 1;
@@ -368,28 +387,71 @@ static int find_region(struct gph_service *s, uint64_t addr)
     return -1;
 }
 
+/* The guard against a fault that never ends.  Answering EEXIST means "the page is there": the
+ * woken thread retries its access and should not fault again.  If it does, over and over, the
+ * page is missing in a way the fill cannot see (the known case, a uffd-wp marker, is filled by
+ * zero_copy_page) and the guest thread would spin forever -- with the GIL, the whole interpreter.
+ * After GPH_REFAULT_RESOLVE such answers in a row the page is un-write-protected, which turns a
+ * marker back into a none pte that the next fill installs over; the loop is counted
+ * (refault_loops).  A loop that outlives that (GPH_REFAULT_REPORT) is recorded as an error naming
+ * the page, so check() says where the guest is stuck.  A few EEXIST answers in a row are normal:
+ * threads faulting on the same page at once are all answered by the first fill. */
+#define GPH_REFAULT_RESOLVE 8
+#define GPH_REFAULT_REPORT 1024
+
+static void watch_refault(struct gph_service *s, struct gph_region *r, int rid, uint64_t page, int answered_eexist)
+{
+    struct gph_refault *w = &s->refaults[(page / s->page_size) % GPH_REFAULT_SLOTS];
+    if (!answered_eexist) {
+        if (w->page == page)
+            w->count = 0;
+        return;
+    }
+    if (w->page != page) {
+        w->page = page;
+        w->count = 0;
+    }
+    if (++w->count % GPH_REFAULT_RESOLVE != 0)
+        return;
+    struct gph_fault_stats *sts[2] = {&r->st, &s->total};
+    for (int i = 0; i < 2; i++)
+        ADD(sts[i]->refault_loops, 1);
+    if (s->features & UFFD_FEATURE_WP_ASYNC) {
+        struct uffdio_writeprotect wp = {.range = {.start = page, .len = s->page_size}, .mode = 0};
+        while (ioctl(s->uffd, UFFDIO_WRITEPROTECT, &wp) != 0 && (errno == EAGAIN || errno == EINTR))
+            ;
+    }
+    if (w->count == GPH_REFAULT_REPORT)
+        gph_record_error_(s, EEXIST, "UFFDIO_COPY/ZEROPAGE (the page keeps faulting)", rid,
+                          (int64_t)((page - (uint64_t)(uintptr_t)r->d.base) / r->d.page_size));
+    gph_uffd_wake_(s, (uint8_t *)(uintptr_t)page, s->page_size);
+}
+
 static void serve_msg(struct gph_service *s, const struct uffd_msg *m, uint64_t t0)
 {
     if (m->event != UFFD_EVENT_PAGEFAULT)
         return;   /* no other event was asked for (no EVENT_REMOVE: see the header comment) */
     uint64_t addr = m->arg.pagefault.address;
+    uint64_t page = addr & ~(uint64_t)(s->page_size - 1);
     int write = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
     int rid = find_region(s, addr);
     if (rid < 0) {
         /* the host's scratch area (a hole left by UFFDIO_MOVE), or a region unregistered since
          * the message was queued: zeros for scratch, a wake for the rest */
-        uint64_t page = addr & ~(uint64_t)4095;
         if (addr >= (uint64_t)(uintptr_t)s->scratch &&
             addr < (uint64_t)(uintptr_t)s->scratch + GPH_SCRATCH_BYTES) {
-            uffd_fill(s, (uint8_t *)(uintptr_t)page, s->zeros, 4096, 4096);
+            uffd_fill(s, (uint8_t *)(uintptr_t)page, s->zeros, s->page_size, s->page_size);
         }
-        struct uffdio_range w = {.start = page, .len = 4096};
-        ioctl(s->uffd, UFFDIO_WAKE, &w);
+        gph_uffd_wake_(s, (uint8_t *)(uintptr_t)page, s->page_size);
         return;
     }
     struct gph_region *r = &s->regions[rid];
     int64_t p = (int64_t)((addr - (uint64_t)(uintptr_t)r->d.base) / r->d.page_size);
+    /* other threads count EEXIST too (fills, materialize): the guard may see one too many, which
+     * costs at most an early un-write-protect (the page then reads written: preserved, not lost) */
+    uint64_t eexist0 = __atomic_load_n(&s->total.eexist, __ATOMIC_RELAXED);
     serve_page(s, rid, p, write, s->bounce, t0);
+    watch_refault(s, r, rid, page, __atomic_load_n(&s->total.eexist, __ATOMIC_RELAXED) != eexist0);
 }
 
 #define MSG_BATCH 64
@@ -459,6 +521,7 @@ long gph_service_create(struct gph_service **out, int flags, size_t window_bytes
     }
     s->uffd = s->wakefd = -1;
     s->flags = flags;
+    s->page_size = (size_t)sysconf(_SC_PAGESIZE);
     s->window_bytes = window_bytes;
     pthread_rwlock_init(&s->lock, NULL);
     pthread_mutex_init(&s->err_lock, NULL);
@@ -501,7 +564,7 @@ long gph_service_create(struct gph_service **out, int flags, size_t window_bytes
     }
     memset(s->bounce, 0, GPH_WINDOW_MAX);     /* populate: the thread never faults on its own buffers */
     memset(s->host_buf, 0, GPH_SCRATCH_BYTES);
-    for (size_t i = 0; i < GPH_WINDOW_MAX; i += 4096)
+    for (size_t i = 0; i < GPH_WINDOW_MAX; i += s->page_size)
         ((volatile uint8_t *)s->zeros)[i];
     if (flags & GPH_SVC_MOVE) {
         struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)s->scratch, .len = GPH_SCRATCH_BYTES},
@@ -561,62 +624,93 @@ int gph_service_uffd(struct gph_service *s)
     return s->uffd;
 }
 
+struct gph_region *gph_region_(struct gph_service *s, int rid)
+{
+    if (rid < 0 || rid >= GPH_MAX_REGIONS || !s->regions[rid].active)   /* bounds before the address */
+        return NULL;
+    return &s->regions[rid];
+}
+
+struct gph_region *gph_region_open_(struct gph_service *s, int rid)
+{
+    struct gph_region *r = gph_region_(s, rid);
+    return r && !r->closing ? r : NULL;
+}
+
 long gph_service_register(struct gph_service *s, const struct gph_region_desc *d, struct gph_err *err)
 {
-    int rid = -1;
-    pthread_rwlock_wrlock(&s->lock);
-    for (int i = 0; i < GPH_MAX_REGIONS; i++)
-        if (!s->regions[i].active && !s->regions[i].ring) {
-            rid = i;
-            break;
-        }
-    pthread_rwlock_unlock(&s->lock);
-    if (rid < 0) {
-        set_err(err, "register: region table full", 0, 0);
-        return -ENOSPC;
+    if (d->page_size != s->page_size) {   /* userfaultfd fills and wakes whole kernel pages */
+        set_err(err, "register: page size is not the kernel's", 0, d->npages);
+        return -EINVAL;
     }
-    struct gph_region *r = &s->regions[rid];
-    memset(&r->st, 0, sizeof r->st);
-    r->d = *d;
-    r->ring_cap = (uint64_t)d->npages + 1024;
-    r->ring = calloc(r->ring_cap, sizeof(int64_t));
-    if (!r->ring) {
+    uint64_t ring_cap = (uint64_t)d->npages + 1024;
+    int64_t *ring = calloc(ring_cap, sizeof(int64_t));
+    if (!ring) {
         set_err(err, "calloc", 0, 0);
         return -ENOMEM;
     }
-    r->ring_head = r->ring_tail = 0;
-    pthread_mutex_init(&r->ring_lock, NULL);
+    long rc;
     struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)d->base,
                                             .len = (uint64_t)d->npages * d->page_size},
                                   .mode = UFFDIO_REGISTER_MODE_MISSING |
                                           ((s->features & UFFD_FEATURE_WP_ASYNC) ? UFFDIO_REGISTER_MODE_WP : 0)};
-    /* the region must be in the table before a fault can arrive */
+    /* pick, fill and register the slot under one write lock: a second registration cannot pick
+     * the same slot, and the fault thread (which serves under the read lock) finds the region
+     * complete before the first fault on it can be served */
     pthread_rwlock_wrlock(&s->lock);
-    r->active = 1;
-    pthread_rwlock_unlock(&s->lock);
-    if (ioctl(s->uffd, UFFDIO_REGISTER, &reg) != 0) {
-        long rc = -errno;
-        pthread_rwlock_wrlock(&s->lock);
-        r->active = 0;
-        free(r->ring);
-        r->ring = NULL;
-        pthread_rwlock_unlock(&s->lock);
-        set_err(err, "ioctl(UFFDIO_REGISTER)", 0, d->npages);
-        return rc;
+    int rid = -1;
+    for (int i = 0; i < GPH_MAX_REGIONS && rid < 0; i++)
+        if (!s->regions[i].active)
+            rid = i;
+    gph_race_delay_(s);   /* tests: a concurrent registration waits here, at the lock */
+    if (rid < 0) {
+        set_err(err, "register: region table full", 0, 0);
+        rc = -ENOSPC;
+        goto out;
     }
-    return rid;
+    struct gph_region *r = &s->regions[rid];
+    memset(&r->st, 0, sizeof r->st);
+    r->d = *d;
+    r->ring_cap = ring_cap;
+    r->ring_head = r->ring_tail = 0;
+    pthread_mutex_init(&r->ring_lock, NULL);
+    if (ioctl(s->uffd, UFFDIO_REGISTER, &reg) != 0) {
+        rc = -errno;
+        set_err(err, "ioctl(UFFDIO_REGISTER)", 0, d->npages);
+        goto out;
+    }
+    r->ring = ring;
+    ring = NULL;
+    r->closing = 0;
+    r->active = 1;
+    rc = rid;
+out:
+    pthread_rwlock_unlock(&s->lock);
+    free(ring);
+    return rc;
 }
 
 long gph_service_unregister(struct gph_service *s, int rid, int materialize, struct gph_err *err)
 {
-    if (rid < 0 || rid >= GPH_MAX_REGIONS || !s->regions[rid].active)
-        return -ENOENT;
-    struct gph_region *r = &s->regions[rid];
+    /* Close the region to the host first.  A host operation holds the read lock from its region
+     * check to its last state change, so once this write lock is ours none that saw the region
+     * open is still running, and none that starts later takes a page.  Only then is "reload
+     * what lives elsewhere" final: nothing can be swapped out or discarded behind it. */
+    pthread_rwlock_wrlock(&s->lock);
+    struct gph_region *r = gph_region_open_(s, rid);
+    if (r)
+        r->closing = 1;
+    pthread_rwlock_unlock(&s->lock);
+    if (!r)
+        return -ENOENT;   /* not registered, or another unregister is under way */
     long rc = 0;
     if (materialize) {
         uint8_t *bounce = map_buf(GPH_WINDOW_MAX);
         if (!bounce) {
             set_err(err, "mmap", 0, 0);
+            pthread_rwlock_wrlock(&s->lock);
+            r->closing = 0;   /* still served: the caller may try again */
+            pthread_rwlock_unlock(&s->lock);
             return -ENOMEM;
         }
         memset(bounce, 0, GPH_WINDOW_MAX);
@@ -641,6 +735,7 @@ long gph_service_unregister(struct gph_service *s, int rid, int materialize, str
         set_err(err, "ioctl(UFFDIO_UNREGISTER)", 0, r->d.npages);
     }
     r->active = 0;
+    r->closing = 0;
     free(r->ring);
     r->ring = NULL;
     pthread_rwlock_unlock(&s->lock);
@@ -690,10 +785,11 @@ void gph_service_destroy(struct gph_service *s)
 long gph_service_stats(struct gph_service *s, int rid, struct gph_fault_stats *out)
 {
     const struct gph_fault_stats *src = &s->total;
-    if (rid >= 0) {
-        if (rid >= GPH_MAX_REGIONS || !s->regions[rid].active)
+    if (rid != -1) {   /* -1: the service's total */
+        struct gph_region *r = gph_region_(s, rid);
+        if (!r)
             return -ENOENT;
-        src = &s->regions[rid].st;
+        src = &r->st;
     }
     const uint64_t *a = (const uint64_t *)src;
     uint64_t *b = (uint64_t *)out;
@@ -734,19 +830,22 @@ long gph_service_fill(struct gph_service *s, int rid, const int64_t *pages, size
         goto out_free;
     }
     pthread_rwlock_rdlock(&s->lock);
-    struct gph_region *r = &s->regions[rid];
-    if (rid < 0 || rid >= GPH_MAX_REGIONS || !r->active) {
+    struct gph_region *r = gph_region_(s, rid);
+    if (!r) {
         set_err(err, "region", rid, 0);
         rc = -ENOENT;
         goto out;
     }
     size_t ps = r->d.page_size;
+    /* every index before the first hold: a refusal must leave no page held */
     for (size_t i = 0; i < n; i++) {
         if (pages[i] < 0 || pages[i] >= r->d.npages) {
             set_err(err, "page index", pages[i], 1);
             rc = -ERANGE;
             goto out;
         }
+    }
+    for (size_t i = 0; i < n; i++) {
         uint8_t *b = &r->d.states[pages[i]];
         uint8_t st = __atomic_load_n(b, __ATOMIC_ACQUIRE);
         take[i] = !(st & GPH_FLAG_MASK) && (st & GPH_CONTENT_MASK) == GPH_CONTENT_ZERO &&
@@ -769,8 +868,12 @@ long gph_service_fill(struct gph_service *s, int rid, const int64_t *pages, size
         uint8_t *dst = r->d.base + (size_t)pages[i] * ps;
         long got = gph_read_full(fd, buf, k * ps, offsets[i]);
         long c = got < 0 ? got : gph_uffd_copy_(s, dst, buf, k * ps, ps);
-        for (size_t j = 0; j < k; j++)
-            mark_served(&r->d.states[pages[i + j]]);
+        for (size_t j = 0; j < k; j++) {
+            if (got < 0)   /* nothing installed: still missing, just no longer held */
+                __atomic_fetch_and(&r->d.states[pages[i + j]], (uint8_t)~GPH_FLAG_SERVING, __ATOMIC_ACQ_REL);
+            else
+                mark_served(&r->d.states[pages[i + j]]);
+        }
         gph_uffd_wake_(s, dst, k * ps);
         if (got < 0 && !rc) {
             set_err(err, "pread", pages[i], (int64_t)k);
@@ -805,12 +908,10 @@ out_free:
 
 long gph_service_reclaim_slots(struct gph_service *s, int rid, int32_t swap_id)
 {
-    if (rid < 0 || rid >= GPH_MAX_REGIONS)
-        return -ENOENT;
     long freed = 0;
     pthread_rwlock_rdlock(&s->lock);
-    struct gph_region *r = &s->regions[rid];
-    if (!r->active) {
+    struct gph_region *r = gph_region_(s, rid);
+    if (!r) {
         pthread_rwlock_unlock(&s->lock);
         return -ENOENT;
     }
@@ -838,13 +939,16 @@ long gph_service_reclaim_slots(struct gph_service *s, int rid, int32_t swap_id)
 
 long gph_service_drain(struct gph_service *s, int rid, int64_t *out, size_t cap)
 {
-    if (rid < 0 || rid >= GPH_MAX_REGIONS || !s->regions[rid].active)
-        return -ENOENT;
-    struct gph_region *r = &s->regions[rid];
+    /* the read lock: unregister frees the ring under the write lock */
+    pthread_rwlock_rdlock(&s->lock);
+    struct gph_region *r = gph_region_(s, rid);
     size_t n = 0;
-    pthread_mutex_lock(&r->ring_lock);
-    while (r->ring_tail < r->ring_head && n < cap)
-        out[n++] = r->ring[r->ring_tail++ % r->ring_cap];
-    pthread_mutex_unlock(&r->ring_lock);
-    return (long)n;
+    if (r) {
+        pthread_mutex_lock(&r->ring_lock);
+        while (r->ring_tail < r->ring_head && n < cap)
+            out[n++] = r->ring[r->ring_tail++ % r->ring_cap];
+        pthread_mutex_unlock(&r->ring_lock);
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return r ? (long)n : -ENOENT;
 }

@@ -3,6 +3,7 @@
 #ifndef GPHINT_FAULTS_INTERNAL_H
 #define GPHINT_FAULTS_INTERNAL_H
 
+#include "cpu_relax.h"
 #include "gphint.h"
 #include "uffd_compat.h"
 
@@ -11,10 +12,12 @@
 #define GPH_MAX_REGIONS 64
 #define GPH_WINDOW_MAX (2u << 20)    /* fault-around cap: 2 MiB, one UFFDIO_COPY */
 #define GPH_SCRATCH_BYTES (2u << 20) /* host's detach area for UFFDIO_MOVE */
+#define GPH_REFAULT_SLOTS 64         /* pages the fault thread watches for a refault loop */
 
 struct gph_region {
     struct gph_region_desc d;
     int active;
+    int closing;                  /* unregister under way: host operations refused (see gph_region_open_) */
     pthread_mutex_t ring_lock;    /* fault thread (and materialize) append, Python drains */
     int64_t *ring;
     uint64_t ring_cap, ring_head, ring_tail;
@@ -23,6 +26,7 @@ struct gph_region {
 
 struct gph_service {
     int uffd, wakefd, flags;
+    size_t page_size;             /* the kernel's base page (sysconf): userfaultfd's unit */
     uint64_t features;
     size_t window_bytes;          /* atomic: Python may tune it while the thread runs */
     int started, stopping;
@@ -39,7 +43,19 @@ struct gph_service {
     uint8_t *scratch;             /* registered with our uffd: UFFDIO_MOVE destination */
     uint8_t *host_buf;            /* host's compare buffer (GPH_SCRATCH_BYTES) */
     uint64_t race_delay_ns;       /* tests only: sleep inside each hold to widen race windows */
+    struct gph_refault {          /* fault thread only: pages answered "already there" (EEXIST) */
+        uint64_t page;            /* page address */
+        uint32_t count;           /* consecutive such answers */
+    } refaults[GPH_REFAULT_SLOTS];
 };
+
+/* Regions, looked up with s->lock held (read or write) for as long as the region is used.
+ * gph_region_: registered (also while closing: the fault thread serves it until it is gone);
+ * gph_region_open_: registered and not closing -- what a host operation may work on.  A host
+ * operation holds the read lock from this check to its last state change, and unregister marks
+ * the region closing under the write lock, so no host operation overlaps an unregister. */
+struct gph_region *gph_region_(struct gph_service *s, int rid);
+struct gph_region *gph_region_open_(struct gph_service *s, int rid);
 
 void gph_race_delay_(struct gph_service *s);
 

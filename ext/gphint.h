@@ -126,6 +126,7 @@ struct gph_fault_stats {
     uint64_t lost_pages;         /* pages served as zeros because the source failed */
     uint64_t eexist;             /* benign: the page was already there */
     uint64_t ring_overflows;     /* discarded-page list entries dropped (list full) */
+    uint64_t refault_loops;      /* a page kept faulting after "already there" (EEXIST): resolved */
     uint64_t hist[GPH_HIST_BUCKETS];
 };
 
@@ -154,8 +155,10 @@ long gph_service_set_window(struct gph_service *s, size_t window_bytes);
 long gph_service_set_race_delay(struct gph_service *s, uint64_t ns);
 /* Returns the region id (>= 0). */
 long gph_service_register(struct gph_service *s, const struct gph_region_desc *d, struct gph_err *err);
-/* materialize: first reload every page whose content lives elsewhere (file/swap), so the memory
- * stays correct without the service.  Then unregister (wakes any thread still waiting). */
+/* First closes the region to the host (discard / swap-out then fail with -ENOENT, and none is
+ * still running), then, with materialize, reloads every page whose content lives elsewhere
+ * (file/swap), so the memory stays correct without the service; then unregisters (waking any
+ * thread still waiting).  -ENOENT: not registered, or another unregister is under way. */
 long gph_service_unregister(struct gph_service *s, int region, int materialize, struct gph_err *err);
 long gph_service_stop(struct gph_service *s);
 void gph_service_destroy(struct gph_service *s);

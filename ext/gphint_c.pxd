@@ -49,6 +49,7 @@ cdef extern from "gphint.h" nogil:
         uint64_t lost_pages
         uint64_t eexist
         uint64_t ring_overflows
+        uint64_t refault_loops
         uint64_t hist[256]
 
     struct gph_fault_error:

@@ -225,12 +225,12 @@ static struct gph_region *begin_host_op(struct gph_service *s, int rid, const in
 {
     pthread_mutex_lock(&s->host_lock);
     pthread_rwlock_rdlock(&s->lock);
-    if (rid < 0 || rid >= GPH_MAX_REGIONS || !s->regions[rid].active) {
+    struct gph_region *r = gph_region_open_(s, rid);   /* not while unregister reloads it */
+    if (!r) {
         set_err(err, "region", rid, 0);
         *rc = -ENOENT;
         return NULL;
     }
-    struct gph_region *r = &s->regions[rid];
     for (size_t i = 0; i < n; i++) {
         if (pages[i] < 0 || pages[i] >= r->d.npages) {
             set_err(err, "page index", pages[i], 1);

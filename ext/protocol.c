@@ -22,6 +22,7 @@
  *  6. F serves a page H holds (the access came after H's madvise): F marks it FILLED and H's
  *     finish leaves the content RESIDENT instead of ZERO.
  */
+#include "cpu_relax.h"
 #include "gphint.h"
 
 #include <errno.h>
@@ -34,7 +35,7 @@ static uint8_t wait_unheld(uint8_t *b)
     uint8_t s;
     while ((s = __atomic_load_n(b, __ATOMIC_ACQUIRE)) & GPH_FLAG_HELD) {
         if (++spins < 64)
-            __builtin_ia32_pause();
+            gph_cpu_relax();
         else
             sched_yield();
     }

@@ -16,10 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef SYS_userfaultfd
-#define SYS_userfaultfd 323
-#endif
-
 struct baseline {
     int uffd, stopfd;
     size_t ps;
@@ -31,11 +27,9 @@ static void *serve(void *arg)
     struct baseline *b = arg;
     struct pollfd pf[2] = {{.fd = b->uffd, .events = POLLIN}, {.fd = b->stopfd, .events = POLLIN}};
     for (;;) {
-        if (poll(pf, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            return NULL;
-        }
+        /* leave only when told to: the measuring thread would hang on its next fault */
+        if (poll(pf, 2, -1) < 0)
+            continue;
         if (pf[1].revents & POLLIN)
             return NULL;
         struct uffd_msg m;
@@ -50,37 +44,57 @@ static void *serve(void *arg)
     }
 }
 
+static long fail(struct gph_err *err, const char *syscall, long rc)
+{
+    err->syscall = syscall;
+    err->first_page = 0;
+    err->npages = 0;
+    return rc;
+}
+
 long gph_uffd_baseline(uint8_t *base, size_t len, size_t page_size, struct gph_err *err)
 {
     static struct baseline b;   /* the page must not be on a stack that may fault */
+    if (page_size > sizeof b.page)
+        return fail(err, "baseline: page size", -EINVAL);
     memset(b.page, 0x5a, sizeof b.page);
     b.ps = page_size;
     b.uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-    if (b.uffd < 0) {
-        err->syscall = "userfaultfd";
-        return -errno;
-    }
+    if (b.uffd < 0)
+        return fail(err, "userfaultfd", -errno);
     long rc = 0;
     struct uffdio_api api = {.api = UFFD_API};
     struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)base, .len = len},
                                   .mode = UFFDIO_REGISTER_MODE_MISSING};
     if (ioctl(b.uffd, UFFDIO_API, &api) || ioctl(b.uffd, UFFDIO_REGISTER, &reg)) {
-        rc = -errno;
-        err->syscall = "ioctl(UFFDIO_API/REGISTER)";
+        rc = fail(err, "ioctl(UFFDIO_API/REGISTER)", -errno);
         close(b.uffd);
         return rc;
     }
+    /* Neither the stop fd nor the thread may be missing before the first touch: without a
+     * server every touch below would wait forever, and without the stop fd so would the join. */
     b.stopfd = eventfd(0, EFD_CLOEXEC);
+    if (b.stopfd < 0)
+        rc = fail(err, "eventfd", -errno);
     pthread_t t;
-    pthread_create(&t, NULL, serve, &b);
+    int e = rc < 0 ? 0 : pthread_create(&t, NULL, serve, &b);
+    if (e)
+        rc = fail(err, "pthread_create", -e);
+    if (rc < 0) {
+        ioctl(b.uffd, UFFDIO_UNREGISTER, &reg.range);
+        close(b.uffd);
+        if (b.stopfd >= 0)
+            close(b.stopfd);
+        return rc;
+    }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (size_t off = 0; off < len; off += page_size)
         ((volatile uint8_t *)base)[off] = 1;   /* write fault per page */
     clock_gettime(CLOCK_MONOTONIC, &t1);
     uint64_t one = 1;
-    if (write(b.stopfd, &one, sizeof one) < 0)
-        rc = -errno;
+    while (write(b.stopfd, &one, sizeof one) < 0 && errno == EINTR)   /* an eventfd write of 1 */
+        ;                                                              /* cannot otherwise fail */
     pthread_join(t, NULL);
     ioctl(b.uffd, UFFDIO_UNREGISTER, &reg.range);
     close(b.uffd);

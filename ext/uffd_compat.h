@@ -8,6 +8,13 @@
 #include <linux/types.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
+
+/* glibc names the syscall only when it knows it; the kernel's asm/unistd.h (included by
+ * sys/syscall.h) always has the number for the target architecture (x86-64 323, arm64 282) */
+#if !defined(SYS_userfaultfd) && defined(__NR_userfaultfd)
+#define SYS_userfaultfd __NR_userfaultfd
+#endif
 
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)

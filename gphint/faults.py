@@ -192,7 +192,9 @@ class FaultService:
 
     def unregister(self, mem, materialize=None):
         """Stop serving mem.  materialize (default: unless mem is closing): first reload every page
-        whose content lives in a file or in swap, so the memory stays correct on its own."""
+        whose content lives in a file or in swap, so the memory stays correct on its own.  The
+        host is shut out first: a discard or swap-out under way finishes before the reload, and
+        one that arrives later does nothing (returns 0), so no page is left discarded behind it."""
         with self._lock:
             reg = self._regs.pop(id(mem), None)
         if reg is None or reg.mem is not mem:
@@ -238,8 +240,9 @@ class FaultService:
                 slots = swap.alloc(npot)
                 used = np.zeros(slots.size, dtype=np.uint8)
         try:
-            discarded, preserved = self._thread.host_discard(reg.rid, idx, advice_code, submit_code, pidfd,
-                                                             swap.id if swap is not None else 0, slots, used)
+            discarded, preserved = self._host_op(reg, (0, 0), self._thread.host_discard, reg.rid, idx,
+                                                 advice_code, submit_code, pidfd,
+                                                 swap.id if swap is not None else 0, slots, used)
         finally:
             if swap is not None:
                 swap.free(slots[used == 0])
@@ -277,10 +280,21 @@ class FaultService:
             raise SwapFull("host swap %r is full (%d slots)" % (swap, swap.nslots))
         used = np.zeros(slots.size, dtype=np.uint8)
         try:
-            n = self._thread.host_swap_out(reg.rid, idx, swap.id, slots, used)
+            n = self._host_op(reg, 0, self._thread.host_swap_out, reg.rid, idx, swap.id, slots, used)
         finally:
             swap.free(slots[used == 0])
         return n
+
+    def _host_op(self, reg, nothing, call, *args):
+        """call(*args), a host operation on reg's guest.  Another thread may unregister the guest
+        while the call is on its way in: the C side then refuses the region (-ENOENT) before it
+        takes a page, so the operation did nothing, and that (`nothing`) is its result."""
+        try:
+            return call(*args)
+        except SyscallError as e:
+            if e.errno == errno.ENOENT and self._regs.get(id(reg.mem)) is not reg:
+                return nothing
+            raise
 
     def fill(self, mem, idx, fd, offsets, bounce=False):
         """GuestMemory.fill_from_file of a served memory: frames whose content the tables say is
