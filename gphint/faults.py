@@ -234,13 +234,13 @@ class FaultService:
                 slots = swap.alloc(npot)
                 used = np.zeros(slots.size, dtype=np.uint8)
         try:
-            discarded, preserved = self._thread.host_discard(reg.rid, idx, advice_code, submit_code, pidfd,
-                                                             swap.id if swap is not None else 0, slots, used)
+            discarded, preserved, calls, runs, resident, lazy = self._thread.host_discard(
+                reg.rid, idx, advice_code, submit_code, pidfd, swap.id if swap is not None else 0,
+                slots, used)
         finally:
             if swap is not None:
                 swap.free(slots[used == 0])
-        mem.stats["discard_calls"] += 1
-        mem.stats["discarded_pages"] += discarded
+        mem.count_discard(discarded, calls, runs, resident, lazy)
         self._preserved += preserved
         return discarded
 
