@@ -82,11 +82,23 @@ class Strategy:
             if raw:
                 n += mem.discard_raw(chunk, self.advice, self.submit)
             else:
-                n += mem.discard(chunk, advice=self.advice, submit=self.submit)
+                n += self._discard_hinted(mem, chunk)
         slot.residency.forget(pages)
         slot.count(kind, n)
         return n
 
+
+    def _discard_hinted(self, mem, pages):
+        """discard=free under a budget: a page the host lazily freed before and still finds
+        resident is taken now with MADV_DONTNEED -- the host needs the memory, and lazily freed
+        pages are what the kernel's own reclaim takes first (mm/vmscan.c: clean lazyfree folios
+        are dropped without I/O).  In proactive mode they are left to the kernel."""
+        if self.advice == "free" and self.host.budget_bytes is not None:
+            lazy = (mem.states[pages] & CONTENT_MASK) == HostState.LAZY
+            if lazy.any():
+                return (mem.discard(pages[lazy], advice="dontneed", submit=self.submit)
+                        + mem.discard(pages[~lazy], advice="free", submit=self.submit))
+        return mem.discard(pages, advice=self.advice, submit=self.submit)
 
     def _drop_swapped(self, slot, pages):
         """A free page the host had swapped out: the device's MADV_DONTNEED drops the swap
@@ -137,7 +149,9 @@ class HintScan(Strategy):
             unused = (slot.mem.states & USAGE_MASK) == PageState.UNUSED
             since[~unused] = np.inf
             since[unused & np.isinf(since)] = now
-            ripe = np.flatnonzero(slot.residency.resident & unused & (now - since >= self.delay_s))
+            # lazily freed pages were given already: the kernel takes them when it needs to
+            lazy = (slot.mem.states & CONTENT_MASK) == HostState.LAZY
+            ripe = np.flatnonzero(slot.residency.resident & unused & ~lazy & (now - since >= self.delay_s))
             taken += self.discard(slot, ripe, PageState.UNUSED.name)
         return taken
 
