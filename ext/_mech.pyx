@@ -122,6 +122,10 @@ def residency(unsigned char[::1] region not None, size_t page_size, uint8_t[::1]
     return rc
 
 
+NEXT_RESOLVE = GPH_NEXT_RESOLVE   # gphint.states.RESOLVE must say the same
+CONTENT_LAZY = GPH_CONTENT_LAZY
+
+
 def frames_register(uint8_t[::1] states not None, unsigned char[::1] region not None, size_t page_size):
     """Tell the guest's setters where the frames of this state table are (lazily freed pages
     are resolved against the kernel: ext/lazyfree.c)."""

@@ -124,6 +124,8 @@ cdef extern from "gphint.h" nogil:
 
 # --- lazily freed pages (ext/lazyfree.c) ---
 cdef extern from "gphint.h" nogil:
+    int GPH_NEXT_RESOLVE
+    int GPH_CONTENT_LAZY
     struct gph_lazy_stats:
         uint64_t reused
         uint64_t reclaimed

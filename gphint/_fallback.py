@@ -169,8 +169,8 @@ def discard_runs(region, page_size, runs, advice, submit, pidfd):
 
 
 # --- lazily freed pages (ext/lazyfree.c, where the rules are explained) ---------------------
-LAZY = 0x01
-RESOLVE = 0xFE
+LAZY = CONTENT_LAZY = 0x01
+RESOLVE = NEXT_RESOLVE = 0xFE
 _frames = {}   # state table address -> [region, page_size, reused, reclaimed]
 
 

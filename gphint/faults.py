@@ -213,7 +213,9 @@ class FaultService:
     def discard(self, mem, idx, advice="dontneed", submit="vectored"):
         """The protocol discard (called by GuestMemory.discard): UNUSED and VOLATILE pages are
         discarded; POT_VOLATILE pages only while clean (dirty ones go to self.swap if set, else
-        stay).  Pages that changed state meanwhile are skipped.  Returns pages discarded."""
+        stay).  Pages that changed state meanwhile are skipped.  advice="free" leaves U/V pages
+        lazily freed (Uf/Vf: the kernel decides later); "dontneed" also takes lazily freed ones.
+        The memory's counters get the real system calls made.  Returns pages discarded."""
         self._check_running()
         reg = self._reg(mem)
         idx = np.asarray(idx, dtype=np.int64)

@@ -234,7 +234,10 @@ class GuestMemory(Closeable):
         service to come back (Unsupported otherwise).  With a service, every page goes through its
         state protocol: pages that changed meanwhile are skipped, and a POT_VOLATILE page the host
         finds written is preserved in the service's swap instead (or left alone without one).
-        Content states become ZERO only after the discard succeeded.  Returns pages discarded.
+        Content states become ZERO only after the discard succeeded -- or LAZY (lazily freed)
+        with advice="free": MADV_FREE leaves the page mapped until the kernel reclaims it, and the
+        guest's next transition of the page asks the kernel which happened (ext/lazyfree.c).
+        Returns pages discarded.
         """
         idx = self._pages(pages)
         advice_code, submit_code = self._advice(advice), self._submit(submit)

@@ -56,6 +56,17 @@ def small():
     m.close()
 
 
+def test_the_mechanism_and_the_contract_agree_on_the_lazily_freed_codes():
+    from gphint._mechanism import mech
+    assert mech.NEXT_RESOLVE == gphint.states.RESOLVE
+    assert mech.CONTENT_LAZY == int(HostState.LAZY) and HostState.LAZY.letter == "f"
+    nxt = gphint.states.NEXT_TABLE
+    uf, vf = gphint.states.pair(U, HostState.LAZY), gphint.states.pair(V, HostState.LAZY)
+    assert nxt[(uf << 2) | (int(S) >> 2)] == gphint.states.RESOLVE     # allocation asks the kernel
+    assert nxt[(uf << 2) | (int(U) >> 2)] == uf and nxt[(vf << 2) | (int(U) >> 2)] == uf
+    assert nxt[(uf << 2) | (int(V) >> 2)] == 0xFF                      # no content to vouch for
+
+
 def test_pageout_reclaims_a_lazily_freed_page_and_keeps_a_rewritten_one(small):
     """The witness the other tests rely on: MADV_PAGEOUT really decides both ways here."""
     pages = np.arange(8, dtype=np.int64)
