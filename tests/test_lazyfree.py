@@ -272,3 +272,75 @@ def test_host_discard_counts_real_calls_runs_and_resident_pages(served):
 
 def pair(mem, p):
     return gphint.states.pair_name(mem.states[p])
+
+
+# --- real memory pressure: a memory cgroup (v1) whose limit is set below what it holds --------
+CGROUP_CHILD = r'''
+import json, os, sys
+import numpy as np
+import gphint
+cg = sys.argv[1]
+with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))                       # charged to the test's cgroup from now on
+mem = gphint.GuestMemory("64M")
+rng = np.random.default_rng(8)
+old = rng.integers(0, 256, size=(mem.npages, 4096), dtype=np.uint8)
+mem.frames[:] = old
+pages = np.arange(mem.npages, dtype=np.int64)
+mem.set_state(pages, "unused")
+mem.discard(pages, advice="free")
+with open(os.path.join(cg, "memory.usage_in_bytes")) as f:
+    usage = int(f.read())
+# the kernel must reclaim to fit: only the lazily freed pages are reclaimable (there is no swap)
+with open(os.path.join(cg, "memory.limit_in_bytes"), "w") as f:
+    f.write(str(usage - 32 * 2**20))
+resident = mem.residency()
+mem.set_state(pages, "stable")                     # the guest allocates every page again
+with open(os.path.join(cg, "memory.limit_in_bytes"), "w") as f:
+    f.write("-1")                                   # decided: the checks' temporaries need room
+content = mem.content()
+zero = content == 3
+ok_kept = bool((mem.frames[~zero] == old[~zero]).all())
+ok_zero = not mem.frames[zero].any()
+print(json.dumps({"missing_before": int((~resident).sum()), "zero": int(zero.sum()),
+                  "missing_and_kept": int((~resident & ~zero).sum()),
+                  "kept": int((~zero).sum()), "ok_kept": ok_kept, "ok_zero": ok_zero,
+                  "stats": {k: int(v) for k, v in mem.stats.items()}}))
+'''
+
+
+def test_a_memory_cgroup_limit_makes_the_kernel_reclaim_and_both_fates_read_back(tmp_path):
+    import json
+    import subprocess
+    import sys
+    root = "/sys/fs/cgroup/memory"
+    if not os.access(os.path.join(root, "cgroup.procs"), os.W_OK):
+        pytest.skip("no writable cgroup v1 memory controller at %s" % root)
+    prefix = "gphint-test-lazyfree-"
+    for stale in os.listdir(root):                   # left by a test run that was killed
+        if stale.startswith(prefix) and stale[len(prefix):].isdigit() \
+                and not os.path.exists("/proc/%s" % stale[len(prefix):]):
+            try:
+                os.rmdir(os.path.join(root, stale))
+            except OSError:
+                pass                                 # not empty: someone's child still runs
+    cg = os.path.join(root, prefix + str(os.getpid()))
+    os.mkdir(cg)
+    try:
+        script = tmp_path / "child.py"
+        script.write_text(CGROUP_CHILD)
+        r = subprocess.run([sys.executable, str(script), cg], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+    finally:
+        os.rmdir(cg)                                 # the child has exited: the cgroup is empty
+    # the limit made the kernel reclaim (how much of the 32 MiB asked for came from lazily
+    # freed pages depends on what else the child had charged: page cache, the interpreter)
+    assert got["missing_before"] >= 16 * 256
+    # each page missing before is found reclaimed; more may be (the limit still pressed while
+    # the guest allocated), never fewer: a missing page does not come back by itself
+    assert got["zero"] >= got["missing_before"] and got["missing_and_kept"] == 0
+    assert got["kept"] > 0 and got["ok_kept"] and got["ok_zero"]
+    assert got["stats"]["lazy_reclaimed_pages"] == got["zero"]
+    assert got["stats"]["lazy_reused_pages"] == got["kept"]
