@@ -329,14 +329,11 @@ long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size
     if (nvu) {
         long d = gph_discard_pages(r->d.base, r->d.page_size, r->d.npages, vu, nvu, advice, submit,
                                    pidfd, st, err);
-        /* on failure some pages may be gone: they stay RESIDENT in the table, which is safe --
-         * a fault on a VOLATILE page reloads it from its file whatever the content bits say.
-         * (A lazily freed page that failed keeps LAZY: finish cannot know it was advised.) */
-        for (size_t i = 0; i < nvu; i++) {
-            uint8_t *b = &r->d.states[vu[i]];
-            uint8_t was = __atomic_load_n(b, __ATOMIC_ACQUIRE) & GPH_CONTENT_MASK;
-            finish(b, 0xff, d < 0 ? was : gone);
-        }
+        /* on failure some pages may be gone and others not: LAZY says exactly that -- the
+         * guest's next transition asks the kernel (lazyfree.c), and a fault on one that is gone
+         * is served from its state as ever */
+        for (size_t i = 0; i < nvu; i++)
+            finish(&r->d.states[vu[i]], 0xff, d < 0 ? GPH_CONTENT_LAZY : gone);
         if (d < 0) {
             rc = d;
             goto out;
