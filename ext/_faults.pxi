@@ -5,7 +5,7 @@ from libc.errno cimport ENOMEM
 
 FAULT_STAT_FIELDS = ("faults", "discard_faults", "zero_fills", "file_reloads", "swap_ins",
                      "pages_served", "bytes_served", "fault_around_hits", "lost_pages", "eexist",
-                     "ring_overflows", "refault_loops")
+                     "ring_overflows", "refault_loops", "lazy_refaults")
 SVC_USER_MODE_ONLY = GPH_SVC_USER_MODE_ONLY
 SVC_DIRTY = GPH_SVC_DIRTY
 SVC_MOVE = GPH_SVC_MOVE
@@ -237,7 +237,8 @@ cdef class FaultThread:
              "file_reloads": st.file_reloads, "swap_ins": st.swap_ins, "pages_served": st.pages_served,
              "bytes_served": st.bytes_served, "fault_around_hits": st.fault_around_hits,
              "lost_pages": st.lost_pages, "eexist": st.eexist, "ring_overflows": st.ring_overflows,
-             "refault_loops": st.refault_loops}
+             "refault_loops": st.refault_loops,
+             "lazy_refaults": st.lazy_refaults}
         return d, [st.hist[i] for i in range(GPH_HIST_BUCKETS)]
 
     def error(self):
@@ -285,23 +286,27 @@ cdef class FaultThread:
 
     def host_discard(self, int region, const int64_t[::1] pages, int advice, int submit, int pidfd,
                      int32_t swap_id, const int64_t[::1] slots, uint8_t[::1] used_slots):
-        """Protocol discard of U/V/P pages.  Returns (discarded, preserved)."""
+        """Protocol discard of U/V/P pages.  Returns (discarded, preserved, calls, runs, resident,
+        lazy): the madvise calls made, the runs they advised, how many of the discarded pages
+        were resident just before, how many were left lazily freed (MADV_FREE)."""
         cdef gph_err err
         cdef long rc
         cdef int64_t preserved = 0
+        cdef gph_discard_stats st
+        st.calls = st.runs = st.pages = st.resident = st.lazy = 0
         cdef size_t n = pages.shape[0]
         cdef size_t nslots = slots.shape[0] if slots is not None else 0
         cdef const int64_t *sp = &slots[0] if nslots else NULL
         cdef uint8_t *up = &used_slots[0] if nslots else NULL
         cdef gph_service *s = self._svc()
         if n == 0:
-            return (0, 0)
+            return (0, 0, 0, 0, 0, 0)
         with nogil:
             rc = gph_host_discard(s, region, &pages[0], n, advice, submit, pidfd, swap_id, sp, nslots,
-                                  up, &preserved, &err)
+                                  up, &preserved, &st, &err)
         if rc < 0:
             raise_errno(rc, &err, "discard: pages %d..%d" % (err.first_page, err.first_page + err.npages - 1))
-        return (rc, preserved)
+        return (rc, preserved, st.calls, st.runs, st.resident, st.lazy)
 
     def host_swap_out(self, int region, const int64_t[::1] pages, int32_t swap_id,
                       const int64_t[::1] slots, uint8_t[::1] used_slots):

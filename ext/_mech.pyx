@@ -33,34 +33,36 @@ cdef raise_err(long rc, gph_err *err, what):
 
 def discard_pages(unsigned char[::1] region not None, size_t page_size, const int64_t[::1] pages,
                   int advice, int submit, int pidfd):
-    """Discard the pages whose indices are in pages.  Returns (pages, calls, runs)."""
+    """Discard the pages whose indices are in pages.  Returns (pages, calls, runs, resident,
+    lazy): system calls made, runs advised, pages of them resident just before (mincore), pages
+    left lazily freed (MADV_FREE)."""
     cdef gph_discard_stats st
     cdef gph_err err
     cdef long rc
     cdef int64_t npages = region.shape[0] // page_size
     cdef size_t n = pages.shape[0]
-    st.calls = st.runs = st.pages = 0
+    st.calls = st.runs = st.pages = st.resident = st.lazy = 0
     if n == 0:
-        return (0, 0, 0)
+        return (0, 0, 0, 0, 0)
     with nogil:
         rc = gph_discard_pages(&region[0], page_size, npages, &pages[0], n, advice, submit,
                                pidfd, &st, &err)
     if rc < 0:
         raise_err(rc, &err, "discard")
-    return (rc, st.calls, st.runs)
+    return (rc, st.calls, st.runs, st.resident, st.lazy)
 
 
 def discard_runs(unsigned char[::1] region not None, size_t page_size, const int64_t[:, ::1] runs,
                  int advice, int submit, int pidfd):
-    """Discard (first_page, npages) runs.  Returns (pages, calls, runs)."""
+    """Discard (first_page, npages) runs.  Returns (pages, calls, runs, resident, lazy)."""
     cdef gph_discard_stats st
     cdef gph_err err
     cdef long rc
     cdef int64_t npages = region.shape[0] // page_size
     cdef size_t n = runs.shape[0]
-    st.calls = st.runs = st.pages = 0
+    st.calls = st.runs = st.pages = st.resident = st.lazy = 0
     if n == 0:
-        return (0, 0, 0)
+        return (0, 0, 0, 0, 0)
     if runs.shape[1] != 2:
         raise ValueError("runs must have shape (n, 2), got (%d, %d)" % (runs.shape[0], runs.shape[1]))
     with nogil:
@@ -68,7 +70,7 @@ def discard_runs(unsigned char[::1] region not None, size_t page_size, const int
                               pidfd, &st, &err)
     if rc < 0:
         raise_err(rc, &err, "discard")
-    return (rc, st.calls, st.runs)
+    return (rc, st.calls, st.runs, st.resident, st.lazy)
 
 
 def set_usage(uint8_t[::1] states not None, const int64_t[::1] pages, int usage,
@@ -117,6 +119,44 @@ def residency(unsigned char[::1] region not None, size_t page_size, uint8_t[::1]
         rc = gph_residency(&region[0], page_size, npages, &vec[0], &err)
     if rc < 0:
         raise_err(rc, &err, "residency")
+    return rc
+
+
+NEXT_RESOLVE = GPH_NEXT_RESOLVE   # gphint.states.RESOLVE must say the same
+CONTENT_LAZY = GPH_CONTENT_LAZY
+
+
+def frames_register(uint8_t[::1] states not None, unsigned char[::1] region not None, size_t page_size):
+    """Tell the guest's setters where the frames of this state table are (lazily freed pages
+    are resolved against the kernel: ext/lazyfree.c)."""
+    cdef long rc = gph_frames_register(&states[0], states.shape[0], &region[0], page_size)
+    if rc < 0:
+        raise MemoryError("registering the frames of %d pages" % states.shape[0])
+
+
+def frames_unregister(uint8_t[::1] states not None):
+    gph_frames_unregister(&states[0])
+
+
+def lazy_stats(uint8_t[::1] states not None):
+    """(reused, reclaimed): lazily freed pages the guest took back present / found reclaimed."""
+    cdef gph_lazy_stats st
+    if gph_frames_stats(&states[0], &st) < 0:
+        return (0, 0)
+    return (st.reused, st.reclaimed)
+
+
+def resolve_lazy(uint8_t[::1] states not None, const int64_t[::1] pages, bint keep_present):
+    """Resolve lazily freed pages against the kernel; returns pages resolved."""
+    cdef gph_err err
+    cdef long rc
+    cdef size_t n = pages.shape[0]
+    if n == 0:
+        return 0
+    with nogil:
+        rc = gph_resolve_lazy(&states[0], states.shape[0], &pages[0], n, keep_present, &err)
+    if rc < 0:
+        raise_err(rc, &err, "resolve_lazy")
     return rc
 
 

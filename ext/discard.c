@@ -6,6 +6,9 @@
  *   vectored  process_madvise() on our own pidfd with up to GPH_IOV_MAX runs per call
  *             (Linux >= 6.13 accepts any advice for the calling process).  One call means
  *             one TLB shootdown for the whole batch once other threads run (REFERENCE §3).
+ * Counted: every system call made (a retried call counts again: it is what the kernel was
+ * asked), and how many of the pages were resident just before (mincore), since advising a page
+ * that was never touched or is already gone frees nothing.
  */
 #include "gphint.h"
 
@@ -115,6 +118,46 @@ static long submit_runs(uint8_t *base, size_t ps, const int64_t *runs, size_t nr
     }
 }
 
+/* Resident pages among runs (mincore just before the advice): one call over the runs' span when
+ * it is dense enough, else one per run.  A range mincore refuses (a hole) counts as not resident. */
+static uint64_t count_resident(uint8_t *base, size_t ps, const int64_t *runs, size_t nruns)
+{
+    int64_t lo = INT64_MAX, hi = 0, total = 0;
+    for (size_t r = 0; r < nruns; r++) {
+        if (runs[2 * r] < lo)
+            lo = runs[2 * r];
+        if (runs[2 * r] + runs[2 * r + 1] > hi)
+            hi = runs[2 * r] + runs[2 * r + 1];
+        total += runs[2 * r + 1];
+    }
+    if (total == 0)
+        return 0;
+    uint64_t n = 0;
+    int64_t span = hi - lo;
+    unsigned char *vec = (span <= 4 * total || span <= 4096) ? malloc((size_t)span) : NULL;
+    if (vec && mincore(base + (size_t)lo * ps, (size_t)span * ps, vec) == 0) {
+        for (size_t r = 0; r < nruns; r++)
+            for (int64_t p = runs[2 * r]; p < runs[2 * r] + runs[2 * r + 1]; p++)
+                n += vec[p - lo] & 1;
+        free(vec);
+        return n;
+    }
+    free(vec);
+    unsigned char small[512];
+    for (size_t r = 0; r < nruns; r++) {
+        for (int64_t p = runs[2 * r]; p < runs[2 * r] + runs[2 * r + 1];) {
+            int64_t k = runs[2 * r] + runs[2 * r + 1] - p;
+            if (k > (int64_t)sizeof small)
+                k = (int64_t)sizeof small;
+            if (mincore(base + (size_t)p * ps, (size_t)k * ps, small) == 0)
+                for (int64_t j = 0; j < k; j++)
+                    n += small[j] & 1;
+            p += k;
+        }
+    }
+    return n;
+}
+
 static int cmp_i64(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -173,6 +216,7 @@ long gph_discard_pages(uint8_t *base, size_t page_size, int64_t npages,
     long total = 0;
     for (size_t r = 0; r < nruns; r++)
         total += runs[2 * r + 1];
+    uint64_t resident = count_resident(base, page_size, runs, nruns);
     long rc = submit_runs(base, page_size, runs, nruns, advice, submit, pidfd, st, err);
     free(copy);
     free(runs);
@@ -180,6 +224,9 @@ long gph_discard_pages(uint8_t *base, size_t page_size, int64_t npages,
         return rc;
     st->runs += nruns;
     st->pages += total;
+    st->resident += resident;
+    if (advice == GPH_ADVICE_FREE)
+        st->lazy += (uint64_t)total;
     return total;
 }
 
@@ -196,10 +243,14 @@ long gph_discard_runs(uint8_t *base, size_t page_size, int64_t npages,
         }
         total += len;
     }
+    uint64_t resident = count_resident(base, page_size, runs, n);
     long rc = submit_runs(base, page_size, runs, n, advice, submit, pidfd, st, err);
     if (rc < 0)
         return rc;
     st->runs += n;
     st->pages += total;
+    st->resident += resident;
+    if (advice == GPH_ADVICE_FREE)
+        st->lazy += (uint64_t)total;
     return total;
 }

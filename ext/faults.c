@@ -183,9 +183,11 @@ static int neighbour_fits(const struct gph_region *r, int64_t q, int64_t d, cons
     uint8_t s = __atomic_load_n(&r->d.states[q], __ATOMIC_ACQUIRE);
     if (s & GPH_FLAG_MASK)
         return 0;
-    /* only pages the tables say are missing: never copy over a resident page */
+    /* only pages the tables say are missing: never copy over a resident page -- nor over a lazily
+     * freed one (MADV_FREE), which may still be mapped: the copy would skip it (EEXIST) and mark
+     * it resident while the kernel can still reclaim it (lazyfree.c) */
     uint8_t content = s & GPH_CONTENT_MASK;
-    if (content == GPH_CONTENT_RESIDENT)
+    if (content == GPH_CONTENT_RESIDENT || content == GPH_CONTENT_LAZY)
         return 0;
     struct source src = page_source(r, q, s);
     if (src.kind != want->kind)
@@ -337,8 +339,10 @@ static void serve_page(struct gph_service *s, int rid, int64_t p, int write, uin
     }
     if (rc < 0)   /* the range vanished (unregistered/unmapped) or the kernel refused */
         gph_record_error_(s, (int)-rc, src.kind == GPH_SRC_ZERO ? "UFFDIO_ZEROPAGE" : "UFFDIO_COPY", rid, p);
+    uint64_t nlazy = 0;   /* lazily freed pages that faulted: the kernel had reclaimed them */
     for (int64_t q = lo; q < hi; q++) {
         uint8_t st = __atomic_load_n(&states[q], __ATOMIC_ACQUIRE);
+        nlazy += (st & GPH_CONTENT_MASK) == GPH_CONTENT_LAZY;
         int32_t swap_id = __atomic_load_n(&r->d.swap_store[q], __ATOMIC_ACQUIRE);
         if (swap_id != 0 && !(st & GPH_FLAG_BUSY)) {
             /* swap-in -- or a preserved page the guest gave up (Sp -> Uz/Vz): either way its
@@ -367,6 +371,7 @@ static void serve_page(struct gph_service *s, int rid, int64_t p, int write, uin
             ADD(x->swap_ins, npg);
         if (lost)
             ADD(x->lost_pages, lost);
+        ADD(x->lazy_refaults, nlazy);
         ADD(x->hist[hist_bucket(dt)], 1);
     }
     gph_uffd_wake_(s, dst, len);   /* tables and counters first, then the waiters */
@@ -718,6 +723,14 @@ long gph_service_unregister(struct gph_service *s, int rid, int materialize, str
         for (int64_t p = 0; p < r->d.npages; p++) {
             uint8_t st = __atomic_load_n(&r->d.states[p], __ATOMIC_ACQUIRE);
             uint8_t c = st & GPH_CONTENT_MASK;
+            if (c == GPH_CONTENT_LAZY && (st & GPH_USAGE_MASK) == GPH_USAGE_VOLATILE) {
+                /* a lazily freed cache page: keep it if present (the kernel could still reclaim
+                 * it once unserved), else it is discarded and reloaded below (lazyfree.c) */
+                gph_resolve_lazy_page(&r->d.states[p], r->d.base + (size_t)p * r->d.page_size,
+                                      r->d.page_size, 1, NULL);
+                st = __atomic_load_n(&r->d.states[p], __ATOMIC_ACQUIRE);
+                c = st & GPH_CONTENT_MASK;
+            }
             if (c == GPH_CONTENT_PRESERVED ||
                 (c == GPH_CONTENT_ZERO && (st & GPH_USAGE_MASK) == GPH_USAGE_VOLATILE))
                 serve_page(s, rid, p, -1, bounce, gph_now_ns_());

@@ -21,6 +21,7 @@
 #define GPH_USAGE_VOLATILE 0x0c
 #define GPH_CONTENT_MASK     0x03
 #define GPH_CONTENT_RESIDENT 0x00
+#define GPH_CONTENT_LAZY     0x01   /* MADV_FREE'd: present until the kernel reclaims it (lazyfree.c) */
 #define GPH_CONTENT_PRESERVED 0x02
 #define GPH_CONTENT_ZERO     0x03
 #define GPH_PAIR_MASK  0x0f   /* usage | content: the index into transition tables */
@@ -38,9 +39,11 @@ enum { GPH_SUBMIT_PER_PAGE = 0, GPH_SUBMIT_COALESCE = 1, GPH_SUBMIT_VECTORED = 2
 #define GPH_IOV_MAX 1024   /* UIO_MAXIOV: iovecs per process_madvise call */
 
 struct gph_discard_stats {
-    uint64_t calls;   /* madvise/process_madvise system calls issued */
-    uint64_t runs;    /* contiguous runs after coalescing */
-    uint64_t pages;   /* pages discarded */
+    uint64_t calls;     /* madvise/process_madvise system calls issued (each retry counts) */
+    uint64_t runs;      /* contiguous runs after coalescing */
+    uint64_t pages;     /* pages the kernel was asked to discard */
+    uint64_t resident;  /* of those, resident just before the advice (mincore) */
+    uint64_t lazy;      /* of those, advised MADV_FREE: lazily freed, not yet gone */
 };
 
 /* pages: indices in [0, npages), any order, duplicates allowed.  pidfd: a pidfd of this
@@ -57,6 +60,36 @@ long gph_discard_runs(uint8_t *base, size_t page_size, int64_t npages,
 /* Set the content bits of pages[] to content (CAS, other bits preserved). */
 long gph_set_content(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
                      uint8_t content, struct gph_err *err);
+
+/* --- lazyfree.c: pages given back with MADV_FREE (content GPH_CONTENT_LAZY, "Uf"/"Vf") ---
+ * After MADV_FREE a page stays mapped, bytes intact, until the kernel reclaims it under pressure
+ * (then it is missing: the next access faults).  A write cancels the lazy free (mm/rmap.c skips a
+ * redirtied lazyfree folio).  So a lazily freed page is neither resident nor discarded until the
+ * kernel says which: a guest transition out of U/V *resolves* it first -- present: a write of
+ * its own byte keeps it (Xr); missing: Xz.  The guest's setters find a memory's frames by its
+ * state table in this registry (the hint queue knows only the table). */
+#define GPH_NEXT_RESOLVE 0xfe   /* next-table entry: resolve the lazily freed page, then look again */
+struct gph_lazy_stats {
+    uint64_t reused;     /* taken back by the guest while still present: no refault */
+    uint64_t reclaimed;  /* found missing at a resolution (the kernel reclaimed them) */
+};
+long gph_frames_register(uint8_t *states, int64_t npages, uint8_t *base, size_t page_size);
+long gph_frames_unregister(uint8_t *states);
+long gph_frames_stats(uint8_t *states, struct gph_lazy_stats *out);
+/* Resolve lazily freed pages[] of a registered memory.  keep_present: a page still present is
+ * taken back (written, lazy free cancelled: Xf -> Xr); else it is left lazily freed and only
+ * missing ones become Xz (the host's scan).  Returns pages resolved; -ENOENT if not registered. */
+long gph_resolve_lazy(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
+                      int keep_present, struct gph_err *err);
+/* One page: b its state byte, addr its frame.  Holds the page (BUSY) while it asks mincore and
+ * writes; a fault meanwhile is served by the fault thread (FILLED).  st may be NULL. */
+enum { GPH_LAZY_NOT = 0, GPH_LAZY_REUSED = 1, GPH_LAZY_RECLAIMED = 2, GPH_LAZY_REFAULTED = 3,
+       GPH_LAZY_LEFT = 4 };
+int gph_resolve_lazy_page(uint8_t *b, uint8_t *addr, size_t page_size, int keep_present,
+                          struct gph_lazy_stats *st);
+/* protocol.c's hook: take page p of the memory with this state table back (keep_present=1).
+ * Returns a GPH_LAZY_* outcome, or -ENOENT when the table is not registered. */
+long gph_resolve_lazy_one_(uint8_t *states, int64_t p);
 
 /* --- residency.c: what the kernel says is resident --- */
 /* vec gets one byte per page (bit 0 = resident); returns the number of resident pages. */
@@ -127,6 +160,7 @@ struct gph_fault_stats {
     uint64_t eexist;             /* benign: the page was already there */
     uint64_t ring_overflows;     /* discarded-page list entries dropped (list full) */
     uint64_t refault_loops;      /* a page kept faulting after "already there" (EEXIST): resolved */
+    uint64_t lazy_refaults;      /* faults on lazily freed pages: the kernel had reclaimed them */
     uint64_t hist[GPH_HIST_BUCKETS];
 };
 
@@ -177,12 +211,14 @@ int gph_service_uffd(struct gph_service *s);
 
 /* --- host side (hostops.c): discard and swap-out under the protocol --- */
 /* Discard VOLATILE / UNUSED / clean POT_VOLATILE pages.  Pages the protocol does not allow right
- * now (held, or changed state) are skipped.  Dirty or changed POT_VOLATILE pages are preserved in
+ * now (held, or changed state) are skipped.  advice FREE leaves U/V pages lazily freed (Xr -> Xf);
+ * DONTNEED also takes lazily freed ones (Xf -> Xz).  *st counts the madvise calls made.  Dirty or changed POT_VOLATILE pages are preserved in
  * swap (needs swap_id > 0 and free slots; else they stay as they were).  Returns pages discarded;
  * *preserved gets pages preserved; slots are consumed in order, used_slots[j] = 1 for each used. */
 long gph_host_discard(struct gph_service *s, int region, const int64_t *pages, size_t n,
                       int advice, int submit, int pidfd, int32_t swap_id, const int64_t *slots,
-                      size_t nslots, uint8_t *used_slots, int64_t *preserved, struct gph_err *err);
+                      size_t nslots, uint8_t *used_slots, int64_t *preserved,
+                      struct gph_discard_stats *st, struct gph_err *err);
 /* Swap out STABLE (and POT_VOLATILE) resident pages to swap_id at slots[i]: detach atomically
  * (UFFDIO_MOVE), write, record, mark PRESERVED.  slots as above.  Returns pages swapped. */
 long gph_host_swap_out(struct gph_service *s, int region, const int64_t *pages, size_t n,

@@ -11,6 +11,8 @@ cdef extern from "gphint.h" nogil:
         uint64_t calls
         uint64_t runs
         uint64_t pages
+        uint64_t resident
+        uint64_t lazy
 
     long gph_discard_pages(uint8_t *base, size_t page_size, int64_t npages,
                            const int64_t *pages, size_t n, int advice, int submit, int pidfd,
@@ -50,6 +52,7 @@ cdef extern from "gphint.h" nogil:
         uint64_t eexist
         uint64_t ring_overflows
         uint64_t refault_loops
+        uint64_t lazy_refaults
         uint64_t hist[256]
 
     struct gph_fault_error:
@@ -93,7 +96,8 @@ cdef extern from "gphint.h" nogil:
                           const int64_t *offsets, int force_bounce, int64_t *installed, gph_err *err)
     long gph_host_discard(gph_service *s, int region, const int64_t *pages, size_t n,
                           int advice, int submit, int pidfd, int32_t swap_id, const int64_t *slots,
-                          size_t nslots, uint8_t *used_slots, int64_t *preserved, gph_err *err)
+                          size_t nslots, uint8_t *used_slots, int64_t *preserved,
+                          gph_discard_stats *st, gph_err *err)
     long gph_host_swap_out(gph_service *s, int region, const int64_t *pages, size_t n,
                            int32_t swap_id, const int64_t *slots, size_t nslots, uint8_t *used_slots,
                            gph_err *err)
@@ -124,3 +128,16 @@ cdef extern from "gphint.h" nogil:
     void gph_hintq_record_unused(gph_hintq *q, int64_t *since_ns, int64_t now_ns)
     long gph_hintq_make_stable(gph_hintq *q, const int64_t *pages, size_t n, int64_t *discarded_out,
                                gph_err *err)
+
+# --- lazily freed pages (ext/lazyfree.c) ---
+cdef extern from "gphint.h" nogil:
+    int GPH_NEXT_RESOLVE
+    int GPH_CONTENT_LAZY
+    struct gph_lazy_stats:
+        uint64_t reused
+        uint64_t reclaimed
+    long gph_frames_register(uint8_t *states, int64_t npages, uint8_t *base, size_t page_size)
+    long gph_frames_unregister(uint8_t *states)
+    long gph_frames_stats(uint8_t *states, gph_lazy_stats *out)
+    long gph_resolve_lazy(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
+                          int keep_present, gph_err *err)

@@ -9,6 +9,9 @@
  *           BUSY to clear).  A plain "write to swap, then madvise" would lose a write made between
  *           the two -- the race a host's try_to_unmap closes in the kernel;
  *   finish  record (swap slot) before the state says PRESERVED/ZERO; release BUSY.
+ * MADV_FREE leaves an UNUSED/VOLATILE page lazily freed (Xr -> Xf: still mapped until the kernel
+ * reclaims it, see lazyfree.c), never ZERO; MADV_DONTNEED also takes lazily freed pages (Xf -> Xz),
+ * which is what the kernel's reclaim would do with them first.
  * POT_VOLATILE: the dirty bit (PAGEMAP_SCAN) sends written pages to swap; a page that reads clean
  * is detached and compared with its backing file -- a write that slipped in between the scan and
  * the detach shows up as a difference and the page is preserved instead (Pr -> Sp, never lost). */
@@ -28,13 +31,16 @@ static void set_err(struct gph_err *err, const char *sc, int64_t first, int64_t 
     }
 }
 
-static int pick(uint8_t *b, uint8_t usage_mask_ok)
+#define C_RESIDENT (1u << GPH_CONTENT_RESIDENT)
+#define C_LAZY (1u << GPH_CONTENT_LAZY)
+
+static int pick(uint8_t *b, uint8_t usage_mask_ok, uint8_t content_mask_ok)
 {
     uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE);
     for (;;) {
         if (old & GPH_FLAG_MASK)
             return 0;
-        if ((old & GPH_CONTENT_MASK) != GPH_CONTENT_RESIDENT)
+        if (!(content_mask_ok & (1u << (old & GPH_CONTENT_MASK))))
             return 0;
         if (!(usage_mask_ok & (1u << ((old & GPH_USAGE_MASK) >> 2))))
             return 0;
@@ -114,6 +120,7 @@ struct run_ctx {
     uint8_t *used_slots;
     int dirty_ok;
     long swapped, discarded, nerr;
+    struct gph_discard_stats *st;   /* discards only: madvise calls made */
     struct gph_err *err;
 };
 
@@ -191,11 +198,17 @@ static void detach_and_place(struct run_ctx *c, int64_t first, int64_t npg, int 
                 which[i] = 0;   /* clean and equal to its file: the discard is safe */
                 finish(&r->d.states[p], GPH_USAGE_VOLATILE, GPH_CONTENT_ZERO);
                 c->discarded++;
+                if (c->st) {   /* freed by the scratch madvise below */
+                    c->st->pages++;
+                    c->st->resident += resident[i] & 1;
+                }
             }
         }
     }
     preserve_run(c, first, moved, which, resident);
     madvise(s->scratch, (size_t)moved * ps, MADV_DONTNEED);   /* dst must be empty for the next move */
+    if (c->st)
+        c->st->calls++;   /* this madvise is what frees a detached page */
 }
 
 /* pages[] ascending (the seam sorts): contiguous picked pages become one detach. */
@@ -264,7 +277,7 @@ long gph_host_swap_out(struct gph_service *s, int rid, const int64_t *pages, siz
     if (!r)
         goto out;
     for (size_t i = 0; i < n; i++)
-        picked[i] = (uint8_t)pick(&r->d.states[pages[i]], OK_S | OK_P);
+        picked[i] = (uint8_t)pick(&r->d.states[pages[i]], OK_S | OK_P, C_RESIDENT);
     gph_race_delay_(s);   /* holding BUSY: a test widens this window */
     struct run_ctx c = {.s = s, .r = r, .swap_id = swap_id, .slots = slots, .nslots = nslots, .used_slots = used_slots,
                         .dirty_ok = 0, .err = err};
@@ -278,7 +291,8 @@ out:
 
 long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size_t n,
                       int advice, int submit, int pidfd, int32_t swap_id, const int64_t *slots,
-                      size_t nslots, uint8_t *used_slots, int64_t *preserved, struct gph_err *err)
+                      size_t nslots, uint8_t *used_slots, int64_t *preserved,
+                      struct gph_discard_stats *st, struct gph_err *err)
 {
     uint8_t *picked = calloc(n ? 2 * n : 1, 1);
     int64_t *vu = malloc((n ? n : 1) * sizeof(int64_t));
@@ -298,11 +312,14 @@ long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size
     /* POT_VOLATILE pages need UFFDIO_MOVE, and either a dirty bit or a swap slot: without
      * write tracking every P page counts as dirty, and a dirty page with nowhere to go stays */
     int take_p = (s->features & UFFD_FEATURE_MOVE) && ((s->features & UFFD_FEATURE_WP_ASYNC) || nslots);
+    /* MADV_FREE on a page already lazily freed would change nothing: only DONTNEED takes them */
+    uint8_t vu_content = advice == GPH_ADVICE_FREE ? C_RESIDENT : (C_RESIDENT | C_LAZY);
+    uint8_t gone = advice == GPH_ADVICE_FREE ? GPH_CONTENT_LAZY : GPH_CONTENT_ZERO;
     for (size_t i = 0; i < n; i++) {
         uint8_t *b = &r->d.states[pages[i]];
-        if (pick(b, OK_U | OK_V)) {
+        if (pick(b, OK_U | OK_V, vu_content)) {
             vu[nvu++] = pages[i];
-        } else if (take_p && pick(b, OK_P)) {
+        } else if (take_p && pick(b, OK_P, C_RESIDENT)) {
             ppicked[i] = 1;
             np++;
         }
@@ -310,13 +327,13 @@ long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size
     gph_race_delay_(s);   /* holding BUSY: a test widens this window */
     /* UNUSED / VOLATILE: one vectored madvise; the fault thread serves any access meanwhile */
     if (nvu) {
-        struct gph_discard_stats st = {0, 0, 0};
         long d = gph_discard_pages(r->d.base, r->d.page_size, r->d.npages, vu, nvu, advice, submit,
-                                   pidfd, &st, err);
-        /* on failure some pages may be gone: they stay RESIDENT in the table, which is safe --
-         * a fault on a VOLATILE page reloads it from its file whatever the content bits say */
+                                   pidfd, st, err);
+        /* on failure some pages may be gone and others not: LAZY says exactly that -- the
+         * guest's next transition asks the kernel (lazyfree.c), and a fault on one that is gone
+         * is served from its state as ever */
         for (size_t i = 0; i < nvu; i++)
-            finish(&r->d.states[vu[i]], 0xff, d < 0 ? GPH_CONTENT_RESIDENT : GPH_CONTENT_ZERO);
+            finish(&r->d.states[vu[i]], 0xff, d < 0 ? GPH_CONTENT_LAZY : gone);
         if (d < 0) {
             rc = d;
             goto out;
@@ -325,7 +342,7 @@ long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size
     }
     if (np) {
         struct run_ctx c = {.s = s, .r = r, .swap_id = swap_id, .slots = slots, .nslots = nslots, .used_slots = used_slots,
-                            .dirty_ok = (s->features & UFFD_FEATURE_WP_ASYNC) != 0, .err = err};
+                            .dirty_ok = (s->features & UFFD_FEATURE_WP_ASYNC) != 0, .st = st, .err = err};
         for_runs(&c, pages, ppicked, n, 1);
         rc += c.discarded;
         *preserved = c.swapped;

@@ -21,6 +21,9 @@
  *     freed-then-allocated page never receives stale file bytes after the guest zeroed it.
  *  6. F serves a page H holds (the access came after H's madvise): F marks it FILLED and H's
  *     finish leaves the content RESIDENT instead of ZERO.
+ *  7. G allocates (Uf -> S) or makes stable (Vf -> S) a page H lazily freed (MADV_FREE): the
+ *     page is resolved first (lazyfree.c, holding it like H does): present -> written back, kept
+ *     (Xr); missing -> Xz (Vz is then a discard fault).  Then the transition of that pair applies.
  */
 #include "cpu_relax.h"
 #include "gphint.h"
@@ -68,6 +71,12 @@ long gph_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t
         for (;;) {
             uint8_t old = wait_unheld(b);
             uint8_t nx = next[((old & GPH_PAIR_MASK) << 2) | u];
+            if (nx == GPH_NEXT_RESOLVE) {   /* lazily freed: ask the kernel, then look again */
+                if (gph_resolve_lazy_one_(states, pages[i]) < 0)
+                    return refuse(err, "set_usage: lazily freed page of unregistered frames", i,
+                                  old_out, old, -EPERM);
+                continue;
+            }
             if (nx == 0xff)   /* a concurrent change made it forbidden */
                 return refuse(err, "set_usage", i, old_out, old, -EAGAIN);
             /* the CAS expects an unheld byte: a hold taken since the wait makes it fail */
@@ -97,6 +106,15 @@ long gph_make_stable(uint8_t *states, int64_t npages, const int64_t *pages, size
         for (;;) {
             uint8_t old = wait_unheld(b);
             uint8_t usage = old & GPH_USAGE_MASK, content = old & GPH_CONTENT_MASK;
+            if (content == GPH_CONTENT_LAZY) {   /* Uf/Vf: present -> kept (Xr), missing -> Xz */
+                if (gph_resolve_lazy_one_(states, pages[i]) < 0) {
+                    err->syscall = "make_stable: lazily freed page of unregistered frames";
+                    err->first_page = pages[i];
+                    err->npages = 1;
+                    return -EPERM;
+                }
+                continue;
+            }
             if (usage == GPH_USAGE_VOLATILE && content == GPH_CONTENT_ZERO) {
                 discarded_out[ndisc++] = pages[i];   /* Vz: a discard fault, the guest decides */
                 break;

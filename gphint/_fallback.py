@@ -122,26 +122,110 @@ def _check_bounds(lo, hi, npages, what):
         raise SyscallError(_errno.ERANGE, what, "discard: pages %d..%d" % (bad, bad))
 
 
+def _mincore(region, page_size, first, npages):
+    """uint8 per page of region[first:first+npages] (bit 0: resident), or None if mincore fails."""
+    vec = np.zeros(max(npages, 1), dtype=np.uint8)
+    out = (ctypes.c_ubyte * vec.size).from_buffer(vec)
+    rc = _libc.mincore(ctypes.c_void_p(_address(region) + first * page_size), npages * page_size, out)
+    del out
+    return vec[:npages] & 1 if rc == 0 else None
+
+
+def _resident_in(region, page_size, runs):
+    """Pages of runs resident just before the advice (ext/discard.c's count_resident)."""
+    if runs.size == 0:
+        return 0
+    lo, hi = int(runs[:, 0].min()), int((runs[:, 0] + runs[:, 1]).max())
+    vec = _mincore(region, page_size, lo, hi - lo)
+    if vec is None:
+        return 0
+    return int(sum(int(vec[a - lo:a - lo + n].sum()) for a, n in runs.tolist()))
+
+
+def _discard(region, page_size, runs, advice, submit, pidfd):
+    resident = _resident_in(region, page_size, runs)
+    calls = _submit(region, page_size, runs, advice, submit, pidfd)
+    total = int(runs[:, 1].sum())
+    return (total, calls, len(runs), resident, total if advice == 1 else 0)
+
+
 def discard_pages(region, page_size, pages, advice, submit, pidfd):
+    """Returns (pages, calls, runs, resident, lazy), as the compiled call."""
     pages = np.asarray(pages, dtype=np.int64)
     if pages.size == 0:
-        return (0, 0, 0)
+        return (0, 0, 0, 0, 0)
     _check_bounds(int(pages.min()), int(pages.max()), len(region) // page_size, "page index")
-    runs = coalesce(pages)
-    calls = _submit(region, page_size, runs, advice, submit, pidfd)
-    return (int(runs[:, 1].sum()), calls, len(runs))
+    return _discard(region, page_size, coalesce(pages), advice, submit, pidfd)
 
 
 def discard_runs(region, page_size, runs, advice, submit, pidfd):
     runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
     if runs.size == 0:
-        return (0, 0, 0)
+        return (0, 0, 0, 0, 0)
     npages = len(region) // page_size
     if (runs < 0).any() or (runs.sum(axis=1) > npages).any():
         bad = runs[(runs < 0).any(axis=1) | (runs.sum(axis=1) > npages)][0]
         raise SyscallError(_errno.ERANGE, "page run", "discard: pages %d..%d" % (bad[0], bad[0] + bad[1] - 1))
-    calls = _submit(region, page_size, runs, advice, submit, pidfd)
-    return (int(runs[:, 1].sum()), calls, len(runs))
+    return _discard(region, page_size, runs, advice, submit, pidfd)
+
+
+# --- lazily freed pages (ext/lazyfree.c, where the rules are explained) ---------------------
+LAZY = CONTENT_LAZY = 0x01
+RESOLVE = NEXT_RESOLVE = 0xFE
+_frames = {}   # state table address -> [region, page_size, reused, reclaimed]
+
+
+def frames_register(states, region, page_size):
+    _frames[_address(states)] = [region, page_size, 0, 0]
+
+
+def frames_unregister(states):
+    _frames.pop(_address(states), None)
+
+
+def lazy_stats(states):
+    f = _frames.get(_address(states))
+    return (0, 0) if f is None else (f[2], f[3])
+
+
+def _resolve_page(states, p, f, keep_present):
+    """Xf -> Xr (present: its byte written back, so the kernel keeps it) or Xz (reclaimed).
+    No hold is needed: without a fault thread nothing else writes the state bytes meanwhile."""
+    region, ps = f[0], f[1]
+    vec = _mincore(region, ps, p, 1)
+    present = vec is None or bool(vec[0])
+    s = int(states[p])
+    if not present:
+        states[p] = (s & ~0x03) | 0x03
+        f[3] += 1
+    elif keep_present:
+        region[p * ps] = region[p * ps]    # a write: cancels the lazy free
+        states[p] = s & ~0x03
+        f[2] += 1
+    else:
+        return False
+    return True
+
+
+def resolve_lazy(states, pages, keep_present):
+    f = _frames.get(_address(states))
+    if f is None:
+        raise SyscallError(_errno.ENOENT, "frames registry", "resolve_lazy: unregistered state table")
+    pages = np.asarray(pages, dtype=np.int64)
+    if pages.size and (pages.min() < 0 or pages.max() >= len(states)):
+        raise SyscallError(_errno.ERANGE, "page index", "resolve_lazy")
+    lazy = pages[(states[pages] & 0x03) == LAZY]
+    return sum(_resolve_page(states, p, f, keep_present) for p in lazy.tolist())
+
+
+def _resolve_for_transition(states, pages):
+    """The guest's transitions take lazily freed pages back first; False: table not registered."""
+    f = _frames.get(_address(states))
+    if f is None:
+        return False
+    for p in pages.tolist():
+        _resolve_page(states, p, f, True)
+    return True
 
 
 def set_usage(states, pages, usage, next_table):
@@ -156,6 +240,13 @@ def set_usage(states, pages, usage, next_table):
     bad = np.flatnonzero(nxt == 0xFF)
     if bad.size:
         return (-_errno.EPERM, int(bad[0]), int(old[bad[0]]))
+    resolve = nxt == RESOLVE
+    if resolve.any():
+        if not _resolve_for_transition(states, pages[resolve]):
+            i = int(np.flatnonzero(resolve)[0])
+            return (-_errno.EPERM, i, int(old[i]))
+        old = states[pages]
+        nxt = next_table[((old & 0x0F).astype(np.int64) << 2) | (int(usage) >> 2)]
     states[pages] = (old & 0xF0) | nxt
     return (int(pages.size), -1, 0)
 
@@ -186,6 +277,10 @@ VZ = 0x0C | 0x03     # VOLATILE | ZERO: a discarded cache page
 def make_stable(states, pages, out):
     """Make pages STABLE; discarded VOLATILE pages (Vz) go to out instead.  Returns how many."""
     pages = np.asarray(pages, dtype=np.int64)
+    lazy = pages[(states[pages] & 0x03) == LAZY]
+    if lazy.size and not _resolve_for_transition(states, lazy):
+        raise SyscallError(_errno.EPERM, "make_stable: lazily freed page of unregistered frames",
+                           "page %d" % int(lazy[0]))
     s = states[pages]
     vz = (s & 0x0F) == VZ
     n = int(np.count_nonzero(vz))

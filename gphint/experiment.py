@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .host import Host, parse_strategy
 from .host.hostswap import fault_service_available
 from .guest.files import DEFAULT_FILE_BYTES
-from .memory import PAGE_SIZE
+from .memory import PAGE_SIZE, discard_counters
 from .units import fmt_bytes
 
 SCHEMA_VERSION = 1
@@ -380,6 +380,7 @@ class Runner:
         timeline = host.timeline
         touched = sum(s.residency.touched_npages for s in host.slots) * PAGE_SIZE
         resident_end = host.resident_npages * PAGE_SIZE
+        discard = discard_counters(mems)          # resolves lazily freed pages: before census
         census = self.api.census(self.guests)      # before verify() reads every page back
         integrity = int(sum(self.api.verify(g) for g in self.guests))
         rec = {
@@ -407,7 +408,7 @@ class Runner:
             "fault_latency_p50_us": _us(svc.get("latency_p50_ns")),
             "fault_latency_p99_us": _us(svc.get("latency_p99_ns")),
             "hint_ops": int(sum(m.stats["hint_ops"] for m in mems)),
-            "discard_syscalls": int(sum(m.stats["discard_calls"] for m in mems)),
+            **discard,   # discard_syscalls, discard_advised/resident_pages, lazy_* (docs/results.md)
             "guest_cpu_s": round(guest_cpu_s, 4),
             "host_cpu_s": round(max(0.0, process_cpu_s - guest_cpu_s), 4),
             "ops": int(ops), "wall_s": round(wall_s, 4), "finished_by": self.finished_by,

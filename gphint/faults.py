@@ -219,7 +219,9 @@ class FaultService:
     def discard(self, mem, idx, advice="dontneed", submit="vectored"):
         """The protocol discard (called by GuestMemory.discard): UNUSED and VOLATILE pages are
         discarded; POT_VOLATILE pages only while clean (dirty ones go to self.swap if set, else
-        stay).  Pages that changed state meanwhile are skipped.  Returns pages discarded."""
+        stay).  Pages that changed state meanwhile are skipped.  advice="free" leaves U/V pages
+        lazily freed (Uf/Vf: the kernel decides later); "dontneed" also takes lazily freed ones.
+        The memory's counters get the real system calls made.  Returns pages discarded."""
         self._check_running()
         reg = self._reg(mem)
         idx = np.asarray(idx, dtype=np.int64)
@@ -240,14 +242,13 @@ class FaultService:
                 slots = swap.alloc(npot)
                 used = np.zeros(slots.size, dtype=np.uint8)
         try:
-            discarded, preserved = self._host_op(reg, (0, 0), self._thread.host_discard, reg.rid, idx,
-                                                 advice_code, submit_code, pidfd,
-                                                 swap.id if swap is not None else 0, slots, used)
+            discarded, preserved, calls, runs, resident, lazy = self._host_op(
+                reg, (0, 0, 0, 0, 0, 0), self._thread.host_discard, reg.rid, idx, advice_code,
+                submit_code, pidfd, swap.id if swap is not None else 0, slots, used)
         finally:
             if swap is not None:
                 swap.free(slots[used == 0])
-        mem.stats["discard_calls"] += 1
-        mem.stats["discarded_pages"] += discarded
+        mem.count_discard(discarded, calls, runs, resident, lazy)
         self._preserved += preserved
         return discarded
 

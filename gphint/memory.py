@@ -41,6 +41,26 @@ def expand_runs(runs):
     return np.repeat(runs[:, 0], lengths) + offsets
 
 
+def discard_counters(mems):
+    """The results record's discard and MADV_FREE fields (docs/results.md), summed over mems.
+    First asks the kernel about pages still lazily freed, so lazy_reclaimed_pages includes
+    those reclaimed by now; lazy_pending_pages are the rest (present, fate still open)."""
+    for m in mems:
+        m.resolve_lazy()
+    total = {}
+    for m in mems:
+        for k, v in m.stats.items():
+            total[k] = total.get(k, 0) + int(v)
+    pending = sum(int(np.count_nonzero((m.states & CONTENT_MASK) == int(HostState.LAZY))) for m in mems)
+    return {"discard_syscalls": total.get("discard_calls", 0),
+            "discard_advised_pages": total.get("discarded_pages", 0),
+            "discard_resident_pages": total.get("discarded_resident_pages", 0),
+            "lazy_freed_pages": total.get("lazy_freed_pages", 0),
+            "lazy_reused_pages": total.get("lazy_reused_pages", 0),
+            "lazy_reclaimed_pages": total.get("lazy_reclaimed_pages", 0),
+            "lazy_pending_pages": pending}
+
+
 class GuestMemory(Closeable):
     """A guest's physical memory: `GuestMemory("64M")`, `GuestMemory(1 << 26, thp=True)`.
 
@@ -82,10 +102,13 @@ class GuestMemory(Closeable):
         self.fault_service = None   # set by gphint.faults when a discard-fault service serves us
         self.dirty_tracker = None   # set by gphint.faults when POT_VOLATILE writes are tracked
         self._stats = {"discard_calls": 0, "discard_runs": 0, "discarded_pages": 0,
+                       "discarded_resident_pages": 0, "lazy_freed_pages": 0,
                        "vectored_fallbacks": 0, "hint_ops": 0}
         # usage-change calls, counted where they are made: here, and in C by each HintQueue of
         # this memory (gphint.guest.hints), which shares this counter
         self._hint_ops_total = np.zeros(1, dtype=np.uint64)
+        # the guest's setters resolve lazily freed pages against these frames (ext/lazyfree.c)
+        mech.frames_register(self._states, self._region, PAGE_SIZE)
         self._closed = False
 
     # --- views -------------------------------------------------------------------------
@@ -99,8 +122,19 @@ class GuestMemory(Closeable):
 
     @property
     def stats(self):
-        """Counters: discard calls/runs/pages, vectored fallbacks, hint_ops (usage changes)."""
+        """Counters (docs/results.md): discard_calls (madvise/process_madvise system calls),
+        discard_runs, discarded_pages (pages the kernel was asked to discard),
+        discarded_resident_pages (of those, resident just before: mincore), lazy_freed_pages
+        (advised with MADV_FREE), lazy_reused_pages (taken back by the guest while still
+        present: no refault), lazy_reclaimed_pages (found reclaimed by the kernel, or faulted on
+        after it was), vectored_fallbacks, hint_ops (usage changes)."""
         self._stats["hint_ops"] = int(self._hint_ops_total[0])
+        if not self._closed:
+            reused, reclaimed = mech.lazy_stats(self._states)
+            svc = self.fault_service
+            refaults = svc.stats(self).get("lazy_refaults", 0) if svc is not None else 0
+            self._stats["lazy_reused_pages"] = int(reused)
+            self._stats["lazy_reclaimed_pages"] = int(reclaimed) + int(refaults)
         return self._stats
 
     @property
@@ -200,7 +234,10 @@ class GuestMemory(Closeable):
         service to come back (Unsupported otherwise).  With a service, every page goes through its
         state protocol: pages that changed meanwhile are skipped, and a POT_VOLATILE page the host
         finds written is preserved in the service's swap instead (or left alone without one).
-        Content states become ZERO only after the discard succeeded.  Returns pages discarded.
+        Content states become ZERO only after the discard succeeded -- or LAZY (lazily freed)
+        with advice="free": MADV_FREE leaves the page mapped until the kernel reclaims it, and the
+        guest's next transition of the page asks the kernel which happened (ext/lazyfree.c).
+        Returns pages discarded.
         """
         idx = self._pages(pages)
         advice_code, submit_code = self._advice(advice), self._submit(submit)
@@ -227,7 +264,8 @@ class GuestMemory(Closeable):
                                   "serve this memory with gphint.FaultService (needs userfaultfd)")
             return self.fault_service.discard(self, idx, advice=advice, submit=submit)
         n = self.discard_raw(idx, advice_code, submit_code)
-        mech.set_content(self._states, idx, int(HostState.ZERO))
+        # MADV_FREE: still mapped until the kernel reclaims it -- lazily freed, not zero
+        mech.set_content(self._states, idx, int(HostState.LAZY if advice_code == 1 else HostState.ZERO))
         return n
 
     def discard_raw(self, pages, advice="dontneed", submit="vectored"):
@@ -241,15 +279,22 @@ class GuestMemory(Closeable):
             self._stats["vectored_fallbacks"] += 1
         pidfd = _mechanism.self_pidfd() if submit_code == 2 else -1
         if arr.ndim == 2 and arr.shape[1:] == (2,) and arr.dtype.kind in "iu":
-            n, calls, runs = mech.discard_runs(self._region, PAGE_SIZE, np.ascontiguousarray(arr, dtype=np.int64),
-                                               advice_code, submit_code, pidfd)
+            got = mech.discard_runs(self._region, PAGE_SIZE, np.ascontiguousarray(arr, dtype=np.int64),
+                                    advice_code, submit_code, pidfd)
         else:
             idx = self._pages(arr)
-            n, calls, runs = mech.discard_pages(self._region, PAGE_SIZE, idx, advice_code, submit_code, pidfd)
-        self._stats["discard_calls"] += calls
-        self._stats["discard_runs"] += runs
-        self._stats["discarded_pages"] += n
-        return n
+            got = mech.discard_pages(self._region, PAGE_SIZE, idx, advice_code, submit_code, pidfd)
+        self.count_discard(*got)
+        return got[0]
+
+    def count_discard(self, npages, calls, runs, resident, lazy):
+        """Account one discard: pages discarded, system calls made, runs advised, pages resident
+        just before, pages left lazily freed."""
+        self._stats["discard_calls"] += int(calls)
+        self._stats["discard_runs"] += int(runs)
+        self._stats["discarded_pages"] += int(npages)
+        self._stats["discarded_resident_pages"] += int(resident)
+        self._stats["lazy_freed_pages"] += int(lazy)
 
     @staticmethod
     def _advice(advice):
@@ -337,6 +382,15 @@ class GuestMemory(Closeable):
         n, _ = io(self._region, PAGE_SIZE, idx, int(fd), offs, bounce)
         return n
 
+    def resolve_lazy(self, pages=None, keep_present=False):
+        """Ask the kernel what became of lazily freed (MADV_FREE'd: Uf/Vf) pages (default: all).
+        Reclaimed ones become discarded (Xz).  Present ones stay lazily freed unless keep_present,
+        which takes them back (written, so the kernel keeps them: Xr) -- what the guest's own
+        transitions do (ext/lazyfree.c).  Returns pages resolved."""
+        idx = np.flatnonzero((self.states & CONTENT_MASK) == int(HostState.LAZY)) if pages is None \
+            else self._pages(pages)
+        return int(mech.resolve_lazy(self._states, idx.astype(np.int64), bool(keep_present)))
+
     # --- measurement --------------------------------------------------------------------------
     def residency(self):
         """Boolean array: which pages the kernel says are resident (mincore)."""
@@ -365,6 +419,8 @@ class GuestMemory(Closeable):
             return
         if self.fault_service is not None:
             self.fault_service.unregister(self, materialize=False)   # closing: nothing to keep
+        self.stats   # the lazy counters live with the registration: read them one last time
+        mech.frames_unregister(self._states)
         self._closed = True
         region_map = self._map
         for attr in ("_frames", "_region", "_states", "backing_store", "backing_offset"):

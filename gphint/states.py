@@ -9,11 +9,15 @@ bits 0-1.  The pair is written as two letters, e.g. "Vz" = volatile page the hos
             P pot. vol.   0x08  mapped writable: discardable only while the host sees it clean
             V volatile    0x0c  clean cache page: host may discard, guest reloads it
     content r resident    0x00
+            f lazily freed 0x01 the host gave it back with MADV_FREE: still mapped with its bytes
+                                until the kernel reclaims it (then missing, like z) -- which of
+                                the two only the kernel knows (not in ESSA: gphint's own)
             p preserved   0x02  the host paged it out to host swap
             z zero        0x03  logically zero / discarded: nothing resident, nothing saved
 
-Valid pairs: Sr Sp Sz Ur Uz Vr Vz Pr.  Never Up (the host turns Ur into Uz without writing),
-never Vp (a volatile page chosen for eviction is discarded), never Pp or Pz.
+Valid pairs: Sr Sp Sz Ur Uf Uz Vr Vf Vz Pr.  Never Up (the host turns Ur into Uz without writing),
+never Vp (a volatile page chosen for eviction is discarded), never Pp or Pz; f only with U or V
+(the only pages the host madvises: a P page is detached, not advised).
 """
 import enum
 
@@ -44,16 +48,17 @@ class HostState(enum.IntEnum):
     """Host content state (ESSA bits 0-1)."""
 
     RESIDENT = 0x00
+    LAZY = 0x01
     PRESERVED = 0x02
     ZERO = 0x03
 
     @property
     def letter(self):
-        return {0x00: "r", 0x02: "p", 0x03: "z"}[int(self)]
+        return {0x00: "r", 0x01: "f", 0x02: "p", 0x03: "z"}[int(self)]
 
 
 S, U, P, V = PageState.STABLE, PageState.UNUSED, PageState.POT_VOLATILE, PageState.VOLATILE
-R, PRES, Z = HostState.RESIDENT, HostState.PRESERVED, HostState.ZERO
+R, F, PRES, Z = HostState.RESIDENT, HostState.LAZY, HostState.PRESERVED, HostState.ZERO
 
 
 def pair(usage, content):
@@ -71,7 +76,8 @@ def pair_name(code):
 
 
 VALID_PAIRS = frozenset(pair(u, c) for u, c in
-                        [(S, R), (S, PRES), (S, Z), (U, R), (U, Z), (V, R), (V, Z), (P, R)])
+                        [(S, R), (S, PRES), (S, Z), (U, R), (U, F), (U, Z), (V, R), (V, F), (V, Z),
+                         (P, R)])
 
 # What the guest's set_state(page, usage) does to each valid pair; absent = forbidden.
 #   resident pages change usage freely (Sr Ur Vr Pr are all reachable from each other);
@@ -81,6 +87,8 @@ VALID_PAIRS = frozenset(pair(u, c) for u, c in
 #   Vz -> S is refused here: making a discarded volatile page stable is a discard fault, the
 #   guest must reload or drop it (the state protocol of gphint.faults decides which);
 #   Sz/Uz -> V/P and Sp -> P are refused: the page holds no content the guest vouches for.
+#   Lazily freed (f) pages keep f while they stay U or V (Uf -> U, Vf -> V, Vf -> U give Uf/Vf/Uf);
+#   Uf -> V/P is refused like Uz, Vf -> S/P like Vz (make_stable resolves Vf instead).
 GUEST_TRANSITIONS = {}
 for _u in (S, U, V, P):
     for _frm in (S, U, V, P):
@@ -91,7 +99,21 @@ GUEST_TRANSITIONS.update({
     (pair(S, Z), S): pair(S, Z), (pair(S, Z), U): pair(U, Z),
     (pair(U, Z), S): pair(S, Z), (pair(U, Z), U): pair(U, Z),
     (pair(V, Z), V): pair(V, Z), (pair(V, Z), U): pair(U, Z),
+    (pair(U, F), U): pair(U, F), (pair(V, F), V): pair(V, F), (pair(V, F), U): pair(U, F),
 })
+
+# Guest transitions that first ask the kernel what became of a lazily freed page (ext/lazyfree.c):
+# present -> the guest writes one of its bytes back, which cancels the lazy free (the kernel's
+# reclaim skips a redirtied page), and the page is Xr; missing -> the kernel reclaimed it: Xz.
+# Then the transition of the resolved pair applies: allocation Uf -> S gives Sr (the page's old
+# bytes: a fresh allocation's content is the guest's to write, as in Linux without __GFP_ZERO)
+# or Sz (missing, zero on first touch).  make_stable does the same for Vf: Sr with the file's
+# bytes (a volatile page is clean), or Vz, a discard fault.
+RESOLVE = 0xFE   # GPH_NEXT_RESOLVE in ext/gphint.h (tests/test_lazyfree.py checks they agree)
+LAZY_RESOLVED = {
+    (pair(U, F), S): (pair(S, R), pair(S, Z)),
+}
+MAKE_STABLE_RESOLVED = {pair(V, F): (pair(S, R), pair(V, Z))}
 
 # Content changes made by the host (discard, swap) and by the fault service (reload).
 HOST_TRANSITIONS = frozenset([
@@ -104,6 +126,12 @@ HOST_TRANSITIONS = frozenset([
     (pair(S, Z), pair(S, R)),     # first access of a logically zero page
     (pair(U, Z), pair(U, R)),     # access to a discarded unused page: zero fill
     (pair(V, Z), pair(V, R)),     # discard fault served transparently from the backing file
+    (pair(U, R), pair(U, F)),     # host lazily frees an unused page (MADV_FREE)
+    (pair(V, R), pair(V, F)),     # host lazily frees a volatile page (MADV_FREE)
+    (pair(U, F), pair(U, Z)),     # the kernel reclaimed it (found missing), or the host's DONTNEED
+    (pair(V, F), pair(V, Z)),     #   took it
+    (pair(U, F), pair(U, R)),     # taken back while present, or a fault after reclaim: zero fill
+    (pair(V, F), pair(V, R)),     # taken back while present, or a fault after reclaim: reload
 ])
 
 
@@ -145,15 +173,22 @@ def check_transition(page, old, new):
         return
     if any(k[0] == old_p and v == new_p for k, v in GUEST_TRANSITIONS.items()):
         return
+    if any(k[0] == old_p and new_p in v for k, v in LAZY_RESOLVED.items()):
+        return
+    if new_p in MAKE_STABLE_RESOLVED.get(old_p, ()):
+        return
     raise StateError("page %d: transition %s -> %s is forbidden" % (page, pair_name(old_p), pair_name(new_p)),
                      page=page, old=pair_name(old_p), new=pair_name(new_p))
 
 
 def usage_next_table():
-    """The table the C mechanism applies: next[(old_pair << 2) | (usage >> 2)] or 0xff."""
+    """The table the C mechanism applies: next[(old_pair << 2) | (usage >> 2)], 0xff (forbidden)
+    or RESOLVE (ask the kernel about the lazily freed page first, then look again)."""
     table = np.full(64, 0xFF, dtype=np.uint8)
     for (old_p, usage), new_p in GUEST_TRANSITIONS.items():
         table[(old_p << 2) | (int(usage) >> 2)] = new_p
+    for (old_p, usage) in LAZY_RESOLVED:
+        table[(old_p << 2) | (int(usage) >> 2)] = RESOLVE
     return table
 
 

@@ -200,3 +200,89 @@ def test_state_updates_are_atomic_against_a_concurrent_writer(compiled_only):
         stop.set()
         t.join()
     assert (states == int(PageState.VOLATILE)).all()
+
+
+# --- the counters against the kernel's own record: strace of a child doing known discards -----
+COUNTED_CHILD = r'''
+import json, sys
+import numpy as np
+import gphint
+served = sys.argv[1] == "served"
+mem = gphint.GuestMemory("32M")
+svc = None
+if served:
+    from gphint.faults import FaultService
+    svc = FaultService()
+    svc.register(mem)
+mem.frames[::3] = 1                                   # every third page resident
+mem.set_state(np.arange(mem.npages), "unused")
+cases = {   # name: (pages, submit); disjoint page ranges so the trace can tell them apart
+    "per_page": (np.arange(0, 1000, 2), "per_page"),          # 500 one-page runs
+    "coalesce": (np.concatenate([np.arange(1000, 1010), np.arange(1020, 1200),
+                                 np.arange(1300, 1301)]), "coalesce"),   # 3 runs
+    "vectored": (np.arange(2000, 7000, 2), "vectored"),        # 2500 runs
+}
+out = {"base": mem.address, "end": mem.address + mem.size_bytes, "cases": {}}
+for name, (pages, submit) in cases.items():
+    resident = int(mem.residency()[pages].sum())      # mincore before, independent of the counter
+    before = dict(mem.stats)
+    mem.discard(pages, advice=sys.argv[2], submit=submit)
+    out["cases"][name] = {"first": int(pages[0]), "last": int(pages[-1]), "resident_before": resident,
+                          **{k: mem.stats[k] - before[k] for k in
+                             ("discard_calls", "discard_runs", "discarded_pages",
+                              "discarded_resident_pages", "lazy_freed_pages")}}
+print(json.dumps(out))
+'''
+
+
+def traced_calls(trace_path, base, page_of):
+    """Per case: madvise/process_madvise calls whose (first) address falls in the case's pages."""
+    import re
+    counts = {}
+    for line in open(trace_path):
+        m = re.search(r"\b(madvise|process_madvise)\((?:\d+, \[\{iov_base=)?(0x[0-9a-f]+)", line)
+        if not m or "resumed>" in line or not re.search(r"MADV_(DONTNEED|FREE)\b", line):
+            continue                                  # (the region's own MADV_NOHUGEPAGE)
+        case = page_of((int(m.group(2), 16) - base) // PAGE)
+        if case is not None:
+            counts[case] = counts.get(case, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("advice", ["dontneed", "free"])
+@pytest.mark.parametrize("served", ["raw", "served"])
+def test_discard_counters_match_the_system_calls_strace_sees(tmp_path, served, advice):
+    """discard_calls is what the kernel was asked (one per page / run / 1024 runs, whichever
+    path discards), discarded_resident_pages what mincore saw resident just before."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed: no independent count of the system calls")
+    if served == "served" and not caps.has("compiled"):
+        pytest.skip("the protocol discard needs the C fault service (this run: %s)" % _mechanism.WHY_PURE)
+    if advice == "free" and not caps.has("madv_free"):
+        pytest.skip(caps.probe().features["madv_free"].reason)
+    trace = tmp_path / "trace"
+    script = tmp_path / "child.py"
+    script.write_text(COUNTED_CHILD)
+    # -f: the protocol discard runs its madvise in C, possibly from any thread
+    r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=madvise,process_madvise", "-o", str(trace),
+                        sys.executable, str(script), "served" if served == "served" else "raw", advice],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    cases = got["cases"]
+
+    def page_of(p):
+        return next((n for n, c in cases.items() if c["first"] <= p <= c["last"]), None)
+
+    seen = traced_calls(trace, got["base"], page_of)
+    vectored_calls = math.ceil(2500 / 1024) if caps.has("process_madvise") else 2500
+    assert {n: c["discard_calls"] for n, c in cases.items()} == seen == \
+        {"per_page": 500, "coalesce": 3, "vectored": vectored_calls}
+    assert [c["discard_runs"] for c in cases.values()] == [500, 3, 2500]
+    for name, c in cases.items():
+        assert c["discarded_resident_pages"] == c["resident_before"] > 0, name
+        assert c["lazy_freed_pages"] == (c["discarded_pages"] if advice == "free" else 0), name

@@ -101,7 +101,7 @@ class Strategy:
         for _ in range(self.RACE_TRIES):
             live = chunk[(mem.states[chunk] & USAGE_MASK) != PageState.STABLE]
             try:
-                n = mem.discard(live, advice=self.advice, submit=self.submit) if live.size else 0
+                n = self._discard_advised(mem, live) if live.size else 0
                 break
             except StateError:
                 continue
@@ -111,6 +111,18 @@ class Strategy:
             slot.count(kind, chunk.size - n, slot.skipped)
         return n
 
+
+    def _discard_advised(self, mem, pages):
+        """discard=free under a budget: a page the host lazily freed before and still finds
+        resident is taken now with MADV_DONTNEED -- the host needs the memory, and lazily freed
+        pages are what the kernel's own reclaim takes first (mm/vmscan.c: clean lazyfree folios
+        are dropped without I/O).  In proactive mode they are left to the kernel."""
+        if self.advice == "free" and self.host.budget_bytes is not None:
+            lazy = (mem.states[pages] & CONTENT_MASK) == HostState.LAZY
+            if lazy.any():
+                return (mem.discard(pages[lazy], advice="dontneed", submit=self.submit)
+                        + mem.discard(pages[~lazy], advice="free", submit=self.submit))
+        return mem.discard(pages, advice=self.advice, submit=self.submit)
 
     def _drop_swapped(self, slot, pages):
         """A free page the host had swapped out: the device's MADV_DONTNEED drops the swap
@@ -173,7 +185,9 @@ class HintScan(Strategy):
                 first_seen[unused & np.isinf(first_seen)] = now
                 age_ns = (now - first_seen) * 1e9
                 old = now - first_seen >= self.delay_s
-            ripe = np.flatnonzero(slot.residency.resident & unused & old)
+            # lazily freed pages were given already: the kernel takes them when it needs to
+            lazy = (slot.mem.states & CONTENT_MASK) == HostState.LAZY
+            ripe = np.flatnonzero(slot.residency.resident & unused & ~lazy & old)
             if ripe.size:
                 # the youngest page taken: what the delay rule promised, as the host measured it
                 self.youngest_taken_s = min(self.youngest_taken_s, float(age_ns[ripe].min()) * 1e-9)
