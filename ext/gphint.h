@@ -84,6 +84,8 @@ long gph_store_clear(int32_t id);
 /* Read len bytes at off, looping short reads and retrying EINTR/EAGAIN; bytes past EOF read as zero
  * (file-mapping semantics).  Returns bytes that came from the file, or -errno. */
 long gph_read_full(int fd, void *buf, size_t len, int64_t off);
+int gph_fd_direct_(int fd);                       /* fd opened with O_DIRECT (never mapped) */
+int gph_direct_eof_(int err, size_t done);        /* EINVAL after a short O_DIRECT read = EOF */
 long gph_write_full(int fd, const void *buf, size_t len, int64_t off);
 
 /* --- protocol.c: the guest side of the state protocol --- */

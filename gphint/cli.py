@@ -53,7 +53,8 @@ def config_from(args):
         duration_s=args.duration, ops_per_guest=args.ops, seed=args.seed, files=args.files, nops=args.nops,
         idle_sched_s=args.idle_sched, discard_mode=args.discard_mode,
         probe=not args.no_probe, probe_bytes=parse_size(args.probe_mem, "--probe-mem"),
-        probe_timeout_s=args.probe_timeout, status_path=args.status).validate()
+        probe_timeout_s=args.probe_timeout, status_path=args.status, cache=args.cache,
+        cgroup=not args.no_cgroup).validate()
 
 
 def _print_results(doc, out=sys.stdout):
@@ -68,6 +69,9 @@ def cmd_run(args):
     from .progress import Bar
     spec = parse_strategy(args.strategy)
     cfg = config_from(args)
+    contained = _contained_run(args, cfg, spec)
+    if contained is not None:
+        return contained
     with Bar("run %s" % spec, args.quiet) as bar:
         rec = experiment.run_one(cfg, spec, progress=lambda f: bar.update_to(100 * f))
     doc = experiment.results_document(cfg, [rec])
@@ -75,6 +79,17 @@ def cmd_run(args):
         experiment.write_json(args.json, doc)
     _print_results(doc)
     return 0 if rec["integrity_errors"] == 0 else 1
+
+
+def _contained_run(args, cfg, spec):
+    """Under --host-mem, the run itself happens in a child inside a memory cgroup at the
+    budget (gphint.host.sandbox); returns its exit status, or None to run here."""
+    from .host import sandbox
+    if not cfg.cgroup or not sandbox.wanted(cfg, spec):
+        return None
+    argv = (["--debug"] if args.debug else []) + ["run", "--strategy", str(spec)] + cfg.cli_args()
+    argv += (["--json", args.json] if args.json else []) + (["--quiet"] if args.quiet else [])
+    return sandbox.run_contained(cfg, spec, argv)
 
 
 def _compare(args, cfg, strategies, json_path, plot_path):
@@ -147,6 +162,15 @@ def _run_options(sp, duration, guests, guest_mem, host_mem=None, ops=None):
     sp.add_argument("--status", metavar="PATH", default=None,
                     help="keep a live per-guest snapshot here (watch it with scripts/watch.py PATH)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar (the table is still printed)")
+    _realhost_options(sp)
+
+
+def _realhost_options(sp):
+    sp.add_argument("--cache", default="none", choices=("none", "host"),
+                    help="guest disks: none = O_DIRECT reads, the host keeps no second copy (like "
+                         "QEMU cache=none); host = through the host page cache (default: none)")
+    sp.add_argument("--no-cgroup", action="store_true",
+                    help="under --host-mem, do not run in a memory cgroup at the budget")
 
 
 def build_parser():

@@ -30,6 +30,26 @@ _free_ids = []
 _next_id = [1]
 
 
+def _cache_read_flags():
+    from .host.cachemode import read_flags
+    return read_flags()
+
+
+def _is_direct(fd):
+    from .host.cachemode import is_direct
+    return is_direct(fd)
+
+
+def _direct_pread(fd, nbytes, offset):
+    from .host.cachemode import pread_aligned
+    return pread_aligned(fd, nbytes, offset)
+
+
+def _enable_direct(fd):
+    from .host.hostswap_direct import enable_direct
+    return enable_direct(fd)
+
+
 class SwapFull(GphintError, MemoryError):
     """The host swap has no free slot left."""
 
@@ -71,7 +91,10 @@ class Store(Closeable):
     def read(self, offset, nbytes=PAGE_SIZE):
         """nbytes at offset; past the end of the file reads as zeros (file-mapping semantics)."""
         self._check_open()
-        data = os.pread(self.fd, nbytes, offset)
+        if getattr(self, "direct_io", False):
+            data = _direct_pread(self.fd, nbytes, offset)
+        else:
+            data = os.pread(self.fd, nbytes, offset)
         return data + bytes(nbytes - len(data))
 
     def close(self):
@@ -94,7 +117,7 @@ class FileStore(Store):
     def __init__(self, path):
         self.path = os.fspath(path)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | _cache_read_flags())
         except OSError as e:
             raise ConfigError("backing file %r: %s" % (self.path, e.strerror)) from None
         st = os.fstat(fd)
@@ -102,6 +125,7 @@ class FileStore(Store):
             os.close(fd)
             raise ConfigError("backing file %r is not a regular file" % self.path)
         self.size_bytes = st.st_size
+        self.direct_io = _is_direct(fd)
         super().__init__(fd)
 
     def __repr__(self):
@@ -114,7 +138,7 @@ class HostSwap(Store):
 
     kind = "host swap"
 
-    def __init__(self, size="256M", path=None):
+    def __init__(self, size="256M", path=None, direct=True):
         size_bytes = parse_size(size, "host swap size")
         self.nslots = -(-size_bytes // PAGE_SIZE)
         self.size_bytes = self.nslots * PAGE_SIZE
@@ -130,6 +154,10 @@ class HostSwap(Store):
                 raise ConfigError("host swap file %r: %s" % (self.path, e.strerror)) from None
         os.set_inheritable(fd, False)
         os.ftruncate(fd, self.size_bytes)
+        # O_DIRECT: a swapped page must leave RAM -- buffered, it would sit in the host's page
+        # cache and the "swap" would be a memcpy (gphint.host.hostswap_direct)
+        self.direct_io, self.direct_io_reason = _enable_direct(fd) if direct else \
+            (False, "direct=False was asked for")
         # slot-in-use table: mmap-backed (never moves) because the fault thread clears entries
         self._slot_map = mmap.mmap(-1, max(self.nslots, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.slot_used = np.frombuffer(self._slot_map, dtype=np.uint8, count=self.nslots)

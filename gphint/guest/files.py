@@ -69,10 +69,29 @@ def _walk_tree(root):
     return paths
 
 
+def _cache_read_flags():
+    from ..host.cachemode import read_flags     # --cache none|host (gphint.host.cachemode)
+    return read_flags()
+
+
+def _is_direct(fd):
+    from ..host.cachemode import is_direct
+    return is_direct(fd)
+
+
+def _pread_into_direct(fd, flat, offset):
+    from ..host.cachemode import pread_aligned
+    data = pread_aligned(fd, flat.nbytes, offset)
+    flat[:len(data)] = data
+    return len(data)
+
+
 def pread_into(fd, buf, offset):
     """Fill the uint8 array buf from fd at offset with real reads, looping over short reads;
     stops at end of file (the rest of buf stays as it was).  Returns bytes read."""
     flat = memoryview(buf).cast("B")
+    if _is_direct(fd):   # --cache none: O_DIRECT reads need a page-aligned buffer
+        return _pread_into_direct(fd, flat, offset)
     done = 0
     while done < flat.nbytes:
         n = os.preadv(fd, [flat[done:]], offset + done)
@@ -159,7 +178,8 @@ class FileSet:
                 for old in self._orig_fd.values():
                     os.close(old)
                 self._orig_fd.clear()
-            fd = self._orig_fd[fid] = os.open(self.original_path(fid), os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._orig_fd[fid] = os.open(self.original_path(fid),
+                                              os.O_RDONLY | os.O_CLOEXEC | _cache_read_flags())
         return fd
 
     def write_fd(self, fid):
