@@ -28,6 +28,28 @@ def _probe(pattern):
     return cell
 
 
+def _host(key):
+    """A machine-level witness from the record's `host` object (gphint.host.witness)."""
+    return lambda r: "%.1f" % ((r.get("host") or {})[key] / MiB) \
+        if (r.get("host") or {}).get(key) is not None else "-"
+
+
+def _machine_saved(r):
+    """What the machine did not have to hold: the run without any reclaim would hold its
+    baseline plus everything the guests touched; it held its cgroup's average usage."""
+    h = r.get("host") or {}
+    if h.get("cgroup_avg_bytes") is None or h.get("baseline_bytes") is None:
+        return "-"
+    return "%.1f" % (max(0, h["baseline_bytes"] + r["guest_touched_bytes"] - h["cgroup_avg_bytes"]) / MiB)
+
+
+def _host_cache(r):
+    h = r.get("host") or {}
+    if h.get("swap_file_cached_peak_bytes") is None:
+        return "-"
+    return "%.1f" % ((h["swap_file_cached_peak_bytes"] + h["backing_cached_peak_bytes"]) / MiB)
+
+
 # (header, function of a record) -- the columns of the comparison table
 COLUMNS = [
     ("strategy", lambda r: r["strategy"]),
@@ -36,9 +58,16 @@ COLUMNS = [
     ("anon RSS peak MiB", _mib("rss_anon_peak_bytes")),
     ("touched MiB", _mib("guest_touched_bytes")),
     ("saved MiB", _mib("host_saved_bytes")),
+    ("machine saved MiB", _machine_saved),
+    ("cgroup avg MiB", _host("cgroup_avg_bytes")),
+    ("footprint MiB*s", lambda r: "%.0f" % r["host"]["footprint_mib_s"]
+     if (r.get("host") or {}).get("footprint_mib_s") is not None else "-"),
+    ("host cache MiB", _host_cache),
     ("discarded MiB", _mib("discarded_bytes")),
     ("swap out MiB", _mib("host_swap_out_bytes")),
     ("swap in MiB", _mib("host_swap_in_bytes")),
+    ("kernel swap out MiB", _host("kernel_swap_out_bytes")),
+    ("kernel swap in MiB", _host("kernel_swap_in_bytes")),
     ("discard faults", lambda r: str(r.get("discard_faults", 0))),
     ("guest CPU s", lambda r: "%.2f" % r["guest_cpu_s"]),
     ("host CPU s", lambda r: "%.2f" % r["host_cpu_s"]),
@@ -169,8 +198,9 @@ def plot(doc, path):
 
     bars(fig.add_subplot(grid[1, 0]),
          [("out", [r["host_swap_out_bytes"] / MiB for r in records], ""),
-          ("in", [r["host_swap_in_bytes"] / MiB for r in records], "//")],
-         "MiB", "host swap I/O (out | in)")
+          ("in", [r["host_swap_in_bytes"] / MiB for r in records], "//"),
+          ("kernel", [(r.get("host") or {}).get("kernel_swap_out_bytes", 0) / MiB for r in records], "..")],
+         "MiB", "swap I/O (gphint out | in | kernel out)")
     bars(fig.add_subplot(grid[1, 1]),
          [("guest", [r["guest_cpu_s"] for r in records], ""),
           ("host", [r["host_cpu_s"] for r in records], "//")],
