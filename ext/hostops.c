@@ -177,7 +177,8 @@ static void detach_and_place(struct run_ctx *c, int64_t first, int64_t npg, int 
         finish(&r->d.states[first + i], 0xff, GPH_CONTENT_RESIDENT);
     if (moved == 0)
         return;
-    if (mincore(s->scratch, (size_t)moved * ps, resident) != 0)
+    if (mincore(s->scratch, (size_t)moved * ps, resident) != 0 ||
+        gph_mark_swapped_(s->scratch, ps, moved, resident) < 0)   /* kernel-swapped: content */
         memset(resident, 1, (size_t)moved);
     for (int64_t i = 0; i < moved; i++) {
         int64_t p = first + i;

@@ -78,15 +78,33 @@ COLUMNS = [
 ]
 
 
-def rows(records):
+# the machine-level view on its own (README's host table): per-process saving beside what the
+# machine saw, and the real swap I/O of gphint's host swap and of the kernel
+HOST_COLUMNS = [COLUMNS[0], ("touched MiB", _mib("guest_touched_bytes")),
+                ("saved MiB (process)", _mib("host_saved_bytes")),
+                ("machine saved MiB", _machine_saved), ("cgroup avg MiB", _host("cgroup_avg_bytes")),
+                ("cgroup peak MiB", _host("cgroup_peak_bytes")),
+                ("footprint MiB*s", dict(COLUMNS)["footprint MiB*s"]),
+                ("host cache MiB", _host_cache),
+                ("gphint swap out MiB", _mib("host_swap_out_bytes")),
+                ("gphint swap in MiB", _mib("host_swap_in_bytes")),
+                ("kernel swap out MiB", _host("kernel_swap_out_bytes")),
+                ("kernel swap in MiB", _host("kernel_swap_in_bytes")),
+                ("cgroup swap peak MiB", _host("cgroup_swap_peak_bytes")),
+                ("ops/s", dict(COLUMNS)["ops/s"]),
+                ("integrity errors", dict(COLUMNS)["integrity errors"])]
+
+
+def rows(records, columns=None):
     """Header + one row of strings per record; a failed strategy shows its error."""
-    header = [c[0] for c in COLUMNS]
+    columns = COLUMNS if columns is None else columns
+    header = [c[0] for c in columns]
     out = []
     for r in records:
         if r.get("error"):
-            out.append([r["strategy"], "error: " + r["error"]] + [""] * (len(COLUMNS) - 2))
+            out.append([r["strategy"], "error: " + r["error"]] + [""] * (len(columns) - 2))
         else:
-            out.append([f(r) for _, f in COLUMNS])
+            out.append([f(r) for _, f in columns])
     return header, out
 
 
@@ -109,8 +127,8 @@ def text_table(records):
     return "\n".join(lines)
 
 
-def markdown_table(records):
-    header, body = _drop_empty(*rows(records))
+def markdown_table(records, columns=None):
+    header, body = _drop_empty(*rows(records, columns))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in body]
     return "\n".join(lines)

@@ -67,11 +67,12 @@ def leftovers(owner_pid):
 
 def gphint_run(*args, timeout=300):
     """`gphint run ...` in a child; (process, record or None)."""
-    out = os.path.join(tempfile.mkdtemp(prefix="realhost-test-"), "r.json")
-    p = subprocess.Popen([sys.executable, "-m", "gphint", "run", "--quiet", "--json", out] + list(args),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, err = p.communicate(timeout=timeout)
-    rec = json.load(open(out))["results"][0] if os.path.exists(out) else None
+    with tempfile.TemporaryDirectory(prefix="realhost-test-") as d:
+        out = os.path.join(d, "r.json")
+        p = subprocess.Popen([sys.executable, "-m", "gphint", "run", "--quiet", "--json", out] + list(args),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _, err = p.communicate(timeout=timeout)
+        rec = json.load(open(out))["results"][0] if os.path.exists(out) else None
     return p, rec, err
 
 
@@ -270,7 +271,8 @@ def test_pressure_run_in_a_cgroup_keeps_the_host_cache_empty(strategy):
     h = rec["host"]
     assert rec["integrity_errors"] == 0
     assert h["cgroup"] in ("v1", "v2")
-    assert h["cgroup_limit_bytes"] == rec["budget_bytes"] + h["baseline_bytes"]
+    assert h["cgroup_limit_bytes"] == rec["budget_bytes"] + h["baseline_bytes"] + h["cgroup_slack_bytes"]
+    assert h["cgroup_slack_bytes"] == max(8 * MiB, rec["budget_bytes"] // 20)
     assert 0 < h["cgroup_peak_bytes"] <= h["cgroup_limit_bytes"]
     assert h["cgroup_kernel_max_usage_bytes"] <= h["cgroup_limit_bytes"]
     assert h["host_swap_direct_io"] is True
@@ -357,3 +359,48 @@ def test_kill_9_leaves_nothing():
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+KERNEL_SWAPPED_CHILD = """
+import sys, numpy as np, gphint
+from gphint.faults import FaultService
+from gphint.stores import HostSwap
+svc = FaultService(); mem = gphint.GuestMemory("48M"); swap = HostSwap("48M")
+svc.register(mem)
+print("ready", flush=True); sys.stdin.readline()
+chunk = 256                                  # regenerate the expected bytes: no second copy
+for first in range(0, mem.npages, chunk):
+    mem.frames[first:first + chunk] = np.random.default_rng(first).integers(0, 256, (chunk, 4096), dtype=np.uint8)
+out = mem.npages - int(mem.residency().sum())
+n = svc.swap_out(mem, np.arange(mem.npages), swap)
+bad = 0
+for first in range(0, mem.npages, chunk):
+    want = np.random.default_rng(first).integers(0, 256, (chunk, 4096), dtype=np.uint8)
+    bad += int((mem.frames[first:first + chunk] != want).any(axis=1).sum())
+print(out, n, bad, flush=True)
+svc.unregister(mem); svc.stop()
+"""
+
+
+def test_host_swap_out_of_pages_the_kernel_swapped(compiled_only):
+    """Under a cgroup the kernel swaps guest pages too; one it swapped before gphint's own
+    swap-out is not resident (mincore) but not a hole either: its bytes must reach gphint's
+    host swap, not zeros (pagemap's swap bit tells them apart)."""
+    need_service()
+    need("memory_cgroup")
+    need("swap_area")
+    area = swaparea.SwapArea(128 * MiB) if not swaparea.active_areas() else None
+    cg = cgroup.MemoryCgroup.create("kswap")
+    try:
+        p = _child(KERNEL_SWAPPED_CHILD, cg)
+        assert p.stdout.readline().strip() == "ready"
+        cg.set_limit(cg.usage_bytes() + 16 * MiB)    # 48 MiB of guest memory in 16 MiB
+        out, err = p.communicate("\n", timeout=300)
+        kernel_swapped, swapped, bad = map(int, out.split())
+        assert kernel_swapped > 0 and swapped == 48 * MiB // PAGE
+        assert bad == 0
+    finally:
+        cg.kill_all()
+        cg.remove()
+        if area is not None:
+            area.close()

@@ -12,6 +12,21 @@ from . import sandbox
 from .cachemode import drop_cached
 
 
+SLACK_MIN_BYTES = 8 << 20
+
+
+def reclaim_slack_bytes(budget_bytes):
+    """How far above budget + baseline the kernel's limit sits: gphint's loop reclaims after a
+    guest overshoots (direct reclaim after each scheduling quantum, the loop every interval),
+    while the kernel reclaims synchronously at the charge.  With no slack the kernel would take
+    every overshooting page first -- by its LRU, guest pages and the interpreter's alike -- and
+    the kernel, not the strategy, would be measured.  The slack covers one quantum's overshoot
+    (guest_resident_peak_bytes - budget_bytes shows it: a few MiB) and the run's own growth, so
+    that the kernel is the last resort, as on a real host.  Every strategy, `kernel` included,
+    gets the same limit."""
+    return max(SLACK_MIN_BYTES, budget_bytes // 20)
+
+
 class RealHost:
     def __init__(self, config, spec):
         self.config = config
@@ -21,6 +36,7 @@ class RealHost:
         self.limit_bytes = None
         self.witness = None
         self.backing_dropped_bytes = 0
+        self.slack_bytes = None
 
     def before_guests(self, fileset):
         if fileset is not None and getattr(self.config, "cache", "host") == "none":
@@ -38,7 +54,8 @@ class RealHost:
         used = self.cgroup.usage_bytes() if self.cgroup is not None else rss_bytes()
         self.baseline_bytes = max(0, used - guest_resident)
         if self.cgroup is not None and self.config.host_mem_bytes is not None:
-            self.limit_bytes = self.config.host_mem_bytes + self.baseline_bytes
+            self.slack_bytes = reclaim_slack_bytes(self.config.host_mem_bytes)
+            self.limit_bytes = self.config.host_mem_bytes + self.baseline_bytes + self.slack_bytes
             self.cgroup.set_limit(self.limit_bytes)
             self.cgroup.reset_peak()
 
@@ -67,6 +84,7 @@ class RealHost:
         out = {"cgroup": self.cgroup.version if self.cgroup is not None else None,
                "cgroup_path": self.cgroup.path if self.cgroup is not None else None,
                "cgroup_limit_bytes": self.limit_bytes,
+               "cgroup_slack_bytes": self.slack_bytes,
                "baseline_bytes": self.baseline_bytes,
                "cache": getattr(self.config, "cache", "host"),
                "backing_dropped_bytes": self.backing_dropped_bytes,

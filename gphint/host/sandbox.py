@@ -32,6 +32,7 @@ from . import swaparea
 ENV = "GPHINT_CGROUP"
 PR_SET_PDEATHSIG = 1
 SWAP_SLACK_BYTES = 32 << 20
+MAX_SWAP_AREA_BYTES = 512 << 20
 RUNDIR_RE = re.compile(r"^gphint-run-(\d+)-(\d+)-\w+$")
 
 
@@ -64,9 +65,11 @@ def wanted(config, spec):
 
 
 def swap_area_bytes(config):
-    """Enough for what the guests can hold above the budget, and no more."""
+    """Enough for what the guests can hold above the budget, and no more: a swap area is seen
+    by the whole machine, so it is capped (MAX_SWAP_AREA_BYTES) however large the guests."""
     total = config.guests * config.guest_mem_bytes
-    return max(swaparea.MIN_BYTES, total - config.host_mem_bytes + SWAP_SLACK_BYTES)
+    want = total - config.host_mem_bytes + SWAP_SLACK_BYTES
+    return max(swaparea.MIN_BYTES, min(want, MAX_SWAP_AREA_BYTES))
 
 
 def clean_stale(directory=None):

@@ -168,6 +168,8 @@ class Witness:
         self.peak = {"usage": 0, "anon": 0, "file": 0, "swap": 0, "swap_cached": 0, "backing_cached": 0}
         self.mem_available_min = None
         self.footprint_byte_s = 0.0
+        self._last_swap = None
+        self.swap_growth_bytes = 0      # sum of the increases of the cgroup's swap between samples
 
     # --- sampling ------------------------------------------------------------------------------
     def _counters(self):
@@ -207,6 +209,9 @@ class Witness:
             if cg is not None:
                 for k in ("anon", "file", "swap"):
                     self.peak[k] = max(self.peak[k], cg[k + "_bytes"])
+                if self._last_swap is not None and cg["swap_bytes"] > self._last_swap:
+                    self.swap_growth_bytes += cg["swap_bytes"] - self._last_swap
+                self._last_swap = cg["swap_bytes"]
             self.mem_available_min = avail if self.mem_available_min is None else min(self.mem_available_min, avail)
         if files:
             self._sample_files()
@@ -258,6 +263,18 @@ class Witness:
             float(self.usage[-1][1] if self.usage else 0)
         psi = None if a["psi"] is None or b["psi"] is None else b["psi"] - a["psi"]
         cg_out, cg_in = cg_delta("pswpout"), cg_delta("pswpin")
+        if cg_out is not None:          # v2: the kernel counts the cgroup's swap traffic
+            swap_out, swap_in, source = cg_out * PAGE_SIZE, cg_in * PAGE_SIZE, "cgroup"
+        elif self.cgroup is not None:
+            # v1 counts no swap traffic per cgroup, and the machine's counters include whoever
+            # else swapped meanwhile (the swap area is the machine's): out = the growth of the
+            # cgroup's swap between samples (a lower bound); in = the smaller of two upper
+            # bounds, the machine's swap-ins and the cgroup's major faults
+            swap_out = self.swap_growth_bytes
+            swap_in = min(vm("pswpin"), cg_delta("pgmajfault") or 0) * PAGE_SIZE
+            source = "cgroup_v1_bounds"
+        else:
+            swap_out, swap_in, source = vm("pswpout") * PAGE_SIZE, vm("pswpin") * PAGE_SIZE, "vmstat"
         return {
             "cgroup_peak_bytes": self.peak["usage"] if self.cgroup is not None else None,
             "cgroup_avg_bytes": int(avg) if self.cgroup is not None else None,
@@ -267,9 +284,11 @@ class Witness:
             "cgroup_kernel_max_usage_bytes": self.cgroup.max_usage_bytes() if self.cgroup is not None else None,
             "cgroup_major_faults": cg_delta("pgmajfault"),
             "cgroup_oom_kills": cg_delta("oom_kills"),
-            "kernel_swap_out_bytes": (cg_out if cg_out is not None else vm("pswpout")) * PAGE_SIZE,
-            "kernel_swap_in_bytes": (cg_in if cg_in is not None else vm("pswpin")) * PAGE_SIZE,
-            "kernel_swap_source": "cgroup" if cg_out is not None else "vmstat",
+            "kernel_swap_out_bytes": int(swap_out),
+            "kernel_swap_in_bytes": int(swap_in),
+            "kernel_swap_source": source,
+            "machine_swap_out_bytes": vm("pswpout") * PAGE_SIZE,
+            "machine_swap_in_bytes": vm("pswpin") * PAGE_SIZE,
             "machine_major_faults": vm("pgmajfault"),
             "swap_file_cached_peak_bytes": self.peak["swap_cached"],
             "backing_cached_peak_bytes": self.peak["backing_cached"],
