@@ -88,6 +88,7 @@ int gph_fd_direct_(int fd);                       /* fd opened with O_DIRECT (ne
 int gph_direct_eof_(int err, size_t done);        /* EINVAL after a short O_DIRECT read = EOF */
 /* swapped.c: mark pages the kernel swapped out (or present) as holding content */
 long gph_mark_swapped_(const uint8_t *addr, size_t page_size, int64_t n, uint8_t *resident);
+int gph_pagemap_fd_(void);                        /* /proc/self/pagemap, opened once, or -errno */
 long gph_write_full(int fd, const void *buf, size_t len, int64_t off);
 
 /* --- protocol.c: the guest side of the state protocol --- */

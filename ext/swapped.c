@@ -17,7 +17,8 @@
 #define PM_PRESENT (1ULL << 63)
 #define PM_CHUNK 512
 
-static int pagemap(void)
+/* /proc/self/pagemap, opened once for the process (also dirty.c's soft-dirty scan). */
+int gph_pagemap_fd_(void)
 {
     static int fd = -1;
     int f = __atomic_load_n(&fd, __ATOMIC_ACQUIRE);
@@ -28,7 +29,7 @@ static int pagemap(void)
         return -errno;
     int expected = -1;
     if (!__atomic_compare_exchange_n(&fd, &expected, f, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        close(f);
+        close(f);   /* another thread won */
         return expected;
     }
     return f;
@@ -39,7 +40,7 @@ static int pagemap(void)
  * safe side is to read the page, never to write zeros for it). */
 long gph_mark_swapped_(const uint8_t *addr, size_t page_size, int64_t n, uint8_t *resident)
 {
-    int fd = pagemap();
+    int fd = gph_pagemap_fd_();
     if (fd < 0)
         return fd;
     uint64_t ent[PM_CHUNK];

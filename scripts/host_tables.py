@@ -30,11 +30,13 @@ def render(doc, path):
              report.markdown_table(doc["results"], report.HOST_COLUMNS)]
     k, n = recs.get("kernel"), recs.get("none")
     if k and n and n.get("ops_per_s"):
-        lines += ["", "_kernel vs none: %.2fx the ops/s, %.2fx the footprint, swap out (kernel / "
-                  "gphint's) %.1f / %.1f MiB_" % (
+        def swap(r, way):   # all of a run's swap traffic: gphint's host swap and the kernel's
+            return (r["host_swap_%s_bytes" % way] + r["host"]["kernel_swap_%s_bytes" % way]) / 2**20
+        lines += ["", "_kernel vs none: %.2fx the ops/s, %.2fx the footprint; all swap out %.1f vs "
+                  "%.1f MiB, all swap in %.1f vs %.1f MiB_" % (
                       k["ops_per_s"] / n["ops_per_s"],
                       k["host"]["footprint_mib_s"] / max(n["host"]["footprint_mib_s"], 1e-9),
-                      k["host"]["kernel_swap_out_bytes"] / 2**20, n["host_swap_out_bytes"] / 2**20)]
+                      swap(k, "out"), swap(n, "out"), swap(k, "in"), swap(n, "in"))]
     return "\n".join(lines)
 
 

@@ -404,3 +404,22 @@ def test_host_swap_out_of_pages_the_kernel_swapped(compiled_only):
         cg.remove()
         if area is not None:
             area.close()
+
+
+def test_readme_host_table_is_rendered_from_the_committed_json():
+    """No number in README's host table is typed: it is scripts/host_tables.py's rendering of
+    docs/data/host_real.json, byte for byte."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    sys.path.insert(0, os.path.join(root, "scripts"))
+    try:
+        import host_tables
+    finally:
+        sys.path.pop(0)
+    path = os.path.join(root, "docs", "data", "host_real.json")
+    text = host_tables.render(json.load(open(path)), path)
+    readme = open(os.path.join(root, "README.md")).read()
+    block = readme.split("<!-- bench:host -->\n", 1)[1].split("<!-- /bench:host -->", 1)[0]
+    assert block == text + "\n"
+    doc = json.load(open(path))
+    assert {r["strategy_name"] for r in doc["results"]} >= {"none", "cmma", "kernel"}
+    assert all(r["integrity_errors"] == 0 for r in doc["results"])
