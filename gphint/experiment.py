@@ -374,10 +374,8 @@ class Runner:
 
 # --- the real host (gphint.host.realhost): the cgroup budget, machine witnesses, --cache ------
 def _real_host(cfg, spec):
-    from .host.cachemode import set_mode
     from .host.realhost import RealHost
-    set_mode(cfg.cache)
-    return RealHost(cfg, spec)
+    return RealHost(cfg, spec)      # sets --cache for the run; close() restores it
 
 
 def _host_budget(cfg, spec):

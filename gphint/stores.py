@@ -35,6 +35,21 @@ def _cache_read_flags():
     return read_flags()
 
 
+def _open_for_reads(path):
+    """open(2) for a backing file: O_DIRECT under --cache none, buffered where the filesystem
+    (or the file type: a directory) refuses it -- FileStore.direct_io says which it got."""
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    extra = _cache_read_flags()
+    if extra:
+        try:
+            return os.open(path, flags | extra)
+        except OSError as e:
+            import errno
+            if e.errno != errno.EINVAL:
+                raise
+    return os.open(path, flags)
+
+
 def _is_direct(fd):
     from .host.cachemode import is_direct
     return is_direct(fd)
@@ -117,7 +132,7 @@ class FileStore(Store):
     def __init__(self, path):
         self.path = os.fspath(path)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | _cache_read_flags())
+            fd = _open_for_reads(self.path)
         except OSError as e:
             raise ConfigError("backing file %r: %s" % (self.path, e.strerror)) from None
         st = os.fstat(fd)

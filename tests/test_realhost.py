@@ -423,3 +423,19 @@ def test_readme_host_table_is_rendered_from_the_committed_json():
     doc = json.load(open(path))
     assert {r["strategy_name"] for r in doc["results"]} >= {"none", "cmma", "kernel"}
     assert all(r["integrity_errors"] == 0 for r in doc["results"])
+
+
+def test_a_run_gives_the_cache_mode_back(tmp_path):
+    """--cache is process-wide while a run lasts; afterwards files open as before."""
+    from gphint.experiment import RunConfig, run_one
+    before = cachemode.mode()
+    run_one(RunConfig(guests=1, guest_mem_bytes=16 * MiB, duration_s=0.5, probe=False, cache="none"), "none")
+    assert cachemode.mode() == before
+    d = tmp_path / "dir"
+    d.mkdir()
+    with pytest.raises(gphint.ConfigError, match="not a regular file"):
+        cachemode.set_mode("none")
+        try:
+            gphint.FileStore(str(d))     # O_DIRECT refused (EINVAL): the usual check still speaks
+        finally:
+            cachemode.set_mode(before)

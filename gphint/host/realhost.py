@@ -37,6 +37,9 @@ class RealHost:
         self.witness = None
         self.backing_dropped_bytes = 0
         self.slack_bytes = None
+        from .cachemode import mode, set_mode
+        self.previous_cache_mode = mode()
+        set_mode(getattr(config, "cache", "host"))
 
     def before_guests(self, fileset):
         if fileset is not None and getattr(self.config, "cache", "host") == "none":
@@ -74,7 +77,8 @@ class RealHost:
         paths = _paths(fileset) if fileset is not None else _tree(self.config.files)
         self.witness = Witness(self.cgroup, backing_paths=lambda: paths, swap_fds=swap_fds,
                                swap_paths=swap_paths,
-                               interval_s=min(0.1, self.config.sample_interval_s)).start()
+                               interval_s=min(0.1, self.config.sample_interval_s),
+                               files_interval_s=1.0).start()
 
     def stop(self):
         if self.witness is not None:
@@ -96,7 +100,11 @@ class RealHost:
         return out
 
     def close(self):
+        """Stop sampling and give the process its cache mode back (the mode is process-wide:
+        a run must not leave its --cache to whatever opens files after it)."""
+        from .cachemode import set_mode
         self.stop()
+        set_mode(self.previous_cache_mode)
 
 
 def _paths(fileset):

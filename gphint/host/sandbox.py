@@ -55,6 +55,10 @@ def wanted(config, spec):
             raise ConfigError("strategy kernel needs --host-mem (the budget its memory cgroup "
                               "enforces)")
         return False
+    if spec.name != "kernel":
+        from .hostswap import fault_service_available
+        if not fault_service_available()[0]:
+            return False     # the run itself will refuse, naming why: no cgroup to make first
     version, _, why = cgroup_mod.detect()
     if version is None or os.geteuid() != 0:
         if spec.name == "kernel":
