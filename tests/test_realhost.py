@@ -439,3 +439,30 @@ def test_a_run_gives_the_cache_mode_back(tmp_path):
             gphint.FileStore(str(d))     # O_DIRECT refused (EINVAL): the usual check still speaks
         finally:
             cachemode.set_mode(before)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_host_swap_out_into_fragmented_slots(compiled_only, direct):
+    """Swap-out writes each run of consecutive slots at once: with every other slot taken the
+    runs are single pages, and the bytes still come back exact, from either kind of file."""
+    need_service()
+    from gphint.faults import FaultService
+    from gphint.stores import HostSwap
+    svc = FaultService()
+    mem = gphint.GuestMemory("4M")
+    swap = HostSwap("16M", direct=direct)
+    try:
+        taken = swap.alloc(swap.nslots)
+        swap.free(taken[::2])                 # free slots: 0, 2, 4, ... -- no two adjacent
+        want = np.random.default_rng(11).integers(0, 256, mem.frames.shape, dtype=np.uint8)
+        mem.frames[:] = want
+        svc.register(mem)
+        pages = np.arange(0, mem.npages, 3)   # and the pages themselves not contiguous either
+        assert svc.swap_out(mem, pages, swap) == pages.size
+        assert not mem.residency()[pages].any()
+        assert np.array_equal(mem.frames, want)
+    finally:
+        svc.unregister(mem)
+        svc.stop()
+        mem.close()
+        swap.close()
