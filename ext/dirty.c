@@ -17,19 +17,7 @@
 
 static int pagemap_fd(void)
 {
-    static int fd = -1;
-    int f = __atomic_load_n(&fd, __ATOMIC_ACQUIRE);
-    if (f >= 0)
-        return f;
-    f = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-    if (f < 0)
-        return -errno;
-    int expected = -1;
-    if (!__atomic_compare_exchange_n(&fd, &expected, f, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        close(f);   /* another thread won */
-        return expected;
-    }
-    return f;
+    return gph_pagemap_fd_();   /* one process-wide fd, opened once (swapped.c) */
 }
 
 long gph_dirty_scan(uint8_t *base, size_t page_size, int64_t first, int64_t n, int clear,

@@ -53,6 +53,11 @@ static long direct_run(uint8_t *frames, size_t len, int fd, int64_t off, int to_
         if (r < 0) {
             if (errno == EINTR || errno == EAGAIN)
                 continue;
+            if (!to_file && gph_direct_eof_(errno, *done)) {   /* O_DIRECT: EOF (stores.c) */
+                memset(frames + *done, 0, len - *done);
+                *done = len;
+                break;
+            }
             return -errno;
         }
         if (r == 0) {

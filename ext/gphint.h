@@ -126,6 +126,11 @@ long gph_page_digests(const uint8_t *base, size_t page_size, int64_t npages, con
 /* Read len bytes at off, looping short reads and retrying EINTR/EAGAIN; bytes past EOF read as zero
  * (file-mapping semantics).  Returns bytes that came from the file, or -errno. */
 long gph_read_full(int fd, void *buf, size_t len, int64_t off);
+int gph_fd_direct_(int fd);                       /* fd opened with O_DIRECT (never mapped) */
+int gph_direct_eof_(int err, size_t done);        /* EINVAL after a short O_DIRECT read = EOF */
+/* swapped.c: mark pages the kernel swapped out (or present) as holding content */
+long gph_mark_swapped_(const uint8_t *addr, size_t page_size, int64_t n, uint8_t *resident);
+int gph_pagemap_fd_(void);                        /* /proc/self/pagemap, opened once, or -errno */
 long gph_write_full(int fd, const void *buf, size_t len, int64_t off);
 
 /* --- protocol.c: the guest side of the state protocol --- */

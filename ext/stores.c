@@ -17,6 +17,7 @@
 #include "gphint.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,7 +84,7 @@ long gph_store_set(int32_t id, int fd, uint8_t *slot_used, int64_t nslots, const
         size = st.st_size;
         mtime = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
         ctime = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
-        if (!digest && S_ISREG(st.st_mode) && st.st_size > 0) {
+        if (!digest && S_ISREG(st.st_mode) && st.st_size > 0 && !gph_fd_direct_(fd)) {
             void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
             if (m != MAP_FAILED) {
                 map = m;
@@ -114,6 +115,15 @@ long gph_store_set_digests(int32_t id, const uint64_t *digest, int64_t ndigest)
     __atomic_store_n(&e->digest, digest, __ATOMIC_RELEASE);
     __atomic_store_n(&e->ndigest, ndigest, __ATOMIC_RELEASE);
     return 0;
+}
+
+/* An O_DIRECT store (the host swap, a cache=none guest disk) must never be read through a
+ * mapping: that would fill the host page cache the store was opened to avoid.  Such a store is
+ * read with pread into page-aligned buffers (the fault thread's bounce is mmap'd). */
+int gph_fd_direct_(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl >= 0 && (fl & O_DIRECT) != 0;
 }
 
 const uint8_t *gph_store_map_get_(int32_t id, int64_t off, size_t len)
@@ -286,6 +296,8 @@ long gph_read_full(int fd, void *buf, size_t len, int64_t off)
         if (r < 0) {
             if (errno == EINTR || errno == EAGAIN)
                 continue;
+            if (gph_direct_eof_(errno, done))
+                break;
             return -errno;
         }
         if (r == 0)   /* EOF: the rest of the page reads as zero, as a file mapping would */
@@ -312,4 +324,13 @@ long gph_write_full(int fd, const void *buf, size_t len, int64_t off)
         done += (size_t)w;
     }
     return (long)done;
+}
+
+/* O_DIRECT reads the file's last, partial block as a short read; the next pread would start at
+ * an unaligned offset and fail with EINVAL.  A short read of an O_DIRECT file happens only at
+ * EOF, so EINVAL after an unaligned amount read means end of file (buffered I/O never gives
+ * EINVAL for an offset: this only ever applies to O_DIRECT). */
+int gph_direct_eof_(int err, size_t done)
+{
+    return err == EINVAL && done % 512 != 0;
 }

@@ -311,7 +311,14 @@ def _page_io(to_file, region, ps, pages, fd, offsets):
             if to_file:
                 got = os.pwrite(fd, view[done:], off + done)
             else:
-                got = os.preadv(fd, [view[done:]], off + done)
+                try:
+                    got = os.preadv(fd, [view[done:]], off + done)
+                except OSError as e:
+                    # O_DIRECT (--cache none): EINVAL after an unaligned short read is EOF,
+                    # as ext/stores.c gph_direct_eof_ rules
+                    if e.errno != _errno.EINVAL or done % 512 == 0:
+                        raise
+                    got = 0
                 if got == 0:
                     view[done:] = bytes(len(view) - done)   # past EOF: zeros
                     break

@@ -255,6 +255,8 @@ def probe():
         move, detail="UFFDIO_MOVE: host swap-out detaches a page atomically" if move else "",
         reason="" if move else "UFFD_FEATURE_MOVE not offered: host swap-out is unavailable",
         remedy="" if move else "Linux >= 6.8 with userfaultfd access")
+    from .host.realcaps import features as real_host_features   # cgroups, swap, O_DIRECT, ...
+    feats.update(real_host_features(Feature))
     return Capabilities(
         mechanism=_mechanism.NAME, gphint_version=__version__, kernel=platform.release(),
         machine=platform.machine(), page_size=mmap.PAGESIZE, euid=os.geteuid(),

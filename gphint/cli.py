@@ -80,7 +80,8 @@ def config_from(args):
         duration_s=args.duration, ops_per_guest=args.ops, seed=args.seed, files=args.files, nops=args.nops,
         idle_sched_s=args.idle_sched, discard_mode=args.discard_mode,
         probe=not args.no_probe, probe_bytes=parse_size(args.probe_mem, "--probe-mem"),
-        probe_timeout_s=args.probe_timeout, status_path=args.status).validate()
+        probe_timeout_s=args.probe_timeout, status_path=args.status, cache=args.cache,
+        cgroup=not args.no_cgroup).validate()
 
 
 def _print_results(doc, out=sys.stdout):
@@ -95,6 +96,9 @@ def cmd_run(args):
     from .progress import Bar
     spec = parse_strategy(args.strategy)
     cfg = config_from(args)
+    contained = _contained_run(args, cfg, spec)
+    if contained is not None:
+        return contained
     with Bar("run %s" % spec, args.quiet) as bar:
         rec = experiment.run_one(cfg, spec, progress=lambda f: bar.update_to(100 * f))
     doc = experiment.results_document(cfg, [rec])
@@ -102,6 +106,17 @@ def cmd_run(args):
         experiment.write_json(args.json, doc)
     _print_results(doc)
     return 0 if rec["integrity_errors"] == 0 else 1
+
+
+def _contained_run(args, cfg, spec):
+    """Under --host-mem, the run itself happens in a child inside a memory cgroup at the
+    budget (gphint.host.sandbox); returns its exit status, or None to run here."""
+    from .host import sandbox
+    if not cfg.cgroup or not sandbox.wanted(cfg, spec):
+        return None
+    argv = (["--debug"] if args.debug else []) + ["run", "--strategy", str(spec)] + cfg.cli_args()
+    argv += (["--json", args.json] if args.json else []) + (["--quiet"] if args.quiet else [])
+    return sandbox.run_contained(cfg, spec, argv)
 
 
 def _compare(args, cfg, strategies, json_path, plot_path):
@@ -186,12 +201,27 @@ def cmd_demo(args):
         print("gphint demo: pressure mode needs the discard-fault service (%s); "
               "running proactive mode instead" % why, file=sys.stderr)
         args.host_mem = None
+    if args.strategies is None:
+        args.strategies = _demo_strategies(args)
     json_path = os.path.join(args.out_dir, "demo.json")
     plot_path = os.path.join(args.out_dir, "demo.png")
     rc, written = _compare(args, config_from(args), args.strategies, json_path, plot_path)
     if written:
         print("wrote %s" % " and ".join(written))
     return rc
+
+
+def _demo_strategies(args):
+    """The five gphint strategies, and the kernel peer beside them where this machine can run
+    it (a memory cgroup and a swap area: `gphint caps`); say so when it cannot."""
+    if not args.host_mem or args.no_cgroup:
+        return ALL_STRATEGIES
+    missing = [n for n in ("memory_cgroup", "swap_area") if not caps_mod.has(n)]
+    if missing:
+        print("gphint demo: the kernel peer is left out: %s (see gphint caps)"
+              % "; ".join(caps_mod.probe().features[n].reason for n in missing), file=sys.stderr)
+        return ALL_STRATEGIES
+    return ALL_STRATEGIES + ",kernel"
 
 
 def _run_options(sp, duration, guests, guest_mem, host_mem=None, ops=None):
@@ -224,6 +254,15 @@ def _run_options(sp, duration, guests, guest_mem, host_mem=None, ops=None):
     sp.add_argument("--status", metavar="PATH", default=None,
                     help="keep a live per-guest snapshot here (watch it with scripts/watch.py PATH)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar (the table is still printed)")
+    _realhost_options(sp)
+
+
+def _realhost_options(sp):
+    sp.add_argument("--cache", default="none", choices=("none", "host"),
+                    help="guest disks: none = O_DIRECT reads, the host keeps no second copy (like "
+                         "QEMU cache=none); host = through the host page cache (default: none)")
+    sp.add_argument("--no-cgroup", action="store_true",
+                    help="under --host-mem, do not run in a memory cgroup at the budget")
 
 
 def build_parser():
@@ -236,7 +275,7 @@ def build_parser():
 
     sp = sub.add_parser("run", help="run guests under one host strategy")
     sp.add_argument("--strategy", required=True, metavar="SPEC",
-                    help="NAME[:key=value,...], NAME one of %s" % ALL_STRATEGIES)
+                    help="NAME[:key=value,...], NAME one of %s,kernel" % ALL_STRATEGIES)
     _run_options(sp, 10.0, 4, "64M")
     sp.add_argument("--json", metavar="PATH", help="write the results JSON here")
     sp.set_defaults(func=cmd_run)
@@ -250,7 +289,9 @@ def build_parser():
     sp.set_defaults(func=cmd_compare)
 
     sp = sub.add_parser("demo", help="the headline comparison (~2 minutes): writes results/demo.json and .png")
-    sp.add_argument("--strategies", default=ALL_STRATEGIES, metavar="S1,S2,...")
+    sp.add_argument("--strategies", default=None, metavar="S1,S2,...",
+                    help="default: %s, and kernel where a memory cgroup and a swap area can be had"
+                    % ALL_STRATEGIES)
     # sized for ~2 minutes on 2 cores: guests large enough that free page reporting's
     # watermark (1% + 32 x 2 MiB free) can be met, a budget of half what the guests touch
     _run_options(sp, 60.0, 4, "192M", host_mem="192M", ops=6000)

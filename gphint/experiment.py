@@ -67,6 +67,8 @@ class RunConfig:
     probe_bytes: int = 16 << 20
     probe_timeout_s: float = None   # None: max(3 s, 1.5 x the strategy's delay + 1.5 s)
     status_path: str = None         # live per-guest snapshot for scripts/watch.py
+    cache: str = "none"             # guest disks: "none" (O_DIRECT reads) or "host" (page cache)
+    cgroup: bool = True             # under a budget: run in a memory cgroup at budget + baseline
 
     @property
     def mode(self):
@@ -88,6 +90,9 @@ class RunConfig:
             raise ConfigError("--ops must be >= 1, got %r" % self.ops_per_guest)
         if self.files is not None and not os.path.isdir(self.files):
             raise ConfigError("--files %r is not a directory" % self.files)
+        from .host.cachemode import MODES
+        if self.cache not in MODES:
+            raise ConfigError("--cache %r is not valid (expected one of %s)" % (self.cache, ", ".join(MODES)))
         if self.host_mem_bytes is not None and self.host_mem_bytes < 4 * (2 << 20):
             raise ConfigError("--host-mem %d bytes is too small (at least 8 MiB)" % self.host_mem_bytes)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or \
@@ -152,7 +157,7 @@ class RunConfig:
                 "--guest-mem", str(self.guest_mem_bytes), "--duration", repr(self.duration_s),
                 "--seed", str(self.seed), "--nops", str(self.nops),
                 "--idle-sched", repr(self.idle_sched_s), "--discard-mode", self.discard_mode,
-                "--probe-mem", str(self.probe_bytes)]
+                "--probe-mem", str(self.probe_bytes), "--cache", self.cache]
         if self.probe_timeout_s is not None:
             args += ["--probe-timeout", repr(self.probe_timeout_s)]
         if self.host_mem_bytes is not None:
@@ -161,6 +166,8 @@ class RunConfig:
             args += ["--files", self.files]
         if not self.probe:
             args.append("--no-probe")
+        if not self.cgroup:
+            args.append("--no-cgroup")
         if self.status_path:
             args += ["--status", self.status_path]
         if self.ops_per_guest is not None:
@@ -223,13 +230,16 @@ class Runner:
         cfg = self.config
         tmpfiles.sweep()            # what killed runs left in the temp dir
         self.rss_baseline_bytes = measure.rss_bytes()
+        self.realhost = _real_host(cfg, self.spec)
         if fault_service_available()[0]:
             self.svc = self.api.fault_service()
         self.fileset = self.api.shared_files(cfg)
+        self.realhost.before_guests(self.fileset)
         self.guests = [self.api.make_guest(i, cfg, self.spec, self.svc, self.fileset)
                        for i in range(cfg.guests)]
-        self.host = Host(self.guests, cfg.host_mem_bytes, self.spec, fault_service=self.svc,
+        self.host = Host(self.guests, _host_budget(cfg, self.spec), self.spec, fault_service=self.svc,
                          interval_s=cfg.interval_s, sample_interval_s=cfg.sample_interval_s)
+        self.realhost.set_budget(self.host)
 
     def _busy(self, g):
         """Has this guest work left?  Idle guests never do; with ops_per_guest, a guest that
@@ -257,6 +267,7 @@ class Runner:
         me = threading.get_ident()
         cpu0, thread0, wall0 = _process_cpu_s(), time.thread_time(), time.monotonic()
         host.record(force=True)
+        self.realhost.start(host, self.fileset)
         host.start()
         ops, last = 0, {}
         self.ops_by_guest = {id(g): 0 for g in self.guests}
@@ -289,6 +300,7 @@ class Runner:
             probe = self.probe() if cfg.probe and cfg.mode == "proactive" else None
         finally:
             host.stop()
+            self.realhost.stop()
         host.sample()
         host.record(force=True)
         if cfg.status_path:
@@ -414,7 +426,8 @@ class Runner:
             "ops": int(ops), "wall_s": round(wall_s, 4), "finished_by": self.finished_by,
             "ops_per_s": round(ops / wall_s, 2) if wall_s > 0 else 0.0,
             "budget_overruns": hs["budget_overruns"],
-            "host": {k: v for k, v in hs.items() if k not in ("discarded_pages",)},
+            "host": dict({k: v for k, v in hs.items() if k not in ("discarded_pages",)},
+                         **self.realhost.fields(host)),
             "proactive_probe": probe,
             "census_end": census,
             "integrity_errors": integrity,
@@ -425,6 +438,8 @@ class Runner:
         return rec
 
     def close(self):
+        if getattr(self, "realhost", None) is not None:
+            self.realhost.close()
         for g in self.guests:
             self.api.close(g)
         if self.host is not None:
@@ -433,6 +448,18 @@ class Runner:
             self.svc.stop()
         if getattr(self, "fileset", None) is not None:
             self.fileset.close()
+
+
+# --- the real host (gphint.host.realhost): the cgroup budget, machine witnesses, --cache ------
+def _real_host(cfg, spec):
+    from .host.realhost import RealHost
+    return RealHost(cfg, spec)      # sets --cache for the run; close() restores it
+
+
+def _host_budget(cfg, spec):
+    """The budget gphint's own reclaim loop enforces: none for the kernel peer, whose budget
+    is only its memory cgroup's limit (the kernel reclaims, gphint does not)."""
+    return None if spec.name == "kernel" else cfg.host_mem_bytes
 
 
 def _us(ns):

@@ -29,6 +29,28 @@ def _probe(pattern):
     return cell
 
 
+def _host(key):
+    """A machine-level witness from the record's `host` object (gphint.host.witness)."""
+    return lambda r: "%.1f" % ((r.get("host") or {})[key] / MiB) \
+        if (r.get("host") or {}).get(key) is not None else "-"
+
+
+def _machine_saved(r):
+    """What the machine did not have to hold: the run without any reclaim would hold its
+    baseline plus everything the guests touched; it held its cgroup's average usage."""
+    h = r.get("host") or {}
+    if h.get("cgroup_avg_bytes") is None or h.get("baseline_bytes") is None:
+        return "-"
+    return "%.1f" % (max(0, h["baseline_bytes"] + r["guest_touched_bytes"] - h["cgroup_avg_bytes"]) / MiB)
+
+
+def _host_cache(r):
+    h = r.get("host") or {}
+    if h.get("swap_file_cached_peak_bytes") is None:
+        return "-"
+    return "%.1f" % ((h["swap_file_cached_peak_bytes"] + h["backing_cached_peak_bytes"]) / MiB)
+
+
 # (header, function of a record) -- the columns of the comparison table
 COLUMNS = [
     ("strategy", lambda r: r["strategy"]),
@@ -37,9 +59,16 @@ COLUMNS = [
     ("anon RSS peak MiB", _mib("rss_anon_peak_bytes")),
     ("touched MiB", _mib("guest_touched_bytes")),
     ("saved MiB", _mib("host_saved_bytes")),
+    ("machine saved MiB", _machine_saved),
+    ("cgroup avg MiB", _host("cgroup_avg_bytes")),
+    ("footprint MiB*s", lambda r: "%.0f" % r["host"]["footprint_mib_s"]
+     if (r.get("host") or {}).get("footprint_mib_s") is not None else "-"),
+    ("host cache MiB", _host_cache),
     ("discarded MiB", _mib("discarded_bytes")),
     ("swap out MiB", _mib("host_swap_out_bytes")),
     ("swap in MiB", _mib("host_swap_in_bytes")),
+    ("kernel swap out MiB", _host("kernel_swap_out_bytes")),
+    ("kernel swap in MiB", _host("kernel_swap_in_bytes")),
     ("discard faults", lambda r: str(r.get("discard_faults", 0))),
     ("guest CPU s", lambda r: "%.2f" % r["guest_cpu_s"]),
     ("host CPU s", lambda r: "%.2f" % r["host_cpu_s"]),
@@ -50,15 +79,33 @@ COLUMNS = [
 ]
 
 
-def rows(records):
+# the machine-level view on its own (README's host table): per-process saving beside what the
+# machine saw, and the real swap I/O of gphint's host swap and of the kernel
+HOST_COLUMNS = [COLUMNS[0], ("touched MiB", _mib("guest_touched_bytes")),
+                ("saved MiB (process)", _mib("host_saved_bytes")),
+                ("machine saved MiB", _machine_saved), ("cgroup avg MiB", _host("cgroup_avg_bytes")),
+                ("cgroup peak MiB", _host("cgroup_peak_bytes")),
+                ("footprint MiB*s", dict(COLUMNS)["footprint MiB*s"]),
+                ("host cache MiB", _host_cache),
+                ("gphint swap out MiB", _mib("host_swap_out_bytes")),
+                ("gphint swap in MiB", _mib("host_swap_in_bytes")),
+                ("kernel swap out MiB", _host("kernel_swap_out_bytes")),
+                ("kernel swap in MiB", _host("kernel_swap_in_bytes")),
+                ("cgroup swap peak MiB", _host("cgroup_swap_peak_bytes")),
+                ("ops/s", dict(COLUMNS)["ops/s"]),
+                ("integrity errors", dict(COLUMNS)["integrity errors"])]
+
+
+def rows(records, columns=None):
     """Header + one row of strings per record; a failed strategy shows its error."""
-    header = [c[0] for c in COLUMNS]
+    columns = COLUMNS if columns is None else columns
+    header = [c[0] for c in columns]
     out = []
     for r in records:
         if r.get("error"):
-            out.append([r["strategy"], "error: " + r["error"]] + [""] * (len(COLUMNS) - 2))
+            out.append([r["strategy"], "error: " + r["error"]] + [""] * (len(columns) - 2))
         else:
-            out.append([f(r) for _, f in COLUMNS])
+            out.append([f(r) for _, f in columns])
     return header, out
 
 
@@ -81,8 +128,8 @@ def text_table(records):
     return "\n".join(lines)
 
 
-def markdown_table(records):
-    header, body = _drop_empty(*rows(records))
+def markdown_table(records, columns=None):
+    header, body = _drop_empty(*rows(records, columns))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in body]
     return "\n".join(lines)
@@ -170,8 +217,9 @@ def plot(doc, path):
 
     bars(fig.add_subplot(grid[1, 0]),
          [("out", [r["host_swap_out_bytes"] / MiB for r in records], ""),
-          ("in", [r["host_swap_in_bytes"] / MiB for r in records], "//")],
-         "MiB", "host swap I/O (out | in)")
+          ("in", [r["host_swap_in_bytes"] / MiB for r in records], "//"),
+          ("kernel", [(r.get("host") or {}).get("kernel_swap_out_bytes", 0) / MiB for r in records], "..")],
+         "MiB", "swap I/O (gphint out | in | kernel out)")
     bars(fig.add_subplot(grid[1, 1]),
          [("guest", [r["guest_cpu_s"] for r in records], ""),
           ("host", [r["host_cpu_s"] for r in records], "//")],

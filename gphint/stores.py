@@ -89,6 +89,40 @@ def nofile_error(e, path):
     return OSError(e.errno, "%s: %s" % (path, e.strerror))
 
 
+def _cache_read_flags():
+    from .host.cachemode import read_flags
+    return read_flags()
+
+
+def _open_for_reads(path):
+    """open(2) for a backing file: O_DIRECT under --cache none, buffered where the filesystem
+    (or the file type: a directory) refuses it -- FileStore.direct_io says which it got."""
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    extra = _cache_read_flags()
+    if extra:
+        try:
+            return os.open(path, flags | extra)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+    return os.open(path, flags)
+
+
+def _is_direct(fd):
+    from .host.cachemode import is_direct
+    return is_direct(fd)
+
+
+def _direct_pread(fd, nbytes, offset):
+    from .host.cachemode import pread_aligned
+    return pread_aligned(fd, nbytes, offset)
+
+
+def _enable_direct(fd):
+    from .host.hostswap_direct import enable_direct
+    return enable_direct(fd)
+
+
 class SwapFull(GphintError, MemoryError):
     """The host swap has no free slot left."""
 
@@ -134,7 +168,10 @@ class Store(Closeable):
     def read(self, offset, nbytes=PAGE_SIZE):
         """nbytes at offset; past the end of the file reads as zeros (file-mapping semantics)."""
         self._check_open()
-        data = os.pread(self.fd, nbytes, offset)
+        if getattr(self, "direct_io", False):
+            data = _direct_pread(self.fd, nbytes, offset)
+        else:
+            data = os.pread(self.fd, nbytes, offset)
         return data + bytes(nbytes - len(data))
 
     def close(self):
@@ -171,7 +208,7 @@ class FileStore(Store):
     def __init__(self, path):
         self.path = os.fspath(path)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = _open_for_reads(self.path)
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 raise nofile_error(e, self.path) from None
@@ -181,6 +218,7 @@ class FileStore(Store):
             os.close(fd)
             raise ConfigError("backing file %r is not a regular file" % self.path)
         self.size_bytes = st.st_size
+        self.direct_io = _is_direct(fd)
         self.sharers = 1
         # every table ever handed to the fault thread stays mapped until close(): a reload
         # that loaded the old pointer just before a growth may still read it
@@ -232,7 +270,7 @@ class HostSwap(Store):
 
     kind = "host swap"
 
-    def __init__(self, size="256M", path=None):
+    def __init__(self, size="256M", path=None, direct=True):
         size_bytes = parse_size(size, "host swap size")
         self.nslots = -(-size_bytes // PAGE_SIZE)
         self.size_bytes = self.nslots * PAGE_SIZE
@@ -248,6 +286,10 @@ class HostSwap(Store):
                 raise ConfigError("host swap file %r: %s" % (self.path, e.strerror)) from None
         os.set_inheritable(fd, False)
         os.ftruncate(fd, self.size_bytes)
+        # O_DIRECT: a swapped page must leave RAM -- buffered, it would sit in the host's page
+        # cache and the "swap" would be a memcpy (gphint.host.hostswap_direct)
+        self.direct_io, self.direct_io_reason = _enable_direct(fd) if direct else \
+            (False, "direct=False was asked for")
         # slot-in-use table: mmap-backed (never moves) because the fault thread clears entries
         self._slot_map = mmap.mmap(-1, max(self.nslots, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.slot_used = np.frombuffer(self._slot_map, dtype=np.uint8, count=self.nslots)

@@ -8,7 +8,7 @@ from gphint.host.spec import ADVICES, BATCHES, STRATEGY_KEYS, SUBMIT_MODES
 
 
 def test_every_strategy_parses_with_defaults():
-    assert set(STRATEGIES) == {"none", "balloon", "reporting", "unused", "cmma"}
+    assert set(STRATEGIES) == {"none", "balloon", "reporting", "unused", "cmma", "kernel"}
     for name in STRATEGIES:
         spec = parse_strategy(name)
         assert spec.name == name
@@ -68,4 +68,5 @@ def test_strategy_lists_carry_options():
 def test_hint_levels():
     # the peers' guests must not produce CMMA states the peers do not have
     assert {n: parse_strategy(n).hints for n in STRATEGIES} == {
-        "none": "off", "balloon": "off", "reporting": "off", "unused": "unused", "cmma": "full"}
+        "none": "off", "balloon": "off", "reporting": "off", "unused": "unused", "cmma": "full",
+        "kernel": "off"}

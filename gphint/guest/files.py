@@ -78,10 +78,29 @@ def _walk_tree(root):
     return paths
 
 
+def _cache_read_flags():
+    from ..host.cachemode import read_flags     # --cache none|host (gphint.host.cachemode)
+    return read_flags()
+
+
+def _is_direct(fd):
+    from ..host.cachemode import is_direct
+    return is_direct(fd)
+
+
+def _pread_into_direct(fd, flat, offset):
+    from ..host.cachemode import pread_aligned
+    data = pread_aligned(fd, flat.nbytes, offset)
+    flat[:len(data)] = data
+    return len(data)
+
+
 def pread_into(fd, buf, offset):
     """Fill the uint8 array buf from fd at offset with real reads, looping over short reads;
     stops at end of file (the rest of buf stays as it was).  Returns bytes read."""
     flat = memoryview(buf).cast("B")
+    if _is_direct(fd):   # --cache none: O_DIRECT reads need a page-aligned buffer
+        return _pread_into_direct(fd, flat, offset)
     done = 0
     while done < flat.nbytes:
         n = os.preadv(fd, [flat[done:]], offset + done)
@@ -168,7 +187,8 @@ class FileSet:
             return fd
         while len(self._fds) >= FD_CACHE_MAX:
             os.close(self._fds.popitem(last=False)[1])
-        flags = os.O_RDWR if self.copied[fid] else os.O_RDONLY
+        # an original is only read: O_DIRECT under --cache none (the host keeps no second copy)
+        flags = os.O_RDWR if self.copied[fid] else os.O_RDONLY | _cache_read_flags()
         try:
             fd = os.open(self.path(fid), flags | os.O_CLOEXEC)
         except OSError as e:

@@ -37,6 +37,8 @@ STRATEGY_KEYS = {
     "unused": dict(_HINTING, scan=0.1, delay=0.0),
     # full guest page hinting: UNUSED, VOLATILE, clean POT_VOLATILE
     "cmma": dict(_HINTING, scan=0.1, delay=0.0),
+    # no hints, no gphint reclaim: a memory cgroup at the budget and the kernel's own swap
+    "kernel": {},
 }
 STRATEGIES = tuple(STRATEGY_KEYS)
 

@@ -239,7 +239,8 @@ class Cmma(HintScan):
 
 def make_strategy(spec, host):
     from .balloon import Balloon
+    from .kernel import KernelPeer
     from .reporting import Reporting
     cls = {"none": Strategy, "unused": HintScan, "cmma": Cmma, "reporting": Reporting,
-           "balloon": Balloon}[spec.name]
+           "balloon": Balloon, "kernel": KernelPeer}[spec.name]
     return cls(spec, host)
