@@ -20,7 +20,7 @@ import time
 import numpy as np
 import psutil
 
-from . import caps, measure, outputs, tmpfiles
+from . import caps, childproc, measure, outputs, tmpfiles
 from ._version import __version__
 from .errors import ConfigError
 from .host import Host, parse_strategy
@@ -531,30 +531,12 @@ def _child_fraction(config, elapsed_s):
     return min(elapsed_s / config.duration_s, 0.99)
 
 
-# The child imports gphint from exactly the directory the parent's gphint came from.
-# `python -m gphint` would put the child's working directory first on sys.path, so a user
-# standing in a source checkout (its root has a gphint/ directory, usually unbuilt) would have
-# every child import that checkout instead of the installed package the parent runs.  Changing
-# the child's cwd would break relative paths in its options (--files, --status), and putting
-# the package's parent directory first on sys.path would let anything else installed there
-# shadow the standard library; loading the package from its own __init__.py changes neither.
-_CHILD_BOOTSTRAP = (
-    "import importlib.util, os, sys\n"
-    "pkg = sys.argv.pop(1)\n"
-    "spec = importlib.util.spec_from_file_location('gphint', os.path.join(pkg, '__init__.py'),"
-    " submodule_search_locations=[pkg])\n"
-    "mod = importlib.util.module_from_spec(spec)\n"
-    "sys.modules['gphint'] = mod\n"
-    "spec.loader.exec_module(mod)\n"
-    "from gphint.cli import child_main\n"
-    "sys.exit(child_main())\n")
 
 
 def child_command(args):
     """argv that runs `gphint ARGS` in a child on this very gphint, as a child of this process
     (it dies with its parent: cli.child_main)."""
-    pkg = os.path.dirname(os.path.abspath(__file__))
-    return [sys.executable, "-c", _CHILD_BOOTSTRAP, pkg, "--parent-pid", str(os.getpid())] + list(args)
+    return childproc.command("gphint.cli:child_main", ["--parent-pid", str(os.getpid())] + list(args))
 
 
 def _child_record(spec, out, returncode, err):

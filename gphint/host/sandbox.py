@@ -7,8 +7,8 @@ enters the cgroup between fork and exec.  The child learns its cgroup from GPHIN
 
 Cleanup holds after a normal run, a failed run and kill -9:
   - the child has PR_SET_PDEATHSIG(SIGKILL): it dies with this process;
-  - a reaper (`python -m gphint.host.sandbox --reap ...`, its own session so a terminal's ^C
-    does not reach it) blocks on a pipe whose only writer is this process: when this process
+  - a reaper (`reap_main`, started through gphint.childproc; its own session, so a terminal's
+    ^C does not reach it) blocks on a pipe whose only writer is this process: when this process
     ends, however it ends, the pipe reads EOF and the reaper kills what is left in the cgroup,
     removes it, and swapoffs and unlinks the swap file.  Cleanup is idempotent, so the normal
     path does it itself and the reaper then finds nothing to do;
@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 
+from .. import childproc
 from ..errors import Unsupported
 from . import cgroup as cgroup_mod
 from . import swaparea
@@ -122,8 +123,8 @@ def _enter(cg, parent_pid):
 
 def _start_reaper(cg, swap_path, rundir):
     r, w = os.pipe()
-    cmd = [sys.executable, "-m", "gphint.host.sandbox", "--reap",
-           json.dumps({"cgroup": [cg.version, cg.path], "swap": swap_path, "rundir": rundir})]
+    cmd = childproc.command("gphint.host.sandbox:reap_main", [
+        "--reap", json.dumps({"cgroup": [cg.version, cg.path], "swap": swap_path, "rundir": rundir})])
     proc = subprocess.Popen(cmd, stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, close_fds=True)
     os.close(r)
@@ -149,8 +150,9 @@ def run_contained(config, spec, argv):
         env["TMPDIR"] = rundir
         if area is not None:
             env["GPHINT_SWAP_AREA"] = area.path
-        proc = subprocess.Popen([sys.executable, "-m", "gphint"] + list(argv), env=env,
-                                preexec_fn=_enter(cg, os.getpid()))
+        proc = subprocess.Popen(childproc.command("gphint.cli:child_main",
+                                                  ["--parent-pid", str(os.getpid())] + list(argv)),
+                                env=env, preexec_fn=_enter(cg, os.getpid()))
         try:
             rc = proc.wait()
         except KeyboardInterrupt:
@@ -202,9 +204,14 @@ def reap(spec):
         shutil.rmtree(spec["rundir"], ignore_errors=True)
 
 
-if __name__ == "__main__":
+def reap_main():
+    """Entry point of the reaper child (gphint.childproc.command): `--reap JSON`."""
     if len(sys.argv) == 3 and sys.argv[1] == "--reap":
         reap(json.loads(sys.argv[2]))
-    else:
-        print("usage: python -m gphint.host.sandbox --reap JSON", file=sys.stderr)
-        sys.exit(2)
+        return 0
+    print("usage: gphint.host.sandbox --reap JSON", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(reap_main())
