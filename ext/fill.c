@@ -94,8 +94,11 @@ static long io_pages(uint8_t *base, size_t ps, int64_t npages, const int64_t *pa
         if (!force_bounce)
             rc = direct_run(frames, len, fd, offsets[i], to_file, &done);
         if (force_bounce || rc == -EFAULT) {
-            if (!buf && !(buf = malloc(BOUNCE_PAGES * ps))) {
-                set_err(err, "malloc", pages[i], (int64_t)k);
+            /* page-aligned: a backing file opened with O_DIRECT (--cache none) refuses an
+             * unaligned buffer with EINVAL */
+            if (!buf && posix_memalign((void **)&buf, ps, BOUNCE_PAGES * ps) != 0) {
+                buf = NULL;
+                set_err(err, "posix_memalign", pages[i], (int64_t)k);
                 return -ENOMEM;
             }
             size_t pdone = done / ps * ps;   /* redo the partial page through the bounce */

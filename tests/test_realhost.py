@@ -197,6 +197,25 @@ def test_o_direct_read_of_a_partial_last_block(tmp_path):
         mem.close()
 
 
+def test_o_direct_read_through_the_bounce_buffer(tmp_path):
+    """Under UFFD_USER_MODE_ONLY (an unprivileged user) a guest fill bounces through a user-space
+    buffer: with an O_DIRECT backing file (--cache none) that buffer must be page-aligned, or
+    the read fails with EINVAL."""
+    need("o_direct")
+    data = np.random.default_rng(4).integers(0, 256, 8 * PAGE, dtype=np.uint8)
+    path = tmp_path / "b"
+    path.write_bytes(data.tobytes())
+    fd = os.open(path, os.O_RDONLY | cachemode.O_DIRECT)
+    mem = gphint.GuestMemory("1M")
+    try:
+        pages = np.arange(8, dtype=np.int64)
+        _mechanism.mech.fill_from_file(mem.region, PAGE, pages, fd, pages * PAGE, True)
+        assert np.array_equal(mem.frames[:8].reshape(-1), data)
+    finally:
+        os.close(fd)
+        mem.close()
+
+
 def test_file_store_reads_direct_under_cache_none(tmp_path):
     need("o_direct")
     path = tmp_path / "g"
