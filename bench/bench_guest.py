@@ -145,11 +145,13 @@ def test_batched_hinting_target(benchmark, file_root, workload):
     benchmark.extra_info.update({"ops_per_s_%s" % c: round(nops / t, 1) for c, t in best.items()})
     benchmark.extra_info.update({"ratio_%s" % c: round(r, 4) for c, r in ratios.items()})
     benchmark.extra_info.update({"round_median_ratio_%s" % c: round(r, 4) for c, r in plain.items()})
+    worst = min(ratios["batch32"], ratios["batch256"])
+    benchmark.extra_info.update(limit=TARGET_RATIO, met=worst >= TARGET_RATIO)   # the table shows the verdict
     print("\n%s: ops/s %s; ratio hinting/no-hinting %s; per-round median %s" % (
         workload, ", ".join("%s %.0f" % (c, nops / t) for c, t in best.items()),
         ", ".join("%s %.3f" % kv for kv in ratios.items()),
         ", ".join("%s %.3f" % kv for kv in plain.items())))
-    assert min(ratios["batch32"], ratios["batch256"]) >= TARGET_RATIO, ratios
+    assert worst >= TARGET_RATIO, ratios
 
 
 @pytest.mark.parametrize("mode", ["transparent", "guest"])
