@@ -1,18 +1,18 @@
-"""What does hinting cost the guest?  (issue 4)
+"""What does hinting cost the guest?
 
 Method: the same workload and seed on a fresh Guest each round, with no host and no host
 pressure, in four configurations: hinting off (no state changes at all: the baseline), and
 hinting on with a HintBuffer capacity of 1 (per-transition: the unbatched original), 32 and
 256.  The file set is generated once per session (outside every timer) and used as a real
 directory (`files=DIR`), so setup is only the guest itself.  Each round's setup -- building the
-guest and prewarming its memory (first touches cost host faults, REFERENCE §4) -- is outside
-the timer; the timed call is `guest.step(nops)`.  After the rounds the last guest must verify
+guest and prewarming its memory (first touches cost host faults: this VM's host runs free page
+reporting) -- is outside the timer; the timed call is `guest.step(nops)`.  After the rounds the last guest must verify
 to 0 mismatches and have done nops operations.  Guest memory: GPHINT_BENCH_GUEST_MB (default
 64), files twice that.  Workloads: fileserver (page-cache transitions: S->V on every fill,
 U<->S on every eviction), churn (allocator transitions), build (both).
 
 extra_info: ops, ops_per_s, hint_ops (state-change calls), transitions, and `ratio` = ops/s
-with hinting / ops/s without.  Target (issue 4): batched hinting (32, 256) costs at most 3%
+with hinting / ops/s without.  Target: batched hinting (32, 256) costs at most 3%
 of throughput, i.e. ratio >= 0.97 -- asserted by test_batched_hinting_target, which times the
 configurations in interleaved rounds (see its docstring: this VM's speed drifts by more than
 3% within seconds, so timing configurations one after the other cannot resolve 3%).
@@ -145,11 +145,13 @@ def test_batched_hinting_target(benchmark, file_root, workload):
     benchmark.extra_info.update({"ops_per_s_%s" % c: round(nops / t, 1) for c, t in best.items()})
     benchmark.extra_info.update({"ratio_%s" % c: round(r, 4) for c, r in ratios.items()})
     benchmark.extra_info.update({"round_median_ratio_%s" % c: round(r, 4) for c, r in plain.items()})
+    worst = min(ratios["batch32"], ratios["batch256"])
+    benchmark.extra_info.update(limit=TARGET_RATIO, met=worst >= TARGET_RATIO)   # the table shows the verdict
     print("\n%s: ops/s %s; ratio hinting/no-hinting %s; per-round median %s" % (
         workload, ", ".join("%s %.0f" % (c, nops / t) for c, t in best.items()),
         ", ".join("%s %.3f" % kv for kv in ratios.items()),
         ", ".join("%s %.3f" % kv for kv in plain.items())))
-    assert min(ratios["batch32"], ratios["batch256"]) >= TARGET_RATIO, ratios
+    assert worst >= TARGET_RATIO, ratios
 
 
 @pytest.mark.parametrize("mode", ["transparent", "guest"])

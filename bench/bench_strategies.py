@@ -1,5 +1,4 @@
 """What does each strategy cost per page -- the guest to hint, the host to take a page back?
-(issue 5)
 
 Method: one GuestMemory of GPHINT_BENCH_MB (default 256 MiB); each round's setup, outside the
 timer, re-touches every page and rebuilds the state the strategy acts on, so every timed call

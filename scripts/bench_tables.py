@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Render the performance tables of README.md / bench/README.md from saved pytest-benchmark
-JSON, so that no number in them is ever typed by hand.
+JSON, so that no number in them is ever typed by hand.  `scripts/bench_all` runs the whole suite
+and renders every block of both documents with this module; by hand:
 
-    pytest bench/ --benchmark-json=results/bench.json
+    pytest bench/bench_strategies.py --benchmark-json=results/bench.json
     scripts/bench_tables.py results/bench.json                  # markdown on stdout
     scripts/bench_tables.py results/bench.json --group strategies --write bench/README.md
 

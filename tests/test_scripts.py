@@ -15,7 +15,7 @@ def script(name, *args, timeout=120, **kw):
 
 
 def test_every_script_has_a_docstring_with_sample_output():
-    for name in ("bench_tables.py", "watch.py", "balloon_latency.py", "hint_instructions.py"):
+    for name in ("bench_tables.py", "watch.py", "balloon_latency.py", "hint_instructions.py", "bench_all"):
         text = open(os.path.join(SCRIPTS, name)).read()
         assert text.startswith("#!/usr/bin/env python3\n\"\"\"") and "Sample output" in text
         assert os.access(os.path.join(SCRIPTS, name), os.X_OK)
@@ -166,3 +166,99 @@ def test_hint_instructions_counts_a_real_guest_under_callgrind(tmp_path):
     assert rows[1]["instructions"] > rows[0]["instructions"]
     text = readme.read_text()
     assert "old" not in text and "| churn | batch32 | 20 |" in text and text.endswith("b\n")
+
+
+# --- scripts/bench_all: every number of the READMEs rendered from bench/results ---------------
+DOCS = ("README.md", os.path.join("bench", "README.md"))
+
+
+def copy_docs(dst):
+    import shutil
+    (dst / "bench").mkdir(parents=True, exist_ok=True)
+    for d in DOCS:
+        shutil.copy(os.path.join(ROOT, d), dst / d)
+
+
+def test_bench_all_render_only_reproduces_the_committed_docs():
+    """The docs are exactly what the committed JSON renders: a typed edit inside a block, or a
+    block the renderer would now write differently, fails here."""
+    r = script("bench_all", "--check")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+
+
+def test_bench_all_check_catches_a_typed_edit_and_stale_json(tmp_path):
+    import re
+    import shutil
+    copy_docs(tmp_path)
+    doc = tmp_path / "bench" / "README.md"
+    text = doc.read_text()
+    block = re.search(r"<!-- bench:reload targets -->.*?<!-- /bench:reload targets -->", text, re.S).group(0)
+    row = next(l for l in block.splitlines() if l.startswith("| test_reload_target"))
+    edited = re.sub(r"\| (\d+)\.(\d+) \|", lambda m: "| %d.%s |" % (int(m.group(1)) + 1, m.group(2)), row, count=1)
+    assert edited != row
+    doc.write_text(text.replace(row, edited))
+    r = script("bench_all", "--check", "--root", str(tmp_path))
+    assert r.returncode == 1 and edited in r.stdout and "differ" in r.stderr
+
+    copy_docs(tmp_path)                                  # clean docs, but results that moved on
+    res = tmp_path / "results"
+    shutil.copytree(os.path.join(ROOT, "bench", "results"), res)
+    d = json.loads((res / "bench.json").read_text())
+    d["measured"]["commit"] = "0" * 40
+    for b in d["benchmarks"]:
+        b.pop("measured", None)
+    (res / "bench.json").write_text(json.dumps(d))
+    r = script("bench_all", "--check", "--root", str(tmp_path), "--results", str(res))
+    assert r.returncode == 1 and "measured at commit 0000000" in r.stdout
+    r = script("bench_all", "--render-only", "--root", str(tmp_path), "--results", str(res))
+    assert r.returncode == 0, r.stderr
+    assert "measured at commit 0000000" in doc.read_text()
+
+
+def test_bench_all_renders_every_marked_block_and_only_those():
+    import importlib.machinery
+    import importlib.util
+    import re
+    loader = importlib.machinery.SourceFileLoader("bench_all", os.path.join(SCRIPTS, "bench_all"))
+    bench_all = importlib.util.module_from_spec(importlib.util.spec_from_loader("bench_all", loader))
+    loader.exec_module(bench_all)
+    for d in DOCS:
+        text = open(os.path.join(ROOT, d)).read()
+        marked = set(re.findall(r"<!-- bench:(.*?) -->", text)) - {"..."}   # the intro names the form
+        assert marked == set(re.findall(r"<!-- /bench:(.*?) -->", text))
+        assert marked == {name for doc, name, _ in bench_all.BLOCKS if doc == d.replace(os.sep, "/")}, d
+
+
+def test_bench_readme_prose_quotes_no_figure():
+    """Outside rendered blocks and code, bench/README.md holds no digit: every figure is in a
+    table or a rendered sentence (and an inline code span is a name or a command, not a figure)."""
+    import re
+    text = open(os.path.join(ROOT, "bench", "README.md")).read()
+    prose = re.sub(r"<!-- bench:(.*?) -->.*?<!-- /bench:\1 -->", "", text, flags=re.S)
+    prose = re.sub(r"```.*?```", "", prose, flags=re.S)
+    spans = re.findall(r"`[^`]*`", prose)
+    figure = re.compile(r"^`?[~\d.,\s]+(x|×|%|ms|s|us|µs|ns|GB/s|MiB|GiB|KiB)?`?$")
+    assert not [s for s in spans if figure.match(s)], "figures in code spans"
+    prose = re.sub(r"`[^`]*`", "", prose)
+    lines = [l for l in prose.splitlines() if re.search(r"\d", l)]
+    assert not lines, "typed numbers in bench/README.md prose:\n" + "\n".join(lines)
+
+
+def test_bench_all_results_are_small_and_traceable():
+    res = os.path.join(ROOT, "bench", "results")
+    names = sorted(os.listdir(res))
+    assert names == ["balloon_latency.json", "bench.json", "demo.json", "hint_instructions.json",
+                     "proactive.json"]
+    for n in names:
+        assert os.path.getsize(os.path.join(res, n)) < 256 << 10, n
+        doc = json.load(open(os.path.join(res, n)))
+        m = doc["measured"]
+        assert len(m["commit"]) == 40 and m["date"] and m["command"] and m["seconds"] > 0
+    bench = json.load(open(os.path.join(res, "bench.json")))
+    assert all("data" not in b["stats"] for b in bench["benchmarks"])      # per-round samples stripped
+    assert {b["group"].split(" ")[0] for b in bench["benchmarks"]} >= {"discard", "reload", "guest", "host"}
+
+
+def test_bench_all_refuses_a_bad_step_in_one_line():
+    r = script("bench_all", "--only", "nosuch")
+    assert r.returncode == 2 and "'nosuch'" in r.stderr and "Traceback" not in r.stderr
