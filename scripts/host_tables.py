@@ -2,9 +2,9 @@
 """Render README.md's machine-level table (`<!-- bench:host -->`) from a gphint results file,
 so that no number in it is typed by hand.
 
-    gphint demo --out-dir results                       # or: pytest bench/bench_host_real.py
-    scripts/host_tables.py docs/data/host_real.json                    # markdown on stdout
-    scripts/host_tables.py docs/data/host_real.json --write README.md  # replace the block
+    scripts/bench_all                      # measures the demo and renders this block with the rest
+    scripts/host_tables.py results/demo.json                    # markdown on stdout
+    scripts/host_tables.py results/demo.json --write README.md  # replace the block by hand
 
 The table puts the per-process saving next to what the machine saw (gphint.report.HOST_COLUMNS)
 and names the commit, date and machine the numbers come from.  The prose below the table
