@@ -120,6 +120,7 @@ struct run_ctx {
     uint8_t *used_slots;
     int dirty_ok;
     long swapped, discarded, nerr;
+    long first_rc;                  /* -errno of the first failure, returned when nothing was done */
     struct gph_discard_stats *st;   /* discards only: madvise calls made */
     struct gph_err *err;
 };
@@ -166,8 +167,11 @@ static void preserve_run(struct run_ctx *c, int64_t first, int64_t npg, const ui
                 w = gph_write_full(fd, scratch_page(s, resident, i, ps), ps, c->slots[j] * (int64_t)ps);
         }
         if (w < 0) {
-            if (!c->nerr)
+            if (!c->nerr) {
                 set_err(c->err, fd < 0 ? "swap store lookup" : j >= c->nslots ? "swap slots" : "pwrite(host swap)", p, 1);
+                /* the write's own errno (ENOSPC on a full disk), not a generic EIO */
+                c->first_rc = fd >= 0 && j < c->nslots && w < 0 ? w : -EIO;
+            }
             c->nerr++;
             reattach(s, r, first, i, resident);
             finish(&r->d.states[p], 0xff, GPH_CONTENT_RESIDENT);
@@ -198,8 +202,10 @@ static void detach_and_place(struct run_ctx *c, int64_t first, int64_t npg, int 
     }
     long moved = detach(s, r, first, npg);
     if (moved < 0) {
-        if (!c->nerr)
+        if (!c->nerr) {
             set_err(c->err, "ioctl(UFFDIO_MOVE)", first, npg);
+            c->first_rc = moved;
+        }
         c->nerr++;
         moved = 0;
     }
@@ -307,7 +313,7 @@ long gph_host_swap_out(struct gph_service *s, int rid, const int64_t *pages, siz
     struct run_ctx c = {.s = s, .r = r, .swap_id = swap_id, .slots = slots, .nslots = nslots, .used_slots = used_slots,
                         .dirty_ok = 0, .err = err};
     for_runs(&c, pages, picked, n, 0);
-    rc = c.nerr && !c.swapped ? -EIO : c.swapped;
+    rc = c.nerr && !c.swapped ? (c.first_rc < 0 ? c.first_rc : -EIO) : c.swapped;
 out:
     end_host_op(s);
     free(picked);

@@ -487,9 +487,9 @@ FULL_BELOW_BYTES = 1 << 20     # a filesystem with less free space than this cou
 def explain_full_tmpdir(e, tmpdir=None):
     """A write error of the run's temporaries, with the place named: a run writes its generated
     files, the guests' swap files and the host swap into TMPDIR, and the bare errors name no
-    path ("[Errno 28] No space left on device" from os.write).  Host swap-out in C reports any
-    failed write as EIO, so an EIO of the host swap on a full TMPDIR is reported as ENOSPC."""
-    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+    path ("[Errno 28] No space left on device" from os.write, or from the host swap-out's
+    pwrite in C)."""
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
         return e
     tmpdir = tmpdir or tempfile.gettempdir()
     try:
@@ -499,15 +499,12 @@ def explain_full_tmpdir(e, tmpdir=None):
     free = st.f_bavail * st.f_frsize
     if free >= FULL_BELOW_BYTES:
         return e        # not this filesystem (ENOSPC is also what a full C table says)
-    if e.errno == errno.EIO:
-        if "host swap" not in str(e):
-            return e
-        what = "host swap write failed: No space left on device (reported as EIO by the swap-out)"
-    elif getattr(e, "filename", None) is not None:
+    if getattr(e, "filename", None) is not None:
         return e
-    else:
-        what = e.strerror or os.strerror(e.errno)
-    return OSError(errno.ENOSPC if e.errno == errno.EIO else e.errno,
+    what = e.strerror or os.strerror(e.errno)
+    if "host swap" in str(e):
+        what = "host swap write failed: " + what
+    return OSError(e.errno,
                    "%s in TMPDIR=%s (%s free): a run writes its generated files, guest swap and "
                    "host swap there; free space there or set TMPDIR to a larger filesystem"
                    % (what, tmpdir, fmt_bytes(free)))

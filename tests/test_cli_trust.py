@@ -277,7 +277,7 @@ def test_a_file_set_larger_than_tmpdir_is_refused_up_front(small_tmpfs):
 @needs_service
 def test_a_full_tmpdir_names_the_place_and_says_enospc_for_host_swap(small_tmpfs):
     """The file set fits, then host swap fills the disk: the error says ENOSPC and TMPDIR
-    (the C swap-out reports the failed write as EIO)."""
+    (the C swap-out returns its pwrite's own errno, not a generic EIO)."""
     r = gphint_cmd("run", "--strategy", "none", "--guests", "12", "--guest-mem", "4M", "--host-mem",
                    "8M", "--workload", "churn", "--duration", "10", "--no-probe",
                    env=env_with(TMPDIR=small_tmpfs), timeout=120)
