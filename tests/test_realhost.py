@@ -330,6 +330,22 @@ def test_kernel_peer_really_swaps():
     assert swaparea.active_areas() == before or not before
 
 
+def test_lazily_freed_pages_are_what_the_kernel_takes_under_its_budget():
+    """discard=free means something only under kernel pressure: in a cgroup at its limit the
+    kernel's reclaim drops clean lazily freed pages without I/O (mm/vmscan.c), so some of the
+    pages cmma advised with MADV_FREE are found reclaimed when the guest takes them back
+    (lazy_reclaimed_pages), and every byte still reads back right."""
+    need("memory_cgroup")
+    need_service()
+    p, rec, err = gphint_run("--strategy", "cmma:discard=free", "--guests", "2", "--guest-mem", "64M",
+                             "--host-mem", "48M", "--duration", "5", "--no-probe")
+    assert p.returncode == 0, err
+    assert rec["integrity_errors"] == 0
+    h = rec["host"]
+    assert h["cgroup"] in ("v1", "v2") and h["cgroup_peak_bytes"] <= h["cgroup_limit_bytes"]
+    assert rec["lazy_freed_pages"] > 0 and rec["lazy_reclaimed_pages"] > 0, rec
+
+
 def test_kernel_peer_needs_a_budget():
     p = subprocess.run([sys.executable, "-m", "gphint", "run", "--strategy", "kernel", "--guests", "1",
                         "--guest-mem", "16M", "--duration", "1"], capture_output=True, text=True)
