@@ -17,6 +17,7 @@ import re
 import time
 
 from ..errors import SyscallError, Unsupported
+from ..tmpfiles import owner_alive, start_ticks
 
 V1_ROOT = "/sys/fs/cgroup/memory"
 UNLIMITED_V1 = 1 << 62          # v1 reads back "no limit" as a page-rounded LLONG_MAX
@@ -66,21 +67,6 @@ def detect():
                         "'memory' in cgroup.controllers, and no v1 'memory' hierarchy is mounted)")
 
 
-def process_start_ticks(pid):
-    """Field 22 of /proc/PID/stat (start time in clock ticks), None if the process is gone:
-    a pid together with its start time names one process, even after pid reuse."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            data = f.read()
-    except OSError:
-        return None
-    return int(data.rsplit(")", 1)[1].split()[19])
-
-
-def owner_alive(pid, start_ticks):
-    return process_start_ticks(pid) == start_ticks
-
-
 def _write(path, text):
     try:
         with open(path, "w") as f:
@@ -108,7 +94,7 @@ class MemoryCgroup:
             raise Unsupported("a memory cgroup", why, "mount cgroup v2 with the memory controller "
                               "enabled, or the v1 memory hierarchy")
         owner_pid = os.getpid() if owner_pid is None else owner_pid
-        name = "gphint-%d-%d-%s" % (owner_pid, process_start_ticks(owner_pid), tag)
+        name = "gphint-%d-%d-%s" % (owner_pid, start_ticks(owner_pid), tag)
         path = os.path.join(parent, name)
         try:
             os.mkdir(path)

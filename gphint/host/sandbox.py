@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 
-from .. import childproc
+from .. import childproc, tmpfiles
 from ..errors import Unsupported
 from . import cgroup as cgroup_mod
 from . import swaparea
@@ -88,7 +88,7 @@ def clean_stale(directory=None):
         names = []
     for name in names:
         m = RUNDIR_RE.match(name)
-        if m and not cgroup_mod.owner_alive(int(m.group(1)), int(m.group(2))):
+        if m and not tmpfiles.owner_alive(int(m.group(1)), int(m.group(2))):
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
             removed.append(os.path.join(directory, name))
     for path, why in kept:
@@ -140,7 +140,7 @@ def run_contained(config, spec, argv):
     area, reaper, wfd = None, None, None
     # the run's own TMPDIR (generated files, guest swap): a kill -9 cannot leave them behind
     rundir = tempfile.mkdtemp(prefix="gphint-run-%d-%d-" % (os.getpid(),
-                                                            cgroup_mod.process_start_ticks(os.getpid())))
+                                                            tmpfiles.start_ticks(os.getpid())))
     try:
         if not swaparea.active_areas():
             area = _swap_area(config, spec)

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 
 from ..errors import Unsupported
-from .cgroup import owner_alive, process_start_ticks
+from ..tmpfiles import owner_alive, start_ticks
 
 NAME_RE = re.compile(r"^gphint-swaparea-(\d+)-(\d+)\.swap$")
 MIN_BYTES = 16 << 20
@@ -87,7 +87,7 @@ class SwapArea:
         owner_pid = os.getpid() if owner_pid is None else owner_pid
         self.size_bytes = max(MIN_BYTES, int(size_bytes)) // (1 << 20) << 20
         self.path = os.path.join(directory, "gphint-swaparea-%d-%d.swap"
-                                 % (owner_pid, process_start_ticks(owner_pid)))
+                                 % (owner_pid, start_ticks(owner_pid)))
         self.active = False
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
