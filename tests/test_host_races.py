@@ -14,7 +14,7 @@ from gphint.host import Host, HostThreadDied
 from gphint.host.hostswap import fault_service_available
 
 from conftest import PAGE
-from test_stress import GuestModel
+from test_stress import GuestModel, served_memory, verify_nothing_lost
 
 needs_service = pytest.mark.skipif(not fault_service_available()[0],
                                    reason="needs the discard-fault service: %s" % fault_service_available()[1])
@@ -23,53 +23,30 @@ needs_service = pytest.mark.skipif(not fault_service_available()[0],
 def run_unlocked(tmp_path, strategy, budget_pages, seconds, race_delay_ns, npages=2048):
     """Two guest threads (read misses, writes, frees, writable mappings) and a started Host,
     the guests never taking host.lock.  Returns (host stats, fault service stats)."""
-    data = np.random.default_rng(7).integers(0, 256, size=(npages, PAGE), dtype=np.uint8)
-    path = tmp_path / "backing"
-    data.tofile(path)
-    store = FileStore(path)
-    fd = os.open(path, os.O_RDONLY)
-    swap = HostSwap(npages * PAGE)
-    svc = FaultService(window="64K", swap=swap)
-    svc.set_race_delay(race_delay_ns)
-    mem = gphint.GuestMemory(npages * PAGE, name="g0")
-    host = None
-    try:
-        svc.register(mem)
-        mem.set_backing(np.arange(npages), store, np.arange(npages) * PAGE)
+    with served_memory(tmp_path, npages, 7, race_delay_ns, name="g0") as (data, mem, svc, fd, swap):
         budget = None if budget_pages is None else budget_pages * PAGE
         host = Host([mem], budget, strategy, fault_service=svc, swap=swap, interval_s=0.0005,
                     headroom=0.1)
-        deadline = time.monotonic() + seconds
-        half = npages // 2
-        guests = [GuestModel(mem, svc, fd, data, 0, half, 11, deadline),
-                  GuestModel(mem, svc, fd, data, half, npages, 12, deadline)]
-        host.start()
-        for g in guests:
-            g.start()
-        for g in guests:
-            g.join(seconds + 60)
-        assert not any(g.is_alive() for g in guests), "a guest thread hung"
-        alive = host._thread is not None and host._thread.is_alive()
-        error = host.error
-        host.stop()                       # re-raises what the host thread died of
-        assert alive and error is None
-        assert [g.error for g in guests if g.error] == []
-        for g in guests:
-            g.verify(np.arange(g.lo, g.hi))
-        mismatches = [m for g in guests for m in g.mismatches]
-        assert mismatches == [], mismatches[:10]
-        st = svc.stats(mem)
-        assert st["lost_pages"] == 0
-        svc.check()
-        return host.stats(), st
-    finally:
-        if host is not None:
+        try:
+            deadline = time.monotonic() + seconds
+            half = npages // 2
+            guests = [GuestModel(mem, svc, fd, data, 0, half, 11, deadline),
+                      GuestModel(mem, svc, fd, data, half, npages, 12, deadline)]
+            host.start()
+            for g in guests:
+                g.start()
+            for g in guests:
+                g.join(seconds + 60)
+            assert not any(g.is_alive() for g in guests), "a guest thread hung"
+            alive = host._thread is not None and host._thread.is_alive()
+            error = host.error
+            host.stop()                       # re-raises what the host thread died of
+            assert alive and error is None
+            assert [g.error for g in guests if g.error] == []
+            st = verify_nothing_lost(guests, svc, mem)
+            return host.stats(), st
+        finally:
             host._stop.set()
-        svc.stop()
-        mem.close()
-        os.close(fd)
-        store.close()
-        swap.close()
 
 
 @needs_service

@@ -2,6 +2,7 @@
 content, a host thread discards and swaps, everyone verifies -- zero mismatches, zero lost pages.
 
 Seconds in the suite; minutes with --stress."""
+import contextlib
 import os
 import threading
 import time
@@ -141,8 +142,11 @@ def host_loop(mem, svc, swap, deadline, seed, counts, errors, advice="dontneed")
         errors.append(e)
 
 
-def run_stress(tmp_path, seconds, npages=4096, race_delay_ns=0, advice="dontneed"):
-    data = np.random.default_rng(99).integers(0, 256, size=(npages, PAGE), dtype=np.uint8)
+@contextlib.contextmanager
+def served_memory(tmp_path, npages, seed, race_delay_ns, name=None):
+    """A served GuestMemory whose every page is backed by a random file; yields (data, mem,
+    svc, fd, swap) and closes all of it however the test ends."""
+    data = np.random.default_rng(seed).integers(0, 256, size=(npages, PAGE), dtype=np.uint8)
     path = tmp_path / "backing"
     data.tofile(path)
     store = FileStore(path)
@@ -150,9 +154,37 @@ def run_stress(tmp_path, seconds, npages=4096, race_delay_ns=0, advice="dontneed
     swap = HostSwap(npages * PAGE)
     svc = FaultService(window="64K", swap=swap)
     svc.set_race_delay(race_delay_ns)
-    mem = gphint.GuestMemory(npages * PAGE)
-    svc.register(mem)
-    mem.set_backing(np.arange(npages), store, np.arange(npages) * PAGE)
+    mem = gphint.GuestMemory(npages * PAGE, name=name)
+    try:
+        svc.register(mem)
+        mem.set_backing(np.arange(npages), store, np.arange(npages) * PAGE)
+        yield data, mem, svc, fd, swap
+    finally:
+        svc.stop()
+        mem.close()
+        os.close(fd)
+        store.close()
+        swap.close()
+
+
+def verify_nothing_lost(guests, svc, mem):
+    """Every page of every guest byte for byte, and the service lost none; returns its stats."""
+    for g in guests:                                 # final pass over every page
+        g.verify(np.arange(g.lo, g.hi))
+    mismatches = [m for g in guests for m in g.mismatches]
+    assert mismatches == [], mismatches[:10]
+    st = svc.stats(mem)
+    assert st["lost_pages"] == 0
+    svc.check()
+    return st
+
+
+def run_stress(tmp_path, seconds, npages=4096, race_delay_ns=0, advice="dontneed"):
+    with served_memory(tmp_path, npages, 99, race_delay_ns) as (data, mem, svc, fd, swap):
+        return _stress(mem, svc, fd, swap, data, npages, seconds, advice)
+
+
+def _stress(mem, svc, fd, swap, data, npages, seconds, advice):
     deadline = time.monotonic() + seconds
     half = npages // 2
     guests = [GuestModel(mem, svc, fd, data, 0, half, 1, deadline),
@@ -164,29 +196,16 @@ def run_stress(tmp_path, seconds, npages=4096, race_delay_ns=0, advice="dontneed
         t.start()
     for t in guests + [host]:
         t.join(seconds + 60)
-    try:
-        assert not any(t.is_alive() for t in guests + [host]), "a thread hung"
-        assert not errors and not [g.error for g in guests if g.error], (errors, [g.error for g in guests])
-        for g in guests:                                 # final pass over every page
-            g.verify(np.arange(g.lo, g.hi))
-        mismatches = [m for g in guests for m in g.mismatches]
-        assert mismatches == [], mismatches[:10]
-        st = svc.stats(mem)
-        assert st["lost_pages"] == 0
-        svc.check()
-        assert counts["discarded"] > 0 and counts["swapped"] > 0 and st["file_reloads"] > 0 \
-            and st["swap_ins"] > 0, (counts, st)
-        if advice == "free":   # both fates of a lazily freed page happened
-            ms = mem.stats
-            assert ms["lazy_freed_pages"] > 0 and ms["lazy_reused_pages"] > 0 \
-                and ms["lazy_reclaimed_pages"] > 0, ms
-        return counts, st, sum(g.ops for g in guests)
-    finally:
-        svc.stop()
-        mem.close()
-        os.close(fd)
-        store.close()
-        swap.close()
+    assert not any(t.is_alive() for t in guests + [host]), "a thread hung"
+    assert not errors and not [g.error for g in guests if g.error], (errors, [g.error for g in guests])
+    st = verify_nothing_lost(guests, svc, mem)
+    assert counts["discarded"] > 0 and counts["swapped"] > 0 and st["file_reloads"] > 0 \
+        and st["swap_ins"] > 0, (counts, st)
+    if advice == "free":   # both fates of a lazily freed page happened
+        ms = mem.stats
+        assert ms["lazy_freed_pages"] > 0 and ms["lazy_reused_pages"] > 0 \
+            and ms["lazy_reclaimed_pages"] > 0, ms
+    return counts, st, sum(g.ops for g in guests)
 
 
 @needs_move
