@@ -1,7 +1,7 @@
-# The discard-fault service seam (issue 3): buffers in, GIL released, -errno -> SyscallError.
+# The discard-fault service seam: buffers in, GIL released, failures through raise_mech (_mech.pyx).
 # No policy here: gphint.faults decides what to register, discard and swap; ext/faults.c serves.
 from libc.stdint cimport int32_t
-from libc.errno cimport ENOMEM
+from libc.errno cimport ENOMEM, ENOENT, EBADF
 
 FAULT_STAT_FIELDS = ("faults", "discard_faults", "zero_fills", "file_reloads", "swap_ins",
                      "pages_served", "bytes_served", "fault_around_hits", "lost_pages", "eexist",
@@ -10,12 +10,6 @@ SVC_USER_MODE_ONLY = GPH_SVC_USER_MODE_ONLY
 SVC_DIRTY = GPH_SVC_DIRTY
 SVC_MOVE = GPH_SVC_MOVE
 MAX_STORES = GPH_MAX_STORES
-
-
-cdef raise_errno(long rc, gph_err *err, what):
-    from gphint.errors import SyscallError
-    name = (<bytes>err.syscall).decode() if err.syscall != NULL else "?"
-    raise SyscallError(-rc, name, what)
 
 
 def store_set(int32_t store_id, int fd, uint8_t[::1] slot_used=None, uint64_t[::1] digest=None):
@@ -67,7 +61,7 @@ def store_clear(int32_t store_id):
 
 def make_stable(uint8_t[::1] states not None, const int64_t[::1] pages, int64_t[::1] out not None):
     """Make pages STABLE; discarded VOLATILE pages go to out.  Returns how many were."""
-    cdef gph_err err
+    cdef gph_err err = _NO_ERR
     cdef long rc
     cdef size_t n = pages.shape[0]
     if n == 0:
@@ -77,14 +71,14 @@ def make_stable(uint8_t[::1] states not None, const int64_t[::1] pages, int64_t[
     with nogil:
         rc = gph_make_stable(&states[0], states.shape[0], &pages[0], n, &out[0], &err)
     if rc < 0:
-        raise_errno(rc, &err, "make_stable: page %d" % err.first_page)
+        raise_mech(rc, &err, "make_stable")
     return rc
 
 
 def dirty_scan(unsigned char[::1] region not None, size_t page_size, int64_t first, int64_t n,
                bint clear, uint8_t[::1] written not None):
     """written[i] = page first+i written since last cleared (clear: test-and-clear)."""
-    cdef gph_err err
+    cdef gph_err err = _NO_ERR
     cdef long rc
     if n <= 0:
         return 0
@@ -93,13 +87,13 @@ def dirty_scan(unsigned char[::1] region not None, size_t page_size, int64_t fir
     with nogil:
         rc = gph_dirty_scan(&region[0], page_size, first, n, clear, &written[0], &err)
     if rc < 0:
-        raise_errno(rc, &err, "dirty bits of pages %d..%d" % (first, first + n - 1))
+        raise_mech(rc, &err, "dirty bits")
     return rc
 
 
 def _page_io(bint to_file, unsigned char[::1] region, size_t page_size, const int64_t[::1] pages,
              int fd, const int64_t[::1] offsets, bint force_bounce):
-    cdef gph_err err
+    cdef gph_err err = _NO_ERR
     cdef long rc
     cdef int64_t bounced = 0
     cdef size_t n = pages.shape[0]
@@ -116,8 +110,7 @@ def _page_io(bint to_file, unsigned char[::1] region, size_t page_size, const in
             rc = gph_fill_from_file(&region[0], page_size, npages, &pages[0], n, fd, &offsets[0],
                                     force_bounce, &bounced, &err)
     if rc < 0:
-        raise_errno(rc, &err, "%s: pages %d..%d" % ("write_to_file" if to_file else "fill_from_file",
-                                                     err.first_page, err.first_page + err.npages - 1))
+        raise_mech(rc, &err, "write_to_file" if to_file else "fill_from_file")
     return (rc, bounced)
 
 
@@ -133,12 +126,12 @@ def write_to_file(region, size_t page_size, pages, int fd, offsets, bint force_b
 
 def uffd_baseline(unsigned char[::1] region not None, size_t page_size):
     """The minimal userfaultfd loop over region (benchmark baseline).  Returns elapsed ns."""
-    cdef gph_err err
+    cdef gph_err err = _NO_ERR
     cdef long rc
     with nogil:
         rc = gph_uffd_baseline(&region[0], region.shape[0], page_size, &err)
     if rc < 0:
-        raise_errno(rc, &err, "uffd baseline")
+        raise_mech(rc, &err, "uffd baseline")
     return rc
 
 
@@ -148,13 +141,13 @@ cdef class FaultThread:
     cdef readonly uint64_t features
 
     def __cinit__(self, int flags, size_t window_bytes):
-        cdef gph_err err
+        cdef gph_err err = _NO_ERR
         cdef long rc
         self.s = NULL
         with nogil:
             rc = gph_service_create(&self.s, flags, window_bytes, &self.features, &err)
         if rc < 0:
-            raise_errno(rc, &err, "creating the fault service")
+            raise_mech(rc, &err, "creating the fault service")
 
     def __dealloc__(self):
         if self.s != NULL:
@@ -163,16 +156,17 @@ cdef class FaultThread:
             self.s = NULL
 
     cdef gph_service *_svc(self) except NULL:
+        cdef gph_err err = _NO_ERR
         if self.s == NULL:
-            from gphint.errors import ClosedError
-            raise ClosedError("the fault service is closed")
+            err.what = "service"
+            raise_mech(-EBADF, &err, "")
         return self.s
 
     def start(self):
-        cdef gph_err err
+        cdef gph_err err = _NO_ERR
         rc = gph_service_start(self._svc(), &err)
         if rc < 0:
-            raise_errno(rc, &err, "starting the fault thread")
+            raise_mech(rc, &err, "starting the fault thread")
 
     def set_window(self, size_t window_bytes):
         if gph_service_set_window(self._svc(), window_bytes) < 0:
@@ -186,7 +180,7 @@ cdef class FaultThread:
                  int32_t[::1] backing_store not None, int64_t[::1] backing_offset not None,
                  int32_t[::1] swap_store not None, int64_t[::1] swap_slot not None):
         cdef gph_region_desc d
-        cdef gph_err err
+        cdef gph_err err = _NO_ERR
         cdef long rc
         cdef gph_service *s = self._svc()
         d.base = &region[0]
@@ -204,18 +198,17 @@ cdef class FaultThread:
         with nogil:
             rc = gph_service_register(s, &d, &err)
         if rc < 0:
-            raise_errno(rc, &err, "registering %d pages" % d.npages)
+            raise_mech(rc, &err, "registering %d pages" % d.npages)
         return rc
 
     def unregister(self, int region, bint materialize):
-        cdef gph_err err
+        cdef gph_err err = _NO_ERR
         cdef long rc
         cdef gph_service *s = self._svc()
-        err.syscall = NULL
         with nogil:
             rc = gph_service_unregister(s, region, materialize, &err)
-        if rc < 0 and rc != -2:   # -ENOENT: already gone
-            raise_errno(rc, &err, "unregistering region %d" % region)
+        if rc < 0 and rc != -ENOENT:   # not registered, or another unregister is under way: done
+            raise_mech(rc, &err, "unregistering region %d" % region)
 
     def stop(self):
         cdef gph_service *s = self._svc()
@@ -261,7 +254,7 @@ cdef class FaultThread:
     def fill(self, int region, const int64_t[::1] pages, int fd, const int64_t[::1] offsets,
              bint force_bounce):
         """Page-cache fill of a served region's frames.  Returns (pages, installed)."""
-        cdef gph_err err
+        cdef gph_err err = _NO_ERR
         cdef long rc
         cdef int64_t installed = 0
         cdef size_t n = pages.shape[0]
@@ -273,7 +266,7 @@ cdef class FaultThread:
         with nogil:
             rc = gph_service_fill(s, region, &pages[0], n, fd, &offsets[0], force_bounce, &installed, &err)
         if rc < 0:
-            raise_errno(rc, &err, "fill_from_file: pages %d..%d" % (err.first_page, err.first_page + err.npages - 1))
+            raise_mech(rc, &err, "fill_from_file")
         return (rc, installed)
 
     def reclaim_slots(self, int region, int32_t swap_id):
@@ -289,7 +282,7 @@ cdef class FaultThread:
         """Protocol discard of U/V/P pages.  Returns (discarded, preserved, calls, runs, resident,
         lazy): the madvise calls made, the runs they advised, how many of the discarded pages
         were resident just before, how many were left lazily freed (MADV_FREE)."""
-        cdef gph_err err
+        cdef gph_err err = _NO_ERR
         cdef long rc
         cdef int64_t preserved = 0
         cdef gph_discard_stats st
@@ -305,12 +298,12 @@ cdef class FaultThread:
             rc = gph_host_discard(s, region, &pages[0], n, advice, submit, pidfd, swap_id, sp, nslots,
                                   up, &preserved, &st, &err)
         if rc < 0:
-            raise_errno(rc, &err, "discard: pages %d..%d" % (err.first_page, err.first_page + err.npages - 1))
+            raise_mech(rc, &err, "discard")
         return (rc, preserved, st.calls, st.runs, st.resident, st.lazy)
 
     def host_swap_out(self, int region, const int64_t[::1] pages, int32_t swap_id,
                       const int64_t[::1] slots, uint8_t[::1] used_slots):
-        cdef gph_err err
+        cdef gph_err err = _NO_ERR
         cdef long rc
         cdef size_t n = pages.shape[0]
         cdef size_t nslots = slots.shape[0]
@@ -323,5 +316,5 @@ cdef class FaultThread:
             rc = gph_host_swap_out(s, region, &pages[0], n, swap_id, &slots[0] if nslots else NULL,
                                    nslots, &used_slots[0] if nslots else NULL, &err)
         if rc < 0:
-            raise_errno(rc, &err, "swap-out: pages %d..%d" % (err.first_page, err.first_page + err.npages - 1))
+            raise_mech(rc, &err, "swap-out")
         return rc

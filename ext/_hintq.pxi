@@ -1,11 +1,10 @@
-# The hint-queue seam (issue 4): gphint.guest.hints.HintBuffer's batching, ext/hintq.c.
+# The hint-queue seam: gphint.guest.hints.HintBuffer's batching, ext/hintq.c.
 # The GIL is held throughout: it is what serialises calls on one queue (hintq.c is not
 # thread-safe), and the only waits inside -- for a page the host or the fault thread holds --
 # end within one C call of theirs, which never needs the GIL.
 import numpy as _np
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT
 from libc.string cimport memcpy
-from libc.errno cimport ERANGE, EINVAL
 
 
 cdef int _int64_pages(object obj, Py_buffer *view) except -1:
@@ -52,7 +51,7 @@ cdef class HintQueue:
     def hint(self, pages, int usage):
         """Request pages -> usage (unique pages, 1-D contiguous int64).  Returns how many
         refused pages wait in take_refused() (0 normally)."""
-        cdef gph_err err
+        cdef gph_err err = _NO_ERR
         cdef long rc
         cdef Py_buffer view
         _int64_pages(pages, &view)
@@ -60,7 +59,7 @@ cdef class HintQueue:
             rc = gph_hintq_hint(&self.q, <const int64_t *>view.buf, <size_t>view.shape[0], usage,
                                 &err)
             if rc < 0:
-                self._raise(rc, &err, <const int64_t *>view.buf)
+                raise_mech(rc, &err, "hint queue")
         finally:
             PyBuffer_Release(&view)
         return self.q.nrefused
@@ -69,7 +68,7 @@ cdef class HintQueue:
         """The guest must own pages now: cancel their pending transitions, make the others
         STABLE through the state protocol.  Returns the pages found discarded (int64 array,
         not made stable: the caller reloads or drops them)."""
-        cdef gph_err err
+        cdef gph_err err = _NO_ERR
         cdef long rc
         cdef Py_buffer view, found
         _int64_pages(pages, &view)
@@ -84,7 +83,7 @@ cdef class HintQueue:
             finally:
                 PyBuffer_Release(&found)
             if rc < 0:
-                self._raise(rc, &err, <const int64_t *>view.buf)
+                raise_mech(rc, &err, "hint queue")
         finally:
             PyBuffer_Release(&view)
         return out[:rc]
@@ -126,15 +125,6 @@ cdef class HintQueue:
             memcpy(&u[0], self.q.refused_usage, n)
         self.q.nrefused = 0
         return pages, usages
-
-    cdef _raise(self, long rc, gph_err *err, const int64_t *pages):
-        from gphint.errors import ConfigError
-        if rc == -ERANGE:
-            raise ConfigError("page index %d out of range [0, %d)"
-                              % (pages[err.first_page], self.q.npages))
-        if rc == -EINVAL:
-            raise ConfigError("not a usage state code: %#x" % err.first_page)
-        raise MemoryError("hint queue: out of memory")
 
     @property
     def capacity(self):

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""gphint._mech -- the only Cython: buffers in, GIL released, -errno -> OSError naming the syscall.
+"""gphint._mech -- the only Cython: buffers in, GIL released, -errno -> gphint.errors.translate.
 
 No policy lives here: Python (gphint.memory) validates input and decides what to discard;
 gphint._fallback implements the same names in pure Python.
@@ -24,11 +24,26 @@ ADVICE = {"dontneed": 0, "free": 1}
 SUBMIT = {"per_page": 0, "coalesce": 1, "vectored": 2}
 
 
-cdef raise_err(long rc, gph_err *err, what):
-    from gphint.errors import SyscallError
-    name = (<bytes>err.syscall).decode() if err.syscall != NULL else "?"
-    raise SyscallError(-rc, name, "%s: pages %d..%d" % (what, err.first_page,
-                                                       err.first_page + err.npages - 1))
+cdef gph_err _NO_ERR       # what a C call's report says until it fills it in
+_NO_ERR.what = NULL
+_NO_ERR.syscall = NULL
+_NO_ERR.first_page = -1
+_NO_ERR.npages = 0
+_NO_ERR.bound = -1
+
+
+cdef _text(const char *s):
+    return None if s == NULL else (<bytes>s).decode()
+
+
+cdef int raise_mech(long rc, const gph_err *err, context) except -1:
+    """The seam's one way to fail: the C report (-errno and *err) as gphint.errors.MechanismError,
+    raised as the error gphint.errors.translate makes of it -- the same one the pure-Python
+    twin raises for the same input.  (Translated here rather than by a wrapper around every
+    entry point: the hint queue's calls are counted in instructions.)"""
+    from gphint.errors import mechanism_error
+    raise mechanism_error(-rc, _text(err.what), _text(err.syscall), err.first_page, err.npages,
+                          err.bound, context)
 
 
 def discard_pages(unsigned char[::1] region not None, size_t page_size, const int64_t[::1] pages,
@@ -37,7 +52,7 @@ def discard_pages(unsigned char[::1] region not None, size_t page_size, const in
     lazy): system calls made, runs advised, pages of them resident just before (mincore), pages
     left lazily freed (MADV_FREE)."""
     cdef gph_discard_stats st
-    cdef gph_err err
+    cdef gph_err err = _NO_ERR
     cdef long rc
     cdef int64_t npages = region.shape[0] // page_size
     cdef size_t n = pages.shape[0]
@@ -48,7 +63,7 @@ def discard_pages(unsigned char[::1] region not None, size_t page_size, const in
         rc = gph_discard_pages(&region[0], page_size, npages, &pages[0], n, advice, submit,
                                pidfd, &st, &err)
     if rc < 0:
-        raise_err(rc, &err, "discard")
+        raise_mech(rc, &err, "discard")
     return (rc, st.calls, st.runs, st.resident, st.lazy)
 
 
@@ -56,7 +71,7 @@ def discard_runs(unsigned char[::1] region not None, size_t page_size, const int
                  int advice, int submit, int pidfd):
     """Discard (first_page, npages) runs.  Returns (pages, calls, runs, resident, lazy)."""
     cdef gph_discard_stats st
-    cdef gph_err err
+    cdef gph_err err = _NO_ERR
     cdef long rc
     cdef int64_t npages = region.shape[0] // page_size
     cdef size_t n = runs.shape[0]
@@ -69,7 +84,7 @@ def discard_runs(unsigned char[::1] region not None, size_t page_size, const int
         rc = gph_discard_runs(&region[0], page_size, npages, &runs[0, 0], n, advice, submit,
                               pidfd, &st, &err)
     if rc < 0:
-        raise_err(rc, &err, "discard")
+        raise_mech(rc, &err, "discard")
     return (rc, st.calls, st.runs, st.resident, st.lazy)
 
 
@@ -77,7 +92,7 @@ def set_usage(uint8_t[::1] states not None, const int64_t[::1] pages, int usage,
               const uint8_t[::1] next_table not None):
     """Atomically move pages to a usage state.  Returns (n, -1, 0) on success, or
     (-errno, index into pages, old state byte) when the transition table refuses one."""
-    cdef gph_err err
+    cdef gph_err err = _NO_ERR
     cdef uint8_t old = 0
     cdef long rc
     cdef size_t n = pages.shape[0]
@@ -94,7 +109,7 @@ def set_usage(uint8_t[::1] states not None, const int64_t[::1] pages, int usage,
 
 
 def set_content(uint8_t[::1] states not None, const int64_t[::1] pages, int content):
-    cdef gph_err err
+    cdef gph_err err = _NO_ERR
     cdef long rc
     cdef size_t n = pages.shape[0]
     if n == 0:
@@ -102,13 +117,13 @@ def set_content(uint8_t[::1] states not None, const int64_t[::1] pages, int cont
     with nogil:
         rc = gph_set_content(&states[0], states.shape[0], &pages[0], n, <uint8_t>content, &err)
     if rc < 0:
-        raise_err(rc, &err, "set_content")
+        raise_mech(rc, &err, "set_content")
     return rc
 
 
 def residency(unsigned char[::1] region not None, size_t page_size, uint8_t[::1] vec not None):
     """Fill vec (one byte per page, 1 = resident) via mincore; return the resident count."""
-    cdef gph_err err
+    cdef gph_err err = _NO_ERR
     cdef long rc
     cdef int64_t npages = region.shape[0] // page_size
     if vec.shape[0] < npages:
@@ -118,7 +133,7 @@ def residency(unsigned char[::1] region not None, size_t page_size, uint8_t[::1]
     with nogil:
         rc = gph_residency(&region[0], page_size, npages, &vec[0], &err)
     if rc < 0:
-        raise_err(rc, &err, "residency")
+        raise_mech(rc, &err, "residency")
     return rc
 
 
@@ -148,7 +163,7 @@ def lazy_stats(uint8_t[::1] states not None):
 
 def resolve_lazy(uint8_t[::1] states not None, const int64_t[::1] pages, bint keep_present):
     """Resolve lazily freed pages against the kernel; returns pages resolved."""
-    cdef gph_err err
+    cdef gph_err err = _NO_ERR
     cdef long rc
     cdef size_t n = pages.shape[0]
     if n == 0:
@@ -156,7 +171,7 @@ def resolve_lazy(uint8_t[::1] states not None, const int64_t[::1] pages, bint ke
     with nogil:
         rc = gph_resolve_lazy(&states[0], states.shape[0], &pages[0], n, keep_present, &err)
     if rc < 0:
-        raise_err(rc, &err, "resolve_lazy")
+        raise_mech(rc, &err, "resolve_lazy")
     return rc
 
 

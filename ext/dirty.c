@@ -5,7 +5,7 @@
  * round trip to the fault thread) and leaves the page "written".  PAGEMAP_SCAN (Linux >= 6.7)
  * reads PAGE_IS_WRITTEN over a range, and with PM_SCAN_WP_MATCHING write-protects the written
  * pages again in the same page-table walk: test-and-clear, atomic per page. */
-#include "gphint.h"
+#include "gphint_internal.h"
 #include "uffd_compat.h"
 
 #include <errno.h>
@@ -28,9 +28,7 @@ long gph_dirty_scan(uint8_t *base, size_t page_size, int64_t first, int64_t n, i
     memset(written, 0, (size_t)n);
     int fd = pagemap_fd();
     if (fd < 0) {
-        err->syscall = "open(/proc/self/pagemap)";
-        err->first_page = first;
-        err->npages = n;
+        gph_err_set(err, NULL, "open(/proc/self/pagemap)", first, n);
         return fd;
     }
     uint64_t start = (uint64_t)(uintptr_t)(base + (size_t)first * page_size);
@@ -52,9 +50,7 @@ long gph_dirty_scan(uint8_t *base, size_t page_size, int64_t first, int64_t n, i
         if (got < 0) {
             if (errno == EINTR || errno == EAGAIN)
                 continue;
-            err->syscall = "ioctl(PAGEMAP_SCAN)";
-            err->first_page = first;
-            err->npages = n;
+            gph_err_set(err, NULL, "ioctl(PAGEMAP_SCAN)", first, n);
             return -errno;
         }
         for (long i = 0; i < got; i++) {

@@ -10,7 +10,7 @@
  * asked), and how many of the pages were resident just before (mincore), since advising a page
  * that was never touched or is already gone frees nothing.
  */
-#include "gphint.h"
+#include "gphint_internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -32,15 +32,6 @@ static int advice_flag(int advice)
     return advice == GPH_ADVICE_FREE ? MADV_FREE : MADV_DONTNEED;
 }
 
-static void set_err(struct gph_err *err, const char *sc, int64_t first, int64_t n)
-{
-    if (err) {
-        err->syscall = sc;
-        err->first_page = first;
-        err->npages = n;
-    }
-}
-
 static long madvise_range(uint8_t *base, size_t ps, int64_t first, int64_t n, int adv,
                           struct gph_discard_stats *st, struct gph_err *err)
 {
@@ -50,7 +41,7 @@ static long madvise_range(uint8_t *base, size_t ps, int64_t first, int64_t n, in
             return 0;
         if (errno == EINTR || errno == EAGAIN)
             continue;
-        set_err(err, "madvise", first, n);
+        gph_err_set(err, NULL, "madvise", first, n);
         return -errno;
     }
 }
@@ -75,7 +66,7 @@ static long vectored(uint8_t *base, size_t ps, const int64_t *runs, size_t nruns
         if (done < 0) {
             if (errno == EINTR || errno == EAGAIN)
                 continue;
-            set_err(err, "process_madvise", runs[2 * i], runs[2 * i + 1]);
+            gph_err_set(err, NULL, "process_madvise", runs[2 * i], runs[2 * i + 1]);
             return -errno;
         }
         if ((size_t)done == want) {
@@ -87,7 +78,7 @@ static long vectored(uint8_t *base, size_t ps, const int64_t *runs, size_t nruns
         while (j < k && covered + iov[j].iov_len <= (size_t)done)
             covered += iov[j++].iov_len;
         if (j == 0) {  /* no progress and no error: refuse to spin */
-            set_err(err, "process_madvise", runs[2 * i], runs[2 * i + 1]);
+            gph_err_set(err, NULL, "process_madvise", runs[2 * i], runs[2 * i + 1]);
             return -EIO;
         }
         i += j;
@@ -113,7 +104,7 @@ static long submit_runs(uint8_t *base, size_t ps, const int64_t *runs, size_t nr
     case GPH_SUBMIT_VECTORED:
         return vectored(base, ps, runs, nruns, adv, pidfd, st, err);
     default:
-        set_err(err, "submit mode", submit, 0);
+        gph_err_set(err, "submit mode", NULL, submit, 0);
         return -EINVAL;
     }
 }
@@ -186,8 +177,7 @@ long gph_discard_pages(uint8_t *base, size_t page_size, int64_t npages,
     int sorted = 1;
     for (size_t i = 0; i < n; i++) {
         if (pages[i] < 0 || pages[i] >= npages) {
-            set_err(err, "page index", pages[i], 1);
-            return -ERANGE;
+            return gph_err_range(err, "page index", pages[i], 1, npages);
         }
         if (i && pages[i] < pages[i - 1])
             sorted = 0;
@@ -198,14 +188,14 @@ long gph_discard_pages(uint8_t *base, size_t page_size, int64_t npages,
     const int64_t *p = pages;
     int64_t *runs = malloc(2 * n * sizeof(int64_t));
     if (!runs) {
-        set_err(err, "malloc", 0, (int64_t)n);
+        gph_err_set(err, NULL, "malloc", 0, (int64_t)n);
         return -ENOMEM;
     }
     if (!sorted) {
         copy = malloc(n * sizeof(int64_t));
         if (!copy) {
             free(runs);
-            set_err(err, "malloc", 0, (int64_t)n);
+            gph_err_set(err, NULL, "malloc", 0, (int64_t)n);
             return -ENOMEM;
         }
         memcpy(copy, pages, n * sizeof(int64_t));
@@ -238,8 +228,7 @@ long gph_discard_runs(uint8_t *base, size_t page_size, int64_t npages,
     for (size_t r = 0; r < n; r++) {
         int64_t first = runs[2 * r], len = runs[2 * r + 1];
         if (first < 0 || len < 0 || first + len > npages) {
-            set_err(err, "page run", first, len);
-            return -ERANGE;
+            return gph_err_range(err, "page run", first, len, npages);
         }
         total += len;
     }

@@ -38,15 +38,6 @@ uint64_t gph_now_ns_(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static void set_err(struct gph_err *err, const char *sc, int64_t first, int64_t n)
-{
-    if (err) {
-        err->syscall = sc;
-        err->first_page = first;
-        err->npages = n;
-    }
-}
-
 #define GPH_COPY_CHUNK (128u << 10)   /* pread + UFFDIO_COPY piece: fits in L2 */
 #define ADD(field, v) __atomic_fetch_add(&(field), (uint64_t)(v), __ATOMIC_RELAXED)
 
@@ -512,7 +503,7 @@ long gph_service_create(struct gph_service **out, int flags, size_t window_bytes
 {
     struct gph_service *s = calloc(1, sizeof *s);
     if (!s) {
-        set_err(err, "calloc", 0, 0);
+        gph_err_set(err, NULL, "calloc", 0, 0);
         return -ENOMEM;
     }
     s->uffd = s->wakefd = -1;
@@ -527,7 +518,8 @@ long gph_service_create(struct gph_service **out, int flags, size_t window_bytes
     s->uffd = (int)syscall(SYS_userfaultfd, uflags);
     if (s->uffd < 0) {
         rc = -errno;
-        set_err(err, (flags & GPH_SVC_USER_MODE_ONLY) ? "userfaultfd(UFFD_USER_MODE_ONLY)" : "userfaultfd", 0, 0);
+        gph_err_set(err, NULL, (flags & GPH_SVC_USER_MODE_ONLY) ? "userfaultfd(UFFD_USER_MODE_ONLY)" : "userfaultfd",
+                    0, 0);
         goto fail;
     }
     struct uffdio_api api = {.api = UFFD_API, .features = 0};
@@ -537,7 +529,7 @@ long gph_service_create(struct gph_service **out, int flags, size_t window_bytes
         api.features |= UFFD_FEATURE_MOVE;
     if (ioctl(s->uffd, UFFDIO_API, &api) != 0) {
         rc = -errno;
-        set_err(err, "ioctl(UFFDIO_API)", 0, 0);
+        gph_err_set(err, NULL, "ioctl(UFFDIO_API)", 0, 0);
         goto fail;
     }
     s->features = api.features;
@@ -546,7 +538,7 @@ long gph_service_create(struct gph_service **out, int flags, size_t window_bytes
     s->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (s->wakefd < 0) {
         rc = -errno;
-        set_err(err, "eventfd", 0, 0);
+        gph_err_set(err, NULL, "eventfd", 0, 0);
         goto fail;
     }
     s->bounce = map_buf(GPH_WINDOW_MAX);
@@ -555,7 +547,7 @@ long gph_service_create(struct gph_service **out, int flags, size_t window_bytes
     s->scratch = map_buf(GPH_SCRATCH_BYTES);
     if (!s->bounce || !s->zeros || !s->host_buf || !s->scratch) {
         rc = -ENOMEM;
-        set_err(err, "mmap", 0, 0);
+        gph_err_set(err, NULL, "mmap", 0, 0);
         goto fail;
     }
     memset(s->bounce, 0, GPH_WINDOW_MAX);     /* populate: the thread never faults on its own buffers */
@@ -568,7 +560,7 @@ long gph_service_create(struct gph_service **out, int flags, size_t window_bytes
                                               ((flags & GPH_SVC_DIRTY) ? UFFDIO_REGISTER_MODE_WP : 0)};
         if (ioctl(s->uffd, UFFDIO_REGISTER, &reg) != 0) {
             rc = -errno;
-            set_err(err, "ioctl(UFFDIO_REGISTER) scratch", 0, 0);
+            gph_err_set(err, NULL, "ioctl(UFFDIO_REGISTER) scratch", 0, 0);
             goto fail;
         }
     }
@@ -585,7 +577,7 @@ long gph_service_start(struct gph_service *s, struct gph_err *err)
         return 0;
     int e = pthread_create(&s->thread, NULL, fault_main, s);
     if (e) {
-        set_err(err, "pthread_create", 0, 0);
+        gph_err_set(err, NULL, "pthread_create", 0, 0);
         return -e;
     }
     s->started = 1;
@@ -634,12 +626,12 @@ struct gph_region *gph_region_open_(struct gph_service *s, int rid)
 long gph_service_register(struct gph_service *s, const struct gph_region_desc *d, struct gph_err *err)
 {
     if (d->page_size != s->page_size) {   /* userfaultfd fills and wakes whole kernel pages */
-        set_err(err, "register: page size is not the kernel's", 0, d->npages);
+        gph_err_set(err, "register: page size is not the kernel's", NULL, 0, d->npages);
         return -EINVAL;
     }
     struct gph_region *r = calloc(1, sizeof *r);
     if (!r) {
-        set_err(err, "calloc", 0, 0);
+        gph_err_set(err, NULL, "calloc", 0, 0);
         return -ENOMEM;
     }
     r->d = *d;
@@ -656,12 +648,12 @@ long gph_service_register(struct gph_service *s, const struct gph_region_desc *d
     gph_race_delay_(s);   /* tests: a concurrent registration waits here, at the lock */
     long rc = gph_regions_add_(&s->regions, r);
     if (rc == -ENOSPC)
-        set_err(err, "register: region table full (1048576 regions)", 0, 0);
+        gph_err_set(err, "register: region table full (1048576 regions)", NULL, 0, 0);
     else if (rc < 0)
-        set_err(err, "realloc", 0, 0);
+        gph_err_set(err, NULL, "realloc", 0, 0);
     else if (ioctl(s->uffd, UFFDIO_REGISTER, &reg) != 0) {
         rc = -errno;
-        set_err(err, "ioctl(UFFDIO_REGISTER)", 0, d->npages);
+        gph_err_set(err, NULL, "ioctl(UFFDIO_REGISTER)", 0, d->npages);
         gph_regions_remove_(&s->regions, r->rid);
     }
     pthread_rwlock_unlock(&s->lock);
@@ -689,7 +681,7 @@ long gph_service_unregister(struct gph_service *s, int rid, int materialize, str
     if (materialize) {
         uint8_t *bounce = map_buf(GPH_WINDOW_MAX);
         if (!bounce) {
-            set_err(err, "mmap", 0, 0);
+            gph_err_set(err, NULL, "mmap", 0, 0);
             pthread_rwlock_wrlock(&s->lock);
             r->closing = 0;   /* still served: the caller may try again */
             pthread_rwlock_unlock(&s->lock);
@@ -722,7 +714,7 @@ long gph_service_unregister(struct gph_service *s, int rid, int materialize, str
     pthread_rwlock_wrlock(&s->lock);
     if (ioctl(s->uffd, UFFDIO_UNREGISTER, &range) != 0) {
         rc = -errno;
-        set_err(err, "ioctl(UFFDIO_UNREGISTER)", 0, r->d.npages);
+        gph_err_set(err, NULL, "ioctl(UFFDIO_UNREGISTER)", 0, r->d.npages);
     }
     gph_regions_remove_(&s->regions, rid);
     pthread_rwlock_unlock(&s->lock);
@@ -826,14 +818,14 @@ long gph_service_fill(struct gph_service *s, int rid, const int64_t *pages, size
         memset(buf, 0, GPH_COPY_CHUNK);
     }
     if (!take || !rest || !rest_off || !buf) {
-        set_err(err, "malloc", 0, (int64_t)n);
+        gph_err_set(err, NULL, "malloc", 0, (int64_t)n);
         rc = -ENOMEM;
         goto out_free;
     }
     pthread_rwlock_rdlock(&s->lock);
     struct gph_region *r = gph_region_(s, rid);
     if (!r) {
-        set_err(err, "region", rid, 0);
+        gph_err_set(err, "region", NULL, rid, 0);
         rc = -ENOENT;
         goto out;
     }
@@ -841,8 +833,7 @@ long gph_service_fill(struct gph_service *s, int rid, const int64_t *pages, size
     /* every index before the first hold: a refusal must leave no page held */
     for (size_t i = 0; i < n; i++) {
         if (pages[i] < 0 || pages[i] >= r->d.npages) {
-            set_err(err, "page index", pages[i], 1);
-            rc = -ERANGE;
+            rc = gph_err_range(err, "page index", pages[i], 1, r->d.npages);
             goto out;
         }
     }
@@ -877,7 +868,7 @@ long gph_service_fill(struct gph_service *s, int rid, const int64_t *pages, size
         }
         gph_uffd_wake_(s, dst, k * ps);
         if (got < 0 && !rc) {
-            set_err(err, "pread", pages[i], (int64_t)k);
+            gph_err_set(err, NULL, "pread", pages[i], (int64_t)k);
             rc = got;
         } else if (c < 0) {   /* could not install (the range is going away): read in place */
             for (size_t j = 0; j < k; j++) {

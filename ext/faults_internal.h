@@ -4,7 +4,7 @@
 #define GPHINT_FAULTS_INTERNAL_H
 
 #include "cpu_relax.h"
-#include "gphint.h"
+#include "gphint_internal.h"
 #include "uffd_compat.h"
 
 #include <pthread.h>

@@ -6,7 +6,7 @@
  * (REFERENCE §4) instead: then the bytes go through a user-space bounce buffer and a memcpy,
  * whose user-mode fault the service does see.  Contiguous pages at contiguous offsets are one
  * preadv/pwritev. */
-#include "gphint.h"
+#include "gphint_internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -15,13 +15,6 @@
 #include <unistd.h>
 
 #define BOUNCE_PAGES 64
-
-static void set_err(struct gph_err *err, const char *sc, int64_t first, int64_t n)
-{
-    err->syscall = sc;
-    err->first_page = first;
-    err->npages = n;
-}
 
 /* Bounce one run: file <-> buffer in the kernel, buffer <-> frames in user space. */
 static long bounce_run(uint8_t *frames, size_t len, int fd, int64_t off, int to_file, uint8_t *buf,
@@ -80,8 +73,7 @@ static long io_pages(uint8_t *base, size_t ps, int64_t npages, const int64_t *pa
     *bounced = 0;
     for (size_t i = 0; i < n; i++)
         if (pages[i] < 0 || pages[i] >= npages) {
-            set_err(err, "page index", pages[i], 1);
-            return -ERANGE;
+            return gph_err_range(err, "page index", pages[i], 1, npages);
         }
     long rc = 0;
     for (size_t i = 0; i < n;) {
@@ -98,7 +90,7 @@ static long io_pages(uint8_t *base, size_t ps, int64_t npages, const int64_t *pa
              * unaligned buffer with EINVAL */
             if (!buf && posix_memalign((void **)&buf, ps, BOUNCE_PAGES * ps) != 0) {
                 buf = NULL;
-                set_err(err, "posix_memalign", pages[i], (int64_t)k);
+                gph_err_set(err, NULL, "posix_memalign", pages[i], (int64_t)k);
                 return -ENOMEM;
             }
             size_t pdone = done / ps * ps;   /* redo the partial page through the bounce */
@@ -107,7 +99,7 @@ static long io_pages(uint8_t *base, size_t ps, int64_t npages, const int64_t *pa
             *bounced += (int64_t)((len - pdone) / ps);
         }
         if (rc < 0) {
-            set_err(err, to_file ? "pwrite" : "pread", pages[i], (int64_t)k);
+            gph_err_set(err, NULL, to_file ? "pwrite" : "pread", pages[i], (int64_t)k);
             free(buf);
             return rc;
         }

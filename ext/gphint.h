@@ -28,9 +28,11 @@
 #define GPH_FLAG_MASK  0xf0
 
 struct gph_err {
-    const char *syscall;   /* the call that failed, e.g. "process_madvise" */
-    int64_t first_page;    /* first page of the failing range (or the offending index) */
+    const char *what;      /* what was wrong when no call failed ("page index", "region"), or NULL */
+    const char *syscall;   /* the call that failed, e.g. "process_madvise", or NULL */
+    int64_t first_page;    /* first page of the failing range (or the offending index / id) */
     int64_t npages;        /* pages in the failing range */
+    int64_t bound;         /* a page index error: the valid range is [0, bound); else -1 */
 };
 
 /* --- discard.c: give pages back to the host kernel --- */

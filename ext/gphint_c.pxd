@@ -3,9 +3,11 @@ from libc.stdint cimport uint8_t, int64_t, uint64_t
 
 cdef extern from "gphint.h" nogil:
     struct gph_err:
+        const char *what
         const char *syscall
         int64_t first_page
         int64_t npages
+        int64_t bound
 
     struct gph_discard_stats:
         uint64_t calls

@@ -21,7 +21,7 @@
  * throughout; the waits inside gph_set_usage are bounded by one host or fault-thread C call,
  * neither of which needs the GIL to finish).
  */
-#include "gphint.h"
+#include "gphint_internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -215,10 +215,7 @@ static long take_request(struct gph_hintq *q, const int64_t *pages, size_t n, st
 {
     for (size_t i = 0; i < n; i++) {
         if (pages[i] < 0 || pages[i] >= q->npages) {
-            err->syscall = "page index";
-            err->first_page = (int64_t)i;
-            err->npages = 1;
-            return -ERANGE;
+            return gph_err_range(err, "page index", pages[i], 1, q->npages);
         }
     }
     return grow((void **)&q->work, &q->wcap, n, sizeof *q->work);
@@ -238,9 +235,7 @@ long gph_hintq_hint(struct gph_hintq *q, const int64_t *pages, size_t n, int usa
                     struct gph_err *err)
 {
     if ((usage_code & ~GPH_USAGE_MASK) != 0) {
-        err->syscall = "usage state";
-        err->first_page = usage_code;
-        err->npages = 0;
+        gph_err_set(err, "usage state", NULL, usage_code, 0);
         return -EINVAL;
     }
     uint8_t usage = (uint8_t)usage_code;

@@ -22,15 +22,6 @@
 #include <string.h>
 #include <sys/mman.h>
 
-static void set_err(struct gph_err *err, const char *sc, int64_t first, int64_t n)
-{
-    if (err) {
-        err->syscall = sc;
-        err->first_page = first;
-        err->npages = n;
-    }
-}
-
 #define C_RESIDENT (1u << GPH_CONTENT_RESIDENT)
 #define C_LAZY (1u << GPH_CONTENT_LAZY)
 
@@ -168,7 +159,10 @@ static void preserve_run(struct run_ctx *c, int64_t first, int64_t npg, const ui
         }
         if (w < 0) {
             if (!c->nerr) {
-                set_err(c->err, fd < 0 ? "swap store lookup" : j >= c->nslots ? "swap slots" : "pwrite(host swap)", p, 1);
+                if (fd < 0 || j >= c->nslots)
+                    gph_err_set(c->err, fd < 0 ? "swap store lookup" : "swap slots", NULL, p, 1);
+                else
+                    gph_err_set(c->err, NULL, "pwrite(host swap)", p, 1);
                 /* the write's own errno (ENOSPC on a full disk), not a generic EIO */
                 c->first_rc = fd >= 0 && j < c->nslots && w < 0 ? w : -EIO;
             }
@@ -203,7 +197,7 @@ static void detach_and_place(struct run_ctx *c, int64_t first, int64_t npg, int 
     long moved = detach(s, r, first, npg);
     if (moved < 0) {
         if (!c->nerr) {
-            set_err(c->err, "ioctl(UFFDIO_MOVE)", first, npg);
+            gph_err_set(c->err, NULL, "ioctl(UFFDIO_MOVE)", first, npg);
             c->first_rc = moved;
         }
         c->nerr++;
@@ -271,14 +265,13 @@ static struct gph_region *begin_host_op(struct gph_service *s, int rid, const in
     pthread_rwlock_rdlock(&s->lock);
     struct gph_region *r = gph_region_open_(s, rid);   /* not while unregister reloads it */
     if (!r) {
-        set_err(err, "region", rid, 0);
+        gph_err_set(err, "region", NULL, rid, 0);
         *rc = -ENOENT;
         return NULL;
     }
     for (size_t i = 0; i < n; i++) {
         if (pages[i] < 0 || pages[i] >= r->d.npages) {
-            set_err(err, "page index", pages[i], 1);
-            *rc = -ERANGE;
+            *rc = gph_err_range(err, "page index", pages[i], 1, r->d.npages);
             return NULL;
         }
     }
@@ -295,12 +288,12 @@ long gph_host_swap_out(struct gph_service *s, int rid, const int64_t *pages, siz
                        int32_t swap_id, const int64_t *slots, size_t nslots, uint8_t *used_slots, struct gph_err *err)
 {
     if (!(s->features & UFFD_FEATURE_MOVE)) {
-        set_err(err, "UFFDIO_MOVE (Linux >= 6.8)", 0, 0);
+        gph_err_set(err, NULL, "UFFDIO_MOVE (Linux >= 6.8)", 0, 0);
         return -EOPNOTSUPP;
     }
     uint8_t *picked = calloc(n ? n : 1, 1);
     if (!picked) {
-        set_err(err, "calloc", 0, (int64_t)n);
+        gph_err_set(err, NULL, "calloc", 0, (int64_t)n);
         return -ENOMEM;
     }
     long rc = 0;
@@ -330,7 +323,7 @@ long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size
     if (!picked || !vu) {
         free(picked);
         free(vu);
-        set_err(err, "malloc", 0, (int64_t)n);
+        gph_err_set(err, NULL, "malloc", 0, (int64_t)n);
         return -ENOMEM;
     }
     uint8_t *ppicked = picked + n;

@@ -22,7 +22,7 @@
  * The registry: the guest's setters (protocol.c, called by the hint queue with only a state
  * table) find a memory's frames by its state table here.  GuestMemory registers at creation and
  * unregisters at close; a lookup happens only for a lazily freed page. */
-#include "gphint.h"
+#include "gphint_internal.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -177,19 +177,14 @@ long gph_resolve_lazy(uint8_t *states, int64_t npages, const int64_t *pages, siz
 {
     struct frames *f = find(states);
     if (!f) {
-        err->syscall = "frames registry";
-        err->first_page = 0;
-        err->npages = npages;
+        gph_err_set(err, "frames registry", NULL, 0, npages);
         return -ENOENT;
     }
     long resolved = 0;
     for (size_t i = 0; i < n; i++) {
         int64_t p = pages[i];
         if (p < 0 || p >= npages || p >= f->npages) {
-            err->syscall = "page index";
-            err->first_page = p;
-            err->npages = 1;
-            return -ERANGE;
+            return gph_err_range(err, "page index", p, 1, npages < f->npages ? npages : f->npages);
         }
         if ((__atomic_load_n(&states[p], __ATOMIC_ACQUIRE) & GPH_CONTENT_MASK) != GPH_CONTENT_LAZY)
             continue;

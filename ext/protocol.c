@@ -26,7 +26,7 @@
  *     (Xr); missing -> Xz (Vz is then a discard fault).  Then the transition of that pair applies.
  */
 #include "cpu_relax.h"
-#include "gphint.h"
+#include "gphint_internal.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -47,9 +47,7 @@ static uint8_t wait_unheld(uint8_t *b)
 
 static long refuse(struct gph_err *err, const char *what, size_t i, uint8_t *old_out, uint8_t old, long rc)
 {
-    err->syscall = what;
-    err->first_page = (int64_t)i;
-    err->npages = 1;
+    gph_err_set(err, what, NULL, (int64_t)i, 1);
     *old_out = old;
     return rc;
 }
@@ -95,10 +93,7 @@ long gph_make_stable(uint8_t *states, int64_t npages, const int64_t *pages, size
     for (size_t i = 0; i < n; i++) {
         int64_t p = pages[i];
         if (p < 0 || p >= npages) {
-            err->syscall = "page index";
-            err->first_page = p;
-            err->npages = 1;
-            return -ERANGE;
+            return gph_err_range(err, "page index", p, 1, npages);
         }
     }
     for (size_t i = 0; i < n; i++) {
@@ -108,9 +103,7 @@ long gph_make_stable(uint8_t *states, int64_t npages, const int64_t *pages, size
             uint8_t usage = old & GPH_USAGE_MASK, content = old & GPH_CONTENT_MASK;
             if (content == GPH_CONTENT_LAZY) {   /* Uf/Vf: present -> kept (Xr), missing -> Xz */
                 if (gph_resolve_lazy_one_(states, pages[i]) < 0) {
-                    err->syscall = "make_stable: lazily freed page of unregistered frames";
-                    err->first_page = pages[i];
-                    err->npages = 1;
+                    gph_err_set(err, "make_stable: lazily freed page of unregistered frames", NULL, pages[i], 1);
                     return -EPERM;
                 }
                 continue;

@@ -1,5 +1,5 @@
 /* residency.c -- ask the kernel which guest pages are resident (mincore: ~2 ns/page). */
-#include "gphint.h"
+#include "gphint_internal.h"
 
 #include <errno.h>
 #include <sys/mman.h>
@@ -10,9 +10,7 @@ long gph_residency(uint8_t *base, size_t page_size, int64_t npages, uint8_t *vec
     if (npages == 0)
         return 0;
     if (mincore(base, (size_t)npages * page_size, vec) != 0) {
-        err->syscall = "mincore";
-        err->first_page = 0;
-        err->npages = npages;
+        gph_err_set(err, NULL, "mincore", 0, npages);
         return -errno;
     }
     long n = 0;

@@ -6,22 +6,18 @@
  * marks it discarded), so every update is a compare-and-swap that keeps the bits it does not own.
  * The guest's usage changes (gph_set_usage) live in protocol.c: they also wait out host holds.
  */
-#include "gphint.h"
+#include "gphint_internal.h"
 
 #include <errno.h>
 
 long gph_set_content(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
                      uint8_t content, struct gph_err *err)
 {
+    for (size_t i = 0; i < n; i++)   /* every index first: a refusal changes nothing */
+        if (pages[i] < 0 || pages[i] >= npages)
+            return gph_err_range(err, "page index", pages[i], 1, npages);
     for (size_t i = 0; i < n; i++) {
-        int64_t p = pages[i];
-        if (p < 0 || p >= npages) {
-            err->syscall = "page index";
-            err->first_page = (int64_t)i;
-            err->npages = 1;
-            return -ERANGE;
-        }
-        uint8_t *b = &states[p];
+        uint8_t *b = &states[pages[i]];
         uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE);
         uint8_t want;
         do {

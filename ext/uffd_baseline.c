@@ -3,7 +3,7 @@
  * One helper thread, one UFFDIO_COPY of a static page per fault, no tables, no fault-around: the
  * floor that the fault service's 4 KiB path is judged against (kernel selftests' uffd-common.c
  * shape: poll, read one message, copy, EEXIST benign). */
-#include "gphint.h"
+#include "gphint_internal.h"
 #include "uffd_compat.h"
 
 #include <errno.h>
@@ -46,9 +46,7 @@ static void *serve(void *arg)
 
 static long fail(struct gph_err *err, const char *syscall, long rc)
 {
-    err->syscall = syscall;
-    err->first_page = 0;
-    err->npages = 0;
+    gph_err_set(err, NULL, syscall, 0, 0);
     return rc;
 }
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from ._version import __version__  # noqa: F401  (same API: the version check passes)
-from .errors import ConfigError, SyscallError
+from .errors import mechanism_error
 
 COMPILED = False
 ADVICE = {"dontneed": 0, "free": 1}
@@ -70,7 +70,7 @@ def _madvise(mm, ps, first, n, adv, stats):
     try:
         mapping.madvise(adv, offset + first * ps, n * ps)
     except OSError as e:
-        raise SyscallError(e.errno, "madvise", "discard: pages %d..%d" % (first, first + n - 1)) from None
+        raise mechanism_error(e.errno, syscall="madvise", first_page=first, npages=n, context="discard") from None
 
 
 def _submit(region, ps, runs, advice, submit, pidfd):
@@ -100,8 +100,8 @@ def _submit(region, ps, runs, advice, submit, pidfd):
                 e = ctypes.get_errno()
                 if e in (_errno.EINTR, _errno.EAGAIN):
                     continue
-                raise SyscallError(e, "process_madvise", "discard: pages %d..%d"
-                                   % (chunk[0, 0], chunk[0, 0] + chunk[0, 1] - 1))
+                raise mechanism_error(e, syscall="process_madvise", first_page=int(chunk[0, 0]),
+                                      npages=int(chunk[0, 1]), context="discard")
             want = int(chunk[:, 1].sum()) * ps
             if done == want:
                 i += len(chunk)
@@ -109,17 +109,18 @@ def _submit(region, ps, runs, advice, submit, pidfd):
             covered = np.cumsum(chunk[:, 1] * ps)
             k = int(np.searchsorted(covered, done, side="right"))
             if k == 0:
-                raise SyscallError(_errno.EIO, "process_madvise", "no progress at page %d" % chunk[0, 0])
+                raise mechanism_error(_errno.EIO, syscall="process_madvise", first_page=int(chunk[0, 0]),
+                                      npages=1, context="no progress")
             i += k
     else:
-        raise ValueError("unknown submit mode %r" % submit)
+        raise mechanism_error(_errno.EINVAL, what="submit mode", first_page=submit, context="discard")
     return stats[0]
 
 
-def _check_bounds(lo, hi, npages, what):
+def _check_bounds(lo, hi, npages, context):
     if lo < 0 or hi >= npages:
-        bad = lo if lo < 0 else hi
-        raise SyscallError(_errno.ERANGE, what, "discard: pages %d..%d" % (bad, bad))
+        raise mechanism_error(_errno.ERANGE, what="page index", first_page=lo if lo < 0 else hi, npages=1,
+                              bound=npages, context=context)
 
 
 def _mincore(region, page_size, first, npages):
@@ -154,7 +155,7 @@ def discard_pages(region, page_size, pages, advice, submit, pidfd):
     pages = np.asarray(pages, dtype=np.int64)
     if pages.size == 0:
         return (0, 0, 0, 0, 0)
-    _check_bounds(int(pages.min()), int(pages.max()), len(region) // page_size, "page index")
+    _check_bounds(int(pages.min()), int(pages.max()), len(region) // page_size, "discard")
     return _discard(region, page_size, coalesce(pages), advice, submit, pidfd)
 
 
@@ -165,7 +166,8 @@ def discard_runs(region, page_size, runs, advice, submit, pidfd):
     npages = len(region) // page_size
     if (runs < 0).any() or (runs.sum(axis=1) > npages).any():
         bad = runs[(runs < 0).any(axis=1) | (runs.sum(axis=1) > npages)][0]
-        raise SyscallError(_errno.ERANGE, "page run", "discard: pages %d..%d" % (bad[0], bad[0] + bad[1] - 1))
+        raise mechanism_error(_errno.ERANGE, what="page run", first_page=int(bad[0]), npages=int(bad[1]),
+                              bound=npages, context="discard")
     return _discard(region, page_size, runs, advice, submit, pidfd)
 
 
@@ -210,10 +212,10 @@ def _resolve_page(states, p, f, keep_present):
 def resolve_lazy(states, pages, keep_present):
     f = _frames.get(_address(states))
     if f is None:
-        raise SyscallError(_errno.ENOENT, "frames registry", "resolve_lazy: unregistered state table")
+        raise mechanism_error(_errno.ENOENT, what="frames registry", npages=len(states), context="resolve_lazy")
     pages = np.asarray(pages, dtype=np.int64)
-    if pages.size and (pages.min() < 0 or pages.max() >= len(states)):
-        raise SyscallError(_errno.ERANGE, "page index", "resolve_lazy")
+    if pages.size:
+        _check_bounds(int(pages.min()), int(pages.max()), len(states), "resolve_lazy")
     lazy = pages[(states[pages] & 0x03) == LAZY]
     return sum(_resolve_page(states, p, f, keep_present) for p in lazy.tolist())
 
@@ -253,6 +255,8 @@ def set_usage(states, pages, usage, next_table):
 
 def set_content(states, pages, content):
     pages = np.asarray(pages, dtype=np.int64)
+    if pages.size:
+        _check_bounds(int(pages.min()), int(pages.max()), len(states), "set_content")
     states[pages] = (states[pages] & ~np.uint8(0x03)) | np.uint8(content & 0x03)
     return int(pages.size)
 
@@ -263,7 +267,7 @@ def residency(region, page_size, vec):
         return 0
     out = (ctypes.c_ubyte * npages).from_buffer(vec)
     if _libc.mincore(ctypes.c_void_p(_address(region)), npages * page_size, out) != 0:
-        raise SyscallError(ctypes.get_errno(), "mincore", "residency: pages 0..%d" % (npages - 1))
+        raise mechanism_error(ctypes.get_errno(), syscall="mincore", first_page=0, npages=npages, context="residency")
     del out
     vec[:npages] &= 1
     return int(vec[:npages].sum())
@@ -277,10 +281,12 @@ VZ = 0x0C | 0x03     # VOLATILE | ZERO: a discarded cache page
 def make_stable(states, pages, out):
     """Make pages STABLE; discarded VOLATILE pages (Vz) go to out instead.  Returns how many."""
     pages = np.asarray(pages, dtype=np.int64)
+    if pages.size:
+        _check_bounds(int(pages.min()), int(pages.max()), len(states), "make_stable")
     lazy = pages[(states[pages] & 0x03) == LAZY]
     if lazy.size and not _resolve_for_transition(states, lazy):
-        raise SyscallError(_errno.EPERM, "make_stable: lazily freed page of unregistered frames",
-                           "page %d" % int(lazy[0]))
+        raise mechanism_error(_errno.EPERM, what="make_stable: lazily freed page of unregistered frames",
+                              first_page=int(lazy[0]), npages=1, context="make_stable")
     s = states[pages]
     vz = (s & 0x0F) == VZ
     n = int(np.count_nonzero(vz))
@@ -374,7 +380,7 @@ class HintQueue:
 
     def hint(self, pages, usage):
         if usage & ~0x0C:                 # checked first, as the C call does, even for no pages
-            raise ConfigError("not a usage state code: %#x" % usage)
+            raise mechanism_error(_errno.EINVAL, what="usage state", first_page=usage, context="hint queue")
         pages = np.asarray(pages, dtype=np.int64)
         n = pages.size
         if n == 0:
@@ -458,9 +464,7 @@ class HintQueue:
         return out[:ndisc]
 
     def _check_range(self, pages):
-        lo, hi = int(pages.min()), int(pages.max())
-        if lo < 0 or hi >= len(self._states):
-            raise ConfigError("page index %d out of range [0, %d)" % (lo if lo < 0 else hi, len(self._states)))
+        _check_bounds(int(pages.min()), int(pages.max()), len(self._states), "hint queue")
 
     def _apply(self, pages, usage):
         cap = self.capacity

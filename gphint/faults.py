@@ -289,11 +289,12 @@ class FaultService:
     def _host_op(self, reg, nothing, call, *args):
         """call(*args), a host operation on reg's guest.  Another thread may unregister the guest
         while the call is on its way in: the C side then refuses the region (-ENOENT) before it
-        takes a page, so the operation did nothing, and that (`nothing`) is its result."""
+        takes a page (ClosedError: the region is no longer registered), so the operation did
+        nothing, and that (`nothing`) is its result."""
         try:
             return call(*args)
-        except SyscallError as e:
-            if e.errno == errno.ENOENT and self._regs.get(id(reg.mem)) is not reg:
+        except ClosedError:
+            if self._regs.get(id(reg.mem)) is not reg:
                 return nothing
             raise
 

@@ -1,5 +1,6 @@
 """The discard path: real RSS drops, pagemap agrees, bytes are exact, every submission mode
 gives the same memory, MADV_FREE is lazy, and the state-aware path never loses a stable page."""
+import errno
 import math
 import threading
 
@@ -140,14 +141,21 @@ def test_unknown_advice_or_mode_names_the_value(mem, kw, msg):
 
 
 def test_raw_mechanism_refuses_out_of_region_pages(mem):
-    """The seam itself bounds-checks: a bad index must never madvise memory outside the region."""
+    """The seam itself bounds-checks: a bad index must never madvise memory outside the region;
+    it is the same ConfigError, naming the index, as through GuestMemory.discard."""
     mech = _mechanism.mech
     region = mem.region
-    for pages in (np.array([mem.npages], dtype=np.int64), np.array([-1], dtype=np.int64)):
-        with pytest.raises(gphint.SyscallError) as e:
-            mech.discard_pages(region, PAGE, pages, 0, 1, -1)
-        assert e.value.syscall in ("page index",)
-    with pytest.raises(gphint.SyscallError):
+    for bad in (mem.npages, -1):
+        msg = r"page index %d out of range \[0, %d\)" % (bad, mem.npages)
+        with pytest.raises(gphint.ConfigError, match=msg) as e:
+            mech.discard_pages(region, PAGE, np.array([bad], dtype=np.int64), 0, 1, -1)
+        assert e.value.errno == errno.ERANGE
+        mem.set_state([0], "unused")
+        with pytest.raises(gphint.ConfigError, match=msg):
+            mem.discard(np.array([0, bad], dtype=np.int64))
+        with pytest.raises(gphint.ConfigError, match=msg):
+            mem.discard_raw(np.array([bad], dtype=np.int64))
+    with pytest.raises(gphint.ConfigError, match="page run"):
         mech.discard_runs(region, PAGE, np.array([[mem.npages - 1, 2]], dtype=np.int64), 0, 1, -1)
 
 

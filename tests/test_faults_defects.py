@@ -17,7 +17,7 @@ import pytest
 
 import gphint
 from gphint import PageState, caps
-from gphint.errors import SyscallError
+from gphint.errors import ClosedError, SyscallError
 from gphint.faults import FaultService, HostSwap
 from conftest import PAGE, pattern
 from test_faults import backing  # noqa: F401  (the fixture: a page-distinct file and its FileStore)
@@ -49,7 +49,7 @@ def test_fill_refusing_a_bad_index_leaves_no_page_held():
     frames spun forever."""
     out = run_child("""
         import os, tempfile, numpy as np, gphint
-        from gphint.errors import SyscallError
+        from gphint.errors import ConfigError
         from conftest import PAGE, pattern
         svc = gphint.FaultService()
         mem = gphint.GuestMemory("4M")
@@ -62,7 +62,7 @@ def test_fill_refusing_a_bad_index_leaves_no_page_held():
         pages = np.array(list(range(8)) + [mem.npages + 5], dtype=np.int64)
         try:
             svc._thread.fill(rid, pages, fd, np.arange(pages.size, dtype=np.int64) * PAGE, False)
-        except SyscallError as e:
+        except ConfigError as e:
             print("refused", e.errno)
         held = int(np.count_nonzero(mem.states[:8] & 0xf0))
         mem.set_state(np.arange(8), "unused")  # waits out holds: hung here
@@ -83,12 +83,12 @@ def test_every_entry_point_refuses_a_region_id_out_of_range(rid, mem):
         svc.register(mem)
         t = svc._thread
         one = np.zeros(1, dtype=np.int64)
-        with pytest.raises(SyscallError, match="region"):
+        with pytest.raises(ClosedError, match="region %d is not registered" % rid):
             t.fill(rid, one, 0, one, False)
-        with pytest.raises(SyscallError):
+        with pytest.raises(ClosedError):
             t.host_discard(rid, one, 0, 0, -1, 0, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8))
         if svc.can_swap:
-            with pytest.raises(SyscallError):
+            with pytest.raises(ClosedError):
                 t.host_swap_out(rid, one, 0, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8))
         assert t.stats(rid) is None if rid != -1 else t.stats(rid) is not None   # -1: the total
         assert t.drain(rid, np.zeros(4, dtype=np.int64)) == 0
