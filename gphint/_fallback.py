@@ -337,6 +337,32 @@ def write_to_file(region, page_size, pages, fd, offsets, force_bounce=False):
 
 
 # --- the guest's hint queue (ext/hintq.c) -------------------------------------------------------
+SP, SZ = 0x02, 0x03   # STABLE | PRESERVED, STABLE | ZERO
+
+
+def drop_preserved(states, pages, swap_store, swap_slot, slot_tables):
+    """The host's Sp -> Sz (ext/hostops.c, gph_host_drop_preserved) read in Python: each page
+    exactly Sp -- not held, no other state -- gives its swap copy up: its slot is freed in
+    slot_tables[its store id] (the C reaches the same table through the store registry), its
+    record cleared, its content ZERO.  Other pages are left alone.  Returns pages dropped.
+    Nothing calls it at run time (without the compiled fault service nothing is preserved);
+    the tests hold the C to it."""
+    dropped = 0
+    for p in np.asarray(pages, dtype=np.int64).tolist():
+        if states[p] != SP:
+            continue
+        store = int(swap_store[p])
+        if store:
+            table = slot_tables.get(store)
+            slot = int(swap_slot[p])
+            if table is not None and 0 <= slot < table.size:
+                table[slot] = 0
+            swap_store[p] = 0
+        states[p] = SZ
+        dropped += 1
+    return dropped
+
+
 NO_PENDING = 0xFF
 
 
