@@ -20,9 +20,6 @@ cdef extern from *:
 
 __version__ = (<bytes>GPHINT_VERSION_STR).decode()
 
-ADVICE = {"dontneed": 0, "free": 1}
-SUBMIT = {"per_page": 0, "coalesce": 1, "vectored": 2}
-
 
 cdef gph_err _NO_ERR       # what a C call's report says until it fills it in
 _NO_ERR.what = NULL
