@@ -392,7 +392,7 @@ def test_close_and_garbage_collection_remove_the_temporary_files():
 
 
 def test_guests_on_one_tree_share_their_backing_stores(svc):
-    from gphint.guest import guest as guest_mod
+    from gphint.guest import guest_stores
     from gphint.guest.files import FileSet
     fs = FileSet(None, seed=1, total_bytes=8 << 20)
     try:
@@ -401,12 +401,12 @@ def test_guests_on_one_tree_share_their_backing_stores(svc):
         for g in guests:
             g.step(200)
         refs = sum(len(g._stores) for g in guests)
-        shared = len(guest_mod._SHARED_STORES)
+        shared = len(guest_stores._SHARED_STORES)
         assert 0 < shared < refs                  # one store id per file, not per guest
         for g in guests:
             assert g.verify() == 0
             g.close()
-        assert len(guest_mod._SHARED_STORES) == 0
+        assert len(guest_stores._SHARED_STORES) == 0
     finally:
         fs.close()
 
