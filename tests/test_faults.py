@@ -8,31 +8,13 @@ import pytest
 
 import gphint
 from gphint import PageState, measure
-from gphint._mechanism import COMPILED, mech
+from gphint._mechanism import mech
 from gphint.faults import FaultService, FileStore, HostSwap, ReloadError
-from conftest import PAGE, pattern
+from helpers import PAGE, pattern
 
 needs_service = pytest.mark.usefixtures("compiled_only")
 needs_move = pytest.mark.skipif(not gphint.caps.has("uffd_move"),
                                 reason=gphint.caps.probe().features["uffd_move"].reason)
-
-
-@pytest.fixture
-def svc(compiled_only):
-    s = FaultService(window="64K")
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def backing(tmp_path):
-    """A 32 MiB backing file with page-distinct content, and its FileStore."""
-    data = pattern(8192, seed=3)
-    path = tmp_path / "backing.img"
-    data.tofile(path)
-    store = FileStore(path)
-    yield data, store, path
-    store.close()
 
 
 def volatile_from_file(mem, data, store, pages, file_pages=None):

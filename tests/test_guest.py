@@ -8,27 +8,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gphint
-from gphint import ClosedError, ConfigError, PageState, caps
+from gphint import ClosedError, ConfigError, PageState
 from gphint.guest.content import PAGE_SIZE
 from gphint.guest.guest import Guest
 from gphint.guest.workloads import make_workload
 
-EXAMPLES = int(os.environ.get("GPHINT_EXAMPLES", 10))   # raise for a deeper local search
+from helpers import EXAMPLES, fault_service_or_skip
+
 
 U, V, P = int(PageState.UNUSED), int(PageState.VOLATILE), int(PageState.POT_VOLATILE)
-
-
-def fault_service_or_skip():
-    """A discard-fault service, or a skip saying why there is none here."""
-    if not caps.has("compiled"):
-        pytest.skip("no C fault service in the pure-Python mechanism: VOLATILE discards need it")
-    if not caps.has("userfaultfd"):
-        pytest.skip("userfaultfd unavailable: %s" % caps.probe().features["userfaultfd"].reason)
-    try:
-        from gphint.faults import FaultService
-    except ImportError as e:
-        pytest.skip("gphint.faults not importable yet: %s" % e)
-    return FaultService()
 
 
 def host_discard(g, rng, states=(U,), fraction=0.5):
@@ -218,13 +206,6 @@ def test_verify_catches_a_corrupted_page():
             f.seek(1)
             f.write(bytes([b[0] ^ 0x80]))
         assert g.verify() >= 1
-
-
-@pytest.fixture
-def svc():
-    s = fault_service_or_skip()
-    yield s
-    s.stop()
 
 
 def discard_cached(g, frames):

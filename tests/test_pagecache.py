@@ -22,10 +22,8 @@ JSON_DIR = os.path.dirname(json.__file__)      # a real tree: the stdlib's json 
 
 
 @pytest.fixture
-def g():
-    guest = Guest("16M", seed=1, workload=None, file_bytes="8M")
-    yield guest
-    guest.close()
+def g(new_guest):
+    return new_guest("16M", seed=1, workload=None, file_bytes="8M")
 
 
 def usage(g, frames):
