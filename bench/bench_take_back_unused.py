@@ -3,13 +3,7 @@
 unused/cmma: a proactive scan that discards the UNUSED half; every batch x submit variant
 (group "host take-back").
 
-Method (the strategy benchmarks share it, bench/benchlib.py): one GuestMemory of
-GPHINT_BENCH_MB (default 256 MiB); each round's setup, outside the timer, re-touches every page
-and rebuilds the state the strategy acts on, so every timed call really frees memory; after the
-call the benchmark asserts (mincore) that the pages are gone.  Page sets: a fixed random half of
-the guest (`random50`), the fragmented free memory of a running guest.  pytest-benchmark
-`pedantic`, 5 rounds, 1 warm-up.  extra_info: pages, ns_per_page, syscalls (host discard calls
-in the timed call).
+Method: the strategy benchmarks' own, stated once in bench/benchlib.py.
 """
 import pytest
 

@@ -85,6 +85,12 @@ class Placed:
 
 # --- the strategy benchmarks (bench_take_back_*.py, bench_swap_baseline.py, bench_reporting_pass.py,
 # bench_balloon_inflate.py, bench_guest_hints.py) -------------------------------------------------
+# Method: one GuestMemory of GPHINT_BENCH_MB (default 256 MiB; conftest's `mem`); each round's
+# setup, outside the timer, re-touches every page and rebuilds the state the strategy acts on, so
+# every timed call really frees memory; after the call the benchmark asserts (mincore) that the
+# pages are gone.  Page sets: a fixed random half of the guest (`half`, "random50"), the fragmented
+# free memory of a running guest.  pytest-benchmark `pedantic`, ROUNDS rounds, 1 warm-up.
+# extra_info: pages, ns_per_page, syscalls (host discard calls in the timed call).
 class Clock:
     """Host clock moved by the benchmark, so every timed step finds its scan due."""
 
