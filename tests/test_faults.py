@@ -398,8 +398,9 @@ def test_file_truncated_under_the_service_reloads_zeros_past_the_new_end(mem, sv
 
 @needs_move
 def test_huge_page_guest_discards_swaps_and_reloads_4k_pieces(svc, backing):
-    """THP guests (REFERENCE §4): a 4 KiB discard or detach inside a huge page splits it; every
-    byte still comes back."""
+    """THP guests (transparent huge pages cannot be discarded in 4 KiB pieces without splitting
+    the 2 MiB page): a 4 KiB discard or detach inside a huge page splits it; every byte still
+    comes back."""
     data, store, _ = backing
     swap = HostSwap("4M")
     with gphint.GuestMemory("8M", thp=True) as mem:

@@ -1,5 +1,5 @@
 """The page cache over real files: coherence through read/write/writeback/evict, and every
-condition of REFERENCE §1 that keeps a page STABLE."""
+condition of Schwidefsky's guest page hinting patch 3 that keeps a page STABLE."""
 import hashlib
 import json
 import os
