@@ -25,7 +25,7 @@ import pytest
 
 import gphint
 from gphint import _fallback, _mechanism, caps, measure
-from conftest import BENCH_MB, Spinner
+from benchlib import BENCH_MB, Spinner
 
 PAGE = gphint.PAGE_SIZE
 MECHS = {"pure": _fallback}

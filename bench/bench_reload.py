@@ -10,7 +10,7 @@ fault per page unless fault-around already served it).  Windows: 4 KiB (no fault
 
 Placement.  A fault is a synchronous round trip between the faulting thread and the fault
 thread; on this VM one across CPUs costs ten to thirty times one on the same CPU (wake-up IPIs
-into halted vCPUs: see conftest.placements), and the scheduler's placement of the long-lived
+into halted vCPUs: see benchlib.placements), and the scheduler's placement of the long-lived
 fault thread decides which one a run gets -- unpinned, the same benchmark is fast in some runs
 and an order of magnitude slower in others.  So every case here names its placement: the main
 table pins the touching thread and the fault thread to one CPU (`same`); the `cross` table
@@ -42,7 +42,7 @@ import pytest
 import gphint
 from gphint import PageState, _mechanism, caps
 from gphint.faults import FaultService, FileStore, HostSwap
-from conftest import Placed, new_threads, placements
+from benchlib import Placed, new_threads, placements
 
 PAGE = gphint.PAGE_SIZE
 MB = int(os.environ.get("GPHINT_BENCH_RELOAD_MB", "64"))

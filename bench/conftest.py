@@ -3,9 +3,8 @@
 Run the suite with:   pytest bench/ --benchmark-json=results/bench.json
 (each bench file's docstring states its method; sizes honour GPHINT_BENCH_MB for quick runs).
 """
-import hashlib
 import os
-import threading
+import tempfile
 
 import pytest
 
@@ -15,34 +14,15 @@ import pytest
 # Effective only before numpy's first import, which this conftest precedes.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-BENCH_MB = int(os.environ.get("GPHINT_BENCH_MB", "256"))
+import numpy as np  # noqa: E402  (after the OPENBLAS setting above)
+
+import gphint  # noqa: E402
+from gphint import PageState  # noqa: E402
+from benchlib import BENCH_MB, Spinner, retouch  # noqa: E402
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "target: asserts a speed target against a floor measured in the same test")
-
-
-class Spinner:
-    """A second thread of this process that stays *running* on another CPU (hashlib releases the
-    GIL on large buffers), so that every madvise that unmaps pages must send it a TLB-shootdown
-    IPI -- the situation of a real multi-threaded host."""
-
-    def __init__(self):
-        self._stop = threading.Event()
-        self._buf = os.urandom(1 << 20)
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            hashlib.sha256(self._buf).digest()
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 @pytest.fixture
@@ -50,43 +30,40 @@ def spinner():
     return Spinner
 
 
-def new_threads(make):
-    """Call make() and return (its result, the native ids of the threads it started): the fault
-    service's C thread has no Python handle, and its CPU placement is what a 4 KiB reload costs."""
-    before = set(os.listdir("/proc/self/task"))
-    made = make()
-    return made, sorted(int(t) for t in set(os.listdir("/proc/self/task")) - before)
+# --- the strategy benchmarks' guest: one GuestMemory of BENCH_MB per bench file -------------
+@pytest.fixture(scope="module")
+def mem():
+    """One GuestMemory of BENCH_MB, every page touched (the host faults taken before any timing)."""
+    m = gphint.GuestMemory("%dM" % BENCH_MB, name="bench")
+    m.frames[:] = 1                       # prewarm: take the host faults before any timing
+    yield m
+    m.close()
 
 
-def placements():
-    """The two CPU placements of a faulting thread and the fault thread: `same` (both on the
-    first CPU this process may use) and `cross` (the fault thread on the next one).  A fault is
-    a synchronous round trip between the two threads; on this VM (cpuidle `haltpoll` with
-    guest_halt_poll_ns 0: an idle vCPU halts at once) a round trip across CPUs pays two wake-up
-    IPIs into halted vCPUs, and costs ten to thirty times the same-CPU one.  Left to the
-    scheduler, the placement of a long-lived fault thread is whatever the first wake-ups made
-    it, so unpinned reload timings are bimodal; the benchmark names its placement instead."""
-    cpus = sorted(os.sched_getaffinity(0))
-    out = {"same": ({cpus[0]}, {cpus[0]})}
-    if len(cpus) > 1:
-        out["cross"] = ({cpus[0]}, {cpus[1]})
-    return out
+@pytest.fixture(scope="module")
+def half(mem):
+    rng = np.random.default_rng(42)
+    return np.sort(rng.choice(mem.npages, mem.npages // 2, replace=False)).astype(np.int64)
 
 
-class Placed:
-    """Pin the calling thread and the given threads (native ids) for a block, then restore
-    every mask as it was."""
-
-    def __init__(self, main_cpus, other_cpus, others):
-        self.main_cpus, self.other_cpus, self.others = main_cpus, other_cpus, list(others)
-
-    def __enter__(self):
-        self.saved = [(0, os.sched_getaffinity(0))] + [(t, os.sched_getaffinity(t)) for t in self.others]
-        os.sched_setaffinity(0, self.main_cpus)
-        for t in self.others:
-            os.sched_setaffinity(t, self.other_cpus)
-        return self
-
-    def __exit__(self, *exc):
-        for t, mask in self.saved:
-            os.sched_setaffinity(t, mask)
+@pytest.fixture
+def served(mem):
+    """mem registered with a fault service and a backing file holding its content."""
+    from gphint.faults import FaultService, FileStore
+    fd, path = tempfile.mkstemp(prefix="gphint-bench-")
+    os.close(fd)
+    with open(path, "wb") as f:
+        f.write(b"\x01" * mem.size_bytes)
+    # start from nothing resident, so that the service sees (and records) every first touch
+    mem.set_state(slice(None), PageState.UNUSED)
+    mem.discard(slice(None))
+    svc = FaultService()
+    svc.register(mem)
+    store = FileStore(path)
+    yield svc, store
+    retouch(mem)                   # everything back before its store and service go away
+    mem.clear_backing(slice(None))
+    svc.unregister(mem)
+    svc.stop()
+    store.close()
+    os.unlink(path)

@@ -3,9 +3,9 @@
 JSON, so that no number in them is ever typed by hand.  `scripts/bench_all` runs the whole suite
 and renders every block of both documents with this module; by hand:
 
-    pytest bench/bench_strategies.py --benchmark-json=results/bench.json
+    pytest bench/bench_guest_hints.py --benchmark-json=results/bench.json
     scripts/bench_tables.py results/bench.json                  # markdown on stdout
-    scripts/bench_tables.py results/bench.json --group strategies --write bench/README.md
+    scripts/bench_tables.py results/bench.json --group "guest hints 256 MiB" --write bench/README.md
 
 One table per benchmark group (pytest-benchmark's `group`, else the bench file); a row per
 case: its name, the median and fastest round, and every number in the case's extra_info

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How many instructions does hinting add to the guest?  A count, not a timing.
 
-This VM's speed drifts by more than the 3% that issue 4's hinting target is about (see
+This VM's speed drifts by more than the 3% that the batched-hinting target is about (see
 bench/README.md), so besides the interleaved timing of bench/bench_guest.py this script counts
 what hinting costs in a way no neighbour can disturb: it runs one guest workload under
 valgrind's callgrind, once per configuration, and reports the user-space instructions of

@@ -14,7 +14,7 @@ import gphint
 from gphint import caps
 from gphint.experiment import RunConfig
 from gphint.host import Host, guests as guest_api, parse_strategy
-from conftest import PAGE
+from helpers import PAGE
 
 EXAMPLES = max(2, int(os.environ.get("GPHINT_EXAMPLES", 10)) // 2)
 MADV_PAGEOUT = 21

@@ -1,6 +1,5 @@
 """The guest's buddy allocator: splitting, merging, accounting, hints, and bad input, against
 a real GuestMemory (states written by the real set_state path)."""
-import gc
 
 import numpy as np
 import pytest
@@ -12,15 +11,12 @@ from gphint.errors import ConfigError, GphintError, OutOfMemory
 from gphint.guest.allocator import BuddyAllocator, aligned_blocks, block_pages
 from gphint.states import PageState
 
-from conftest import pattern
+from helpers import pattern
 
 
 @pytest.fixture
-def small_mem():
-    m = gphint.GuestMemory("4M")      # 1024 pages
-    yield m
-    m.close()
-    gc.collect()
+def small_mem(new_mem):
+    return new_mem("4M")      # 1024 pages
 
 
 def free_mask(a):

@@ -5,17 +5,14 @@ import pytest
 from gphint import ConfigError, PageState
 from gphint.guest import content
 from gphint.guest.content import ANON_KEY_BASE, PAGE_SIZE
-from gphint.guest.guest import Guest
 from gphint.guest.pagecache import ANON, SWAPCACHE
 
 S, V = int(PageState.STABLE), int(PageState.VOLATILE)
 
 
 @pytest.fixture
-def g():
-    guest = Guest("8M", seed=5, workload=None, file_bytes="4M")
-    yield guest
-    guest.close()
+def g(new_guest):
+    return new_guest("8M", seed=5, workload=None, file_bytes="4M")
 
 
 def usage(g, frames):

@@ -16,17 +16,10 @@ from gphint.faults import ReloadError
 from gphint.guest.content import PAGE_SIZE
 from gphint.guest.guest import Guest
 
-from test_guest import EXAMPLES, fault_service_or_skip
+from helpers import EXAMPLES
 
 V = int(PageState.VOLATILE)
 NPAGES = 64
-
-
-@pytest.fixture
-def svc():
-    s = fault_service_or_skip()
-    yield s
-    s.stop()
 
 
 @pytest.fixture

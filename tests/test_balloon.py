@@ -8,12 +8,11 @@ from gphint.errors import ConfigError, StateError
 from gphint.guest.balloon import BalloonDriver
 from gphint.states import PageState
 
-from conftest import pattern
-from test_reporting import guest  # noqa: F401  (the fixture: a 32 MiB guest and its allocator)
+from helpers import pattern
 
 
-def test_inflate_and_deflate_count_pages_and_deflate_takes_the_newest(guest):
-    mem, a = guest
+def test_inflate_and_deflate_count_pages_and_deflate_takes_the_newest(mem_and_allocator):
+    mem, a = mem_and_allocator
     b = BalloonDriver(a)
     first = b.inflate(1000)
     second = b.inflate(500)
@@ -29,8 +28,8 @@ def test_inflate_and_deflate_count_pages_and_deflate_takes_the_newest(guest):
     assert b.stats["inflated_pages"] == 1500 and b.stats["deflated_pages"] == 1500
 
 
-def test_ballooned_pages_are_stable_so_only_a_raw_discard_takes_them(guest):
-    mem, a = guest
+def test_ballooned_pages_are_stable_so_only_a_raw_discard_takes_them(mem_and_allocator):
+    mem, a = mem_and_allocator
     b = BalloonDriver(a)
     pages = b.inflate(64)
     a.flush_hints()
@@ -40,8 +39,8 @@ def test_ballooned_pages_are_stable_so_only_a_raw_discard_takes_them(guest):
     assert mem.discard_raw(pages) == 64
 
 
-def test_host_discard_of_ballooned_pages_drops_rss_and_loses_nothing_else(guest):
-    mem, a = guest
+def test_host_discard_of_ballooned_pages_drops_rss_and_loses_nothing_else(mem_and_allocator):
+    mem, a = mem_and_allocator
     everything = a.alloc(mem.npages)
     mem.frames[everything] = 1                # every frame resident
     keep = everything[:2048]
@@ -66,8 +65,8 @@ def test_host_discard_of_ballooned_pages_drops_rss_and_loses_nothing_else(guest)
     assert (mem.frames[again] == 3).all() and np.array_equal(mem.frames[keep], data)
 
 
-def test_short_of_free_memory_inflate_asks_reclaim_then_takes_what_it_can(guest):
-    mem, a = guest
+def test_short_of_free_memory_inflate_asks_reclaim_then_takes_what_it_can(mem_and_allocator):
+    mem, a = mem_and_allocator
     cache = [a.alloc(1024) for _ in range(7)]     # a "page cache" holding 7/8 of memory
     asked = []
 
@@ -90,8 +89,8 @@ def test_short_of_free_memory_inflate_asks_reclaim_then_takes_what_it_can(guest)
     assert b.stats["short_pages"] == 10 ** 5 - got2.size
 
 
-def test_without_reclaim_a_short_inflate_returns_fewer_pages(guest):
-    mem, a = guest
+def test_without_reclaim_a_short_inflate_returns_fewer_pages(mem_and_allocator):
+    mem, a = mem_and_allocator
     a.alloc(mem.npages - 100)
     b = BalloonDriver(a)
     assert b.inflate(500).size == 100 and b.size_pages == 100
@@ -100,13 +99,13 @@ def test_without_reclaim_a_short_inflate_returns_fewer_pages(guest):
 
 @pytest.mark.parametrize("call, word", [(lambda b: b.inflate(-1), "inflate npages"),
                                         (lambda b: b.deflate(1.5), "deflate npages")])
-def test_bad_counts_name_the_value(guest, call, word):
-    mem, a = guest
+def test_bad_counts_name_the_value(mem_and_allocator, call, word):
+    mem, a = mem_and_allocator
     with pytest.raises(ConfigError, match=word):
         call(BalloonDriver(a))
 
 
-def test_reclaim_must_be_callable(guest):
-    mem, a = guest
+def test_reclaim_must_be_callable(mem_and_allocator):
+    mem, a = mem_and_allocator
     with pytest.raises(ConfigError, match="reclaim"):
         BalloonDriver(a, reclaim=42)

@@ -7,7 +7,7 @@ import pytest
 import gphint
 from gphint import PageState, caps
 from gphint.faults import FaultService, FileStore, HostSwap
-from conftest import PAGE, pattern
+from helpers import PAGE, pattern
 
 has_tracking = pytest.mark.skipif(not caps.has("dirty_tracking"),
                                   reason=caps.probe().features["dirty_tracking"].reason)

@@ -10,7 +10,7 @@ import pytest
 import gphint
 from gphint import _mechanism, caps, measure
 from gphint.states import PageState
-from conftest import PAGE, pattern
+from helpers import PAGE, pattern
 
 MODES = ["per_page", "coalesce", "vectored"]
 

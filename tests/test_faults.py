@@ -8,31 +8,13 @@ import pytest
 
 import gphint
 from gphint import PageState, measure
-from gphint._mechanism import COMPILED, mech
+from gphint._mechanism import mech
 from gphint.faults import FaultService, FileStore, HostSwap, ReloadError
-from conftest import PAGE, pattern
+from helpers import PAGE, pattern
 
 needs_service = pytest.mark.usefixtures("compiled_only")
 needs_move = pytest.mark.skipif(not gphint.caps.has("uffd_move"),
                                 reason=gphint.caps.probe().features["uffd_move"].reason)
-
-
-@pytest.fixture
-def svc(compiled_only):
-    s = FaultService(window="64K")
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def backing(tmp_path):
-    """A 32 MiB backing file with page-distinct content, and its FileStore."""
-    data = pattern(8192, seed=3)
-    path = tmp_path / "backing.img"
-    data.tofile(path)
-    store = FileStore(path)
-    yield data, store, path
-    store.close()
 
 
 def volatile_from_file(mem, data, store, pages, file_pages=None):
@@ -416,8 +398,9 @@ def test_file_truncated_under_the_service_reloads_zeros_past_the_new_end(mem, sv
 
 @needs_move
 def test_huge_page_guest_discards_swaps_and_reloads_4k_pieces(svc, backing):
-    """THP guests (REFERENCE §4): a 4 KiB discard or detach inside a huge page splits it; every
-    byte still comes back."""
+    """THP guests (transparent huge pages cannot be discarded in 4 KiB pieces without splitting
+    the 2 MiB page): a 4 KiB discard or detach inside a huge page splits it; every byte still
+    comes back."""
     data, store, _ = backing
     swap = HostSwap("4M")
     with gphint.GuestMemory("8M", thp=True) as mem:

@@ -19,8 +19,7 @@ import gphint
 from gphint import PageState, caps
 from gphint.errors import ClosedError, SyscallError
 from gphint.faults import FaultService, HostSwap
-from conftest import PAGE, pattern
-from test_faults import backing  # noqa: F401  (the fixture: a page-distinct file and its FileStore)
+from helpers import PAGE, pattern
 
 pytestmark = pytest.mark.usefixtures("compiled_only")
 needs_move = pytest.mark.skipif(not caps.has("uffd_move"), reason=caps.probe().features["uffd_move"].reason)
@@ -50,7 +49,7 @@ def test_fill_refusing_a_bad_index_leaves_no_page_held():
     out = run_child("""
         import os, tempfile, numpy as np, gphint
         from gphint.errors import ConfigError
-        from conftest import PAGE, pattern
+        from helpers import PAGE, pattern
         svc = gphint.FaultService()
         mem = gphint.GuestMemory("4M")
         svc.register(mem)                      # never-touched frames: Sz, missing
@@ -317,7 +316,7 @@ def test_clearing_the_dirty_bit_of_a_missing_page_then_touching_it_returns(how, 
     out = run_child("""
         import os, tempfile, numpy as np, gphint
         from gphint.faults import FileStore, HostSwap
-        from conftest import PAGE, pattern
+        from helpers import PAGE, pattern
         how, access = %r, %r
         svc = gphint.FaultService()
         mem = gphint.GuestMemory("4M")
@@ -388,7 +387,7 @@ def test_random_guest_sequences_with_dirty_clears_neither_hang_nor_lose_a_byte()
         import os, tempfile, numpy as np, gphint
         from hypothesis import given, settings, strategies as st, HealthCheck
         from gphint.faults import FileStore, HostSwap
-        from conftest import PAGE, pattern
+        from helpers import PAGE, pattern
         NPAGES = 4                     # few pages: sequences revisit each one often
         data = pattern(NPAGES, seed=31)
         path = os.path.join(tempfile.gettempdir(), "dirty-seq-%d" % os.getpid())

@@ -8,27 +8,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gphint
-from gphint import ClosedError, ConfigError, PageState, caps
+from gphint import ClosedError, ConfigError, PageState
 from gphint.guest.content import PAGE_SIZE
 from gphint.guest.guest import Guest
 from gphint.guest.workloads import make_workload
 
-EXAMPLES = int(os.environ.get("GPHINT_EXAMPLES", 10))   # raise for a deeper local search
+from helpers import EXAMPLES, fault_service_or_skip
+
 
 U, V, P = int(PageState.UNUSED), int(PageState.VOLATILE), int(PageState.POT_VOLATILE)
-
-
-def fault_service_or_skip():
-    """A discard-fault service, or a skip saying why there is none here."""
-    if not caps.has("compiled"):
-        pytest.skip("no C fault service in the pure-Python mechanism: VOLATILE discards need it")
-    if not caps.has("userfaultfd"):
-        pytest.skip("userfaultfd unavailable: %s" % caps.probe().features["userfaultfd"].reason)
-    try:
-        from gphint.faults import FaultService
-    except ImportError as e:
-        pytest.skip("gphint.faults not importable yet: %s" % e)
-    return FaultService()
 
 
 def host_discard(g, rng, states=(U,), fraction=0.5):
@@ -220,13 +208,6 @@ def test_verify_catches_a_corrupted_page():
         assert g.verify() >= 1
 
 
-@pytest.fixture
-def svc():
-    s = fault_service_or_skip()
-    yield s
-    s.stop()
-
-
 def discard_cached(g, frames):
     g.allocator.flush_hints()
     assert (g.mem.usage(frames) == V).all()
@@ -392,7 +373,7 @@ def test_close_and_garbage_collection_remove_the_temporary_files():
 
 
 def test_guests_on_one_tree_share_their_backing_stores(svc):
-    from gphint.guest import guest as guest_mod
+    from gphint.guest import guest_stores
     from gphint.guest.files import FileSet
     fs = FileSet(None, seed=1, total_bytes=8 << 20)
     try:
@@ -401,12 +382,12 @@ def test_guests_on_one_tree_share_their_backing_stores(svc):
         for g in guests:
             g.step(200)
         refs = sum(len(g._stores) for g in guests)
-        shared = len(guest_mod._SHARED_STORES)
+        shared = len(guest_stores._SHARED_STORES)
         assert 0 < shared < refs                  # one store id per file, not per guest
         for g in guests:
             assert g.verify() == 0
             g.close()
-        assert len(guest_mod._SHARED_STORES) == 0
+        assert len(guest_stores._SHARED_STORES) == 0
     finally:
         fs.close()
 

@@ -12,17 +12,7 @@ from gphint.host import Host
 from gphint.host.spec import share
 from gphint.host.hostswap import fault_service_available
 
-from conftest import pattern
-
-
-class Clock:
-    """A host clock the test moves by hand (the scan period and delay rules are timing)."""
-
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
+from helpers import Clock, pattern
 
 
 @pytest.fixture

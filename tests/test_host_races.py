@@ -1,23 +1,18 @@
 """The Host's own thread against guest threads that do not take host.lock: the state protocol
 must make every lost race a skipped page -- never a dead host thread, never a lost byte -- and
 a host thread that dies all the same must be reported, not leave the budget silently unenforced."""
-import os
 import threading
 import time
 
-import numpy as np
 import pytest
 
 import gphint
-from gphint.faults import FaultService, FileStore, HostSwap
+from gphint.faults import FaultService, HostSwap
 from gphint.host import Host, HostThreadDied
-from gphint.host.hostswap import fault_service_available
 
-from conftest import PAGE
+from helpers import PAGE, needs_service
 from test_stress import GuestModel, served_memory, verify_nothing_lost
 
-needs_service = pytest.mark.skipif(not fault_service_available()[0],
-                                   reason="needs the discard-fault service: %s" % fault_service_available()[1])
 
 
 def run_unlocked(tmp_path, strategy, budget_pages, seconds, race_delay_ns, npages=2048):

@@ -5,7 +5,6 @@ The kernel is made to decide with MADV_PAGEOUT: it reclaims a clean lazily freed
 once, even without swap (mm/vmscan.c drops a clean lazyfree folio without I/O), and keeps one that
 was written since (mm/rmap.c maps a redirtied lazyfree folio back).  Every test checks residency
 with mincore, so a kernel that did not reclaim would fail it rather than pass it vacuously."""
-import mmap
 import os
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import gphint
 from gphint import HostState, PageState
 from gphint.memory import discard_counters
-from conftest import PAGE, pattern
+from helpers import PAGE, pattern
 
 MADV_PAGEOUT = 21
 S, U, V = PageState.STABLE, PageState.UNUSED, PageState.VOLATILE
@@ -50,10 +49,8 @@ def lazily_free(mem, pages, data):
 
 
 @pytest.fixture
-def small():
-    m = gphint.GuestMemory("1M")
-    yield m
-    m.close()
+def small(new_mem):
+    return new_mem("1M")
 
 
 def test_the_mechanism_and_the_contract_agree_on_the_lazily_freed_codes():

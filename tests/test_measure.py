@@ -3,7 +3,7 @@ import numpy as np
 
 import gphint
 from gphint import measure
-from conftest import PAGE
+from helpers import PAGE
 
 
 def test_rss_and_smaps_rollup_agree_within_a_tolerance():

@@ -8,7 +8,7 @@ import pytest
 
 import gphint
 from gphint import measure
-from conftest import PAGE
+from helpers import PAGE
 
 
 @pytest.mark.parametrize("size,npages", [("64M", 16384), ("1k", 1), (4097, 2), ("1.5M", 384), ("8 KiB", 2)])

@@ -1,5 +1,5 @@
 """The page cache over real files: coherence through read/write/writeback/evict, and every
-condition of REFERENCE §1 that keeps a page STABLE."""
+condition of Schwidefsky's guest page hinting patch 3 that keeps a page STABLE."""
 import hashlib
 import json
 import os
@@ -22,10 +22,8 @@ JSON_DIR = os.path.dirname(json.__file__)      # a real tree: the stdlib's json 
 
 
 @pytest.fixture
-def g():
-    guest = Guest("16M", seed=1, workload=None, file_bytes="8M")
-    yield guest
-    guest.close()
+def g(new_guest):
+    return new_guest("16M", seed=1, workload=None, file_bytes="8M")
 
 
 def usage(g, frames):

@@ -1,6 +1,5 @@
 """Free page reporting, guest side: the Linux rules (delay, order threshold, capacity, budget,
 watermark, reported marks) against a real GuestMemory whose host discards with MADV_DONTNEED."""
-import gc
 import threading
 import time
 
@@ -16,7 +15,7 @@ from gphint.guest.allocator import BuddyAllocator
 from gphint.guest.reporting import IDLE, REQUESTED, PageReporting
 from gphint.states import PageState
 
-from conftest import pattern
+from helpers import pattern
 
 
 class FakeClock:
@@ -46,16 +45,8 @@ class Host:
         return int(sum(r[:, 1].sum() for r in self.calls))
 
 
-@pytest.fixture
-def guest():
-    mem = gphint.GuestMemory("32M")      # 8192 pages
-    yield mem, BuddyAllocator(mem, max_order=10)
-    mem.close()
-    gc.collect()
-
-
-def test_first_pass_runs_delay_after_registration_not_sooner(guest):
-    mem, a = guest
+def test_first_pass_runs_delay_after_registration_not_sooner(mem_and_allocator):
+    mem, a = mem_and_allocator
     clock, host = FakeClock(), Host(mem)
     r = PageReporting(a, host, order=9, capacity=4, clock=clock)
     assert r.state == REQUESTED and r.due_at == 102.0
@@ -67,8 +58,8 @@ def test_first_pass_runs_delay_after_registration_not_sooner(guest):
     assert r.poll(1000.0) == 0             # idle: nothing more without a free
 
 
-def test_a_big_free_requests_a_pass_and_later_frees_do_not_move_it(guest):
-    mem, a = guest
+def test_a_big_free_requests_a_pass_and_later_frees_do_not_move_it(mem_and_allocator):
+    mem, a = mem_and_allocator
     clock, host = FakeClock(), Host(mem)
     r = PageReporting(a, host, order=9, capacity=4, clock=clock)
     r.poll(102.0)
@@ -87,8 +78,8 @@ def test_a_big_free_requests_a_pass_and_later_frees_do_not_move_it(guest):
     assert r.stats["passes"] == 2
 
 
-def test_a_free_that_leaves_only_small_blocks_requests_nothing(guest):
-    mem, a = guest
+def test_a_free_that_leaves_only_small_blocks_requests_nothing(mem_and_allocator):
+    mem, a = mem_and_allocator
     r = PageReporting(a, Host(mem), order=9, capacity=4, clock=FakeClock())
     r.poll(102.0)
     pages = a.alloc(100)
@@ -96,8 +87,8 @@ def test_a_free_that_leaves_only_small_blocks_requests_nothing(guest):
     assert r.state == IDLE
 
 
-def test_reported_pages_leave_rss_and_held_pages_keep_their_bytes(guest):
-    mem, a = guest
+def test_reported_pages_leave_rss_and_held_pages_keep_their_bytes(mem_and_allocator):
+    mem, a = mem_and_allocator
     everything = a.alloc(mem.npages)
     mem.frames[everything] = 1              # touch every frame: all resident
     keep = everything[:1024]                # one whole order-10 block the guest keeps
@@ -120,8 +111,8 @@ def test_reported_pages_leave_rss_and_held_pages_keep_their_bytes(guest):
     assert mem.census() == {"Sr": 1024, "Uz": 7 * 1024}
 
 
-def test_fragments_below_the_reporting_order_are_never_reported(guest):
-    mem, a = guest
+def test_fragments_below_the_reporting_order_are_never_reported(mem_and_allocator):
+    mem, a = mem_and_allocator
     r = PageReporting(a, Host(mem), order=5, capacity=4, clock=FakeClock())
     everything = a.alloc(mem.npages)
     mem.frames[everything] = 1
@@ -135,8 +126,8 @@ def test_fragments_below_the_reporting_order_are_never_reported(guest):
     assert mem.resident_pages() == mem.npages - 32    # the 4096 fragments stay resident
 
 
-def test_the_budget_reports_about_a_sixteenth_of_a_list_per_pass_then_reschedules(guest):
-    mem, a = guest
+def test_the_budget_reports_about_a_sixteenth_of_a_list_per_pass_then_reschedules(mem_and_allocator):
+    mem, a = mem_and_allocator
     a3 = BuddyAllocator(mem, max_order=3)   # 1024 free blocks of order 3
     host = Host(mem)
     r = PageReporting(a3, host, order=3, capacity=4, clock=FakeClock(), low_watermark_pages=0)
@@ -154,8 +145,8 @@ def test_the_budget_reports_about_a_sixteenth_of_a_list_per_pass_then_reschedule
     assert passes >= 1024 // ((budget + 1) * 4)
 
 
-def test_below_the_watermark_a_pass_reports_nothing(guest):
-    mem, a = guest
+def test_below_the_watermark_a_pass_reports_nothing(mem_and_allocator):
+    mem, a = mem_and_allocator
     host = Host(mem)
     r = PageReporting(a, host, order=9, capacity=4, clock=FakeClock(), low_watermark_pages=1000)
     assert r.watermark_pages == 1000 + 4 * 512
@@ -163,8 +154,8 @@ def test_below_the_watermark_a_pass_reports_nothing(guest):
     assert r.poll(102.0) == 0 and host.calls == [] and r.stats["skipped_watermark"] == 1
 
 
-def test_a_failed_report_puts_blocks_back_unreported(guest):
-    mem, a = guest
+def test_a_failed_report_puts_blocks_back_unreported(mem_and_allocator):
+    mem, a = mem_and_allocator
     r = PageReporting(a, Host(mem, fail=True), order=9, capacity=4, clock=FakeClock())
     r.poll(102.0)
     assert r.stats["report_errors"] == 1 and r.stats["pages_reported"] == 0
@@ -179,8 +170,8 @@ def test_a_failed_report_puts_blocks_back_unreported(guest):
     assert a.free_pages == mem.npages and not a.reported_mask().any()
 
 
-def test_blocks_being_reported_are_isolated_and_cannot_be_allocated(guest):
-    mem, a = guest
+def test_blocks_being_reported_are_isolated_and_cannot_be_allocated(mem_and_allocator):
+    mem, a = mem_and_allocator
     seen = {}
 
     def report(runs):
@@ -195,8 +186,8 @@ def test_blocks_being_reported_are_isolated_and_cannot_be_allocated(guest):
     assert seen["isolated"] == 4096 and seen["free"] == 4096 and seen["overlap"] == 0
 
 
-def test_a_reported_block_that_is_allocated_and_freed_is_reported_again(guest):
-    mem, a = guest
+def test_a_reported_block_that_is_allocated_and_freed_is_reported_again(mem_and_allocator):
+    mem, a = mem_and_allocator
     host = Host(mem)
     r = PageReporting(a, host, order=9, capacity=4, clock=FakeClock())
     r.poll(102.0)
@@ -213,16 +204,16 @@ def test_a_reported_block_that_is_allocated_and_freed_is_reported_again(guest):
 @pytest.mark.parametrize("kwargs, word", [({"order": 11}, "reporting order"), ({"capacity": 0}, "capacity"),
                                           ({"delay_s": -1}, "delay_s"), ({"low_watermark_pages": -5}, "watermark"),
                                           ({"report": 3}, "callable")])
-def test_bad_configuration_names_the_value(guest, kwargs, word):
-    mem, a = guest
+def test_bad_configuration_names_the_value(mem_and_allocator, kwargs, word):
+    mem, a = mem_and_allocator
     args = {"report": Host(mem)}
     args.update(kwargs)
     with pytest.raises(ConfigError, match=word):
         PageReporting(a, **args)
 
 
-def test_a_block_allocated_while_a_batch_is_reported_is_skipped_not_reported(guest):
-    mem, a = guest
+def test_a_block_allocated_while_a_batch_is_reported_is_skipped_not_reported(mem_and_allocator):
+    mem, a = mem_and_allocator
     taken = []
 
     def report(runs):

@@ -26,7 +26,7 @@ def test_bench_tables_renders_real_benchmark_json(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, GPHINT_BENCH_MB="8")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        os.path.join(ROOT, "bench", "bench_strategies.py"), "-k",
+                        os.path.join(ROOT, "bench", "bench_guest_hints.py"), "-k",
                         "guest_free_hints and (batch32 or nohints)", "--benchmark-json", str(out)],
                        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -13,7 +13,7 @@ import gphint
 from gphint import PageState
 from gphint.faults import FaultService, FileStore, HostSwap
 from gphint.states import pair_name
-from conftest import PAGE, pattern
+from helpers import PAGE, pattern
 
 needs_move = pytest.mark.skipif(not gphint.caps.has("uffd_move"),
                                 reason=gphint.caps.probe().features["uffd_move"].reason)

@@ -1,4 +1,5 @@
-"""The hinting contract (REFERENCE §1): valid pairs, transitions, discardable(), StateError."""
+"""The hinting contract of Schwidefsky's guest page hinting (the s390 CMMA/ESSA states): valid
+pairs, transitions, discardable(), StateError."""
 import numpy as np
 import pytest
 

@@ -12,16 +12,15 @@ from gphint.host import Host
 from gphint.host.balloon import grow_target_npages, shrink_target_npages
 from gphint.host.hostswap import fault_service_available
 
-from conftest import PAGE, pattern
-from test_host import Clock
+from helpers import PAGE, pattern
+from helpers import Clock
 
 
 @pytest.fixture
-def guest():
-    g = Guest("16M", workload=None, hinting=False, file_bytes="1M", name="g0")
+def guest(new_guest):
+    g = new_guest("16M", workload=None, hinting=False, file_bytes="1M", name="g0")
     g.mem.frames[:] = 1          # every frame resident, so a discard shows in mincore
-    yield g
-    g.close()
+    return g
 
 
 def test_mom_targets():

@@ -13,7 +13,7 @@ import pytest
 import gphint
 from gphint import PageState
 from gphint.faults import FaultService, FileStore, HostSwap
-from conftest import PAGE
+from helpers import PAGE
 
 needs_move = pytest.mark.skipif(not gphint.caps.has("uffd_move"),
                                 reason=gphint.caps.probe().features["uffd_move"].reason)

@@ -22,8 +22,8 @@ from ..errors import ConfigError, GphintError
 from . import content
 from .content import ANON_KEY_BASE, PAGE_SIZE
 from .files import pread_into
-from .pagecache import (ANON, FLAG_DTYPE, MLOCKED, SWAPCACHE, UPTODATE, GuestPart, mark_touched,
-                        set_backing)
+from .frames import ANON, FLAG_DTYPE, MLOCKED, SWAPCACHE, UPTODATE
+from .guestpart import GuestPart, mark_touched, set_backing
 
 
 def _unlink(path):

@@ -11,69 +11,30 @@ Two ways to take a discard fault (per guest):
   guest          the original design: the guest drains the discarded-page list and drops
                  those pages from its cache, and a cached page it finds discarded is dropped
                  and read again -- an ordinary cache miss
-"""
-import threading
-from resource import RLIM_INFINITY
 
+Beside it: the backing stores its discard faults reload from, within the process's fd budget
+(guest_stores.py), and its frame supply and reclaim (guest_reclaim.py).
+"""
 import numpy as np
 
 from ..errors import ConfigError
 from ..memory import GuestMemory
-from ..stores import fd_room, raise_nofile_limit
 from ..units import parse_size
 from .allocator import BuddyAllocator
 from .anon import AnonMemory, SwapFile
-from .files import FD_CACHE_MAX, FileSet
-from .pagecache import (DIRTY, FILE, KIND_NAMES, LOCKED, MAPPED_WRITABLE, MLOCKED, PRIVATE,
-                        SWAPCACHE, WRITEBACK, FrameTable, Hinter, PageCache)
+from .files import FileSet
+from .frames import (DIRTY, FILE, KIND_NAMES, LOCKED, MAPPED_WRITABLE, MLOCKED, PRIVATE, SWAPCACHE,
+                     WRITEBACK, FrameTable)
+from .guest_reclaim import RECLAIM_CLUSTER, Reclaim
+from .guest_stores import StoreBudget, _live_guests, _release_store, _sweep_epoch
+from .hinter import Hinter
+from .pagecache import PageCache
 
 DISCARD_MODES = {"transparent": "transparent", "guest": "guest", "guest-visible": "guest",
                  "guest_visible": "guest"}
-MAX_STORES_PER_GUEST = 2048  # backing files a guest may reference (the C store table is shared)
-
-# Guests that read one tree (a shared file set, files=DIR) share one read-only FileStore per
-# file: store ids are a process-wide C table (gphint.stores.MAX_STORES), and a file's content
-# is the same whichever guest reloads from it.  path -> [store, references]
-_SHARED_STORES = {}
-_SHARED_LOCK = threading.Lock()
 
 
-def _shared_store(path):
-    from ..stores import FileStore
-    with _SHARED_LOCK:
-        entry = _SHARED_STORES.get(path)
-        if entry is None:
-            try:
-                entry = _SHARED_STORES[path] = [FileStore(path), 0]
-            except ConfigError:
-                return None
-        entry[1] += 1
-        entry[0].sharers = entry[1]          # record() keeps a conflicting read from passing
-        return entry[0]
-
-
-def _release_store(path):
-    with _SHARED_LOCK:
-        entry = _SHARED_STORES.get(path)
-        if entry is not None:
-            entry[1] -= 1
-            entry[0].sharers = max(entry[1], 1)
-            if entry[1] == 0:
-                del _SHARED_STORES[path]
-                entry[0].close()
-
-# Open files: a store stays open while a frame records it (the fault thread may need it), and is
-# closed once none does.  When the process runs short of fds (gphint.stores.fd_room) the epoch
-# goes up and every guest, at its next store look-up, closes the stores none of its frames
-# records (each guest only its own: another guest's thread may be between look-up and record).
-_FD_RESERVE = 64                 # fds kept free for the process itself (uffd, /proc reads, ...)
-_FDS_PER_GUEST = 4               # a guest's own fds besides its file set's: swap file, its store
-_sweep_epoch = [0]
-_live_guests = [0]
-RECLAIM_CLUSTER = 32        # pages reclaimed at least per shortage (Linux SWAP_CLUSTER_MAX)
-
-
-class Guest:
+class Guest(StoreBudget, Reclaim):
     """Guest("128M", files=None, seed=1, batch=32, hinting=True, discard_mode="transparent",
     fault_service=None, workload="mixed").
 
@@ -133,136 +94,6 @@ class Guest:
         except BaseException:
             self._teardown()
             raise
-
-    # --- frames -------------------------------------------------------------------------------
-    def _store_for(self, path):
-        """The FileStore the fault service reloads a discarded page of `path` from; None when
-        there is no service, or no store id or file descriptor left even after closing the
-        stores no frame records (those pages then stay STABLE, counted in stores_refused)."""
-        if self.fault_service is None:
-            return None
-        if self._swept_epoch != _sweep_epoch[0]:
-            self._release_unrecorded()
-        store = self._stores.get(path)
-        if store is None:
-            limit = self._store_share()
-            if len(self._stores) >= limit:
-                self._release_unrecorded()
-            reserve = _FD_RESERVE + (FD_CACHE_MAX + _FDS_PER_GUEST) * _live_guests[0]
-            if len(self._stores) < limit and not fd_room(reserve):
-                _sweep_epoch[0] += 1
-                self._release_unrecorded()
-                if not fd_room(reserve):
-                    self.stats["stores_refused"] += 1
-                    return None
-            if len(self._stores) >= limit:
-                self.stats["stores_refused"] += 1
-                return None
-            store = _shared_store(path)
-            if store is None:                # the process-wide store table is full
-                self.stats["stores_refused"] += 1
-                return None
-            self._stores[path] = store
-            self.stats["stores_opened"] += 1
-        return store
-
-    @staticmethod
-    def _store_share():
-        """Stores one guest may hold: an equal share of the fds the process may open, so the
-        first guest to fill its cache does not leave the others without any."""
-        soft = raise_nofile_limit()
-        if soft == RLIM_INFINITY:
-            return MAX_STORES_PER_GUEST
-        guests = max(_live_guests[0], 1)
-        share = (soft - _FD_RESERVE) // guests - FD_CACHE_MAX - _FDS_PER_GUEST
-        return max(min(share, MAX_STORES_PER_GUEST), 1)
-
-    def _release_unrecorded(self):
-        """Close (release) this guest's stores that no frame's backing record names."""
-        self._swept_epoch = _sweep_epoch[0]
-        recorded = set(np.unique(self.mem.backing_store).tolist())
-        for path, store in list(self._stores.items()):
-            if store.id not in recorded:
-                del self._stores[path]
-                _release_store(path)
-                self.stats["stores_closed"] += 1
-
-    def _alloc_frames(self, npages):
-        # below the low watermark: reclaim up to the high one, so that reclaim (an LRU scan and
-        # one free per pass) runs once per many allocations, as kswapd does
-        if self.allocator.free_pages - npages < self.low_watermark:
-            self.reclaim(npages + self.high_watermark - self.allocator.free_pages)
-        try:
-            return self.allocator.alloc(npages)
-        except MemoryError:
-            self.reclaim(npages - self.allocator.free_pages + RECLAIM_CLUSTER)
-            return self.allocator.alloc(npages)
-
-    def _free_frames(self, frames):
-        frames = np.asarray(frames, dtype=np.int64)
-        self.table.reset(frames)
-        self.allocator.free(frames)
-        # after the free: the page is UNUSED (or pending it), its old backing means nothing now
-        self.mem.clear_backing(frames)
-
-    # --- reclaim --------------------------------------------------------------------------------
-    def reclaim(self, npages):
-        """Free at least npages frames if the guest can (the balloon and memory shortage call
-        this): drained discards, then clean LRU pages, then writeback, then swap.  Returns frames
-        freed."""
-        self._check_open()
-        if isinstance(npages, bool) or not isinstance(npages, (int, np.integer)) or npages < 0:
-            raise ConfigError("reclaim npages must be an integer >= 0, got %r" % (npages,))
-        npages = int(npages)
-        self.stats["reclaim_calls"] += 1
-        freed = self.drain_discarded() if self.discard_mode == "guest" else 0
-        if freed < npages:
-            freed += self._evict(npages - freed)
-        if freed < npages:
-            self.cache.writeback(self._oldest(self.cache.dirty_frames(), npages - freed))
-            freed += self._evict(npages - freed)
-        if freed < npages:
-            n = self.anon.swap_out(self.anon.swap_out_candidates()[:npages - freed])
-            self.stats["swapped_out"] += n
-            freed += self._evict(npages - freed)
-        self.stats["reclaimed"] += freed
-        return freed
-
-    def _oldest(self, frames, n):
-        if frames.size <= n:
-            return frames
-        return frames[np.argpartition(self.table.last_use[frames], n)[:n]]
-
-    def _evict(self, n):
-        """Drop the n least recently used clean cache and swap-cache pages."""
-        if n <= 0:
-            return 0
-        victims = self._oldest(np.flatnonzero(self.table.reclaimable()), n)
-        if victims.size == 0:
-            return 0
-        kind = self.table.kind[victims]
-        freed = self.cache.drop(victims[kind == FILE]) + self.anon.drop_swapcache(victims[kind == SWAPCACHE])
-        self.stats["evicted"] += freed
-        return freed
-
-    def drain_discarded(self):
-        """Guest-visible discard faults: take the service's discarded-page list and drop those
-        pages that are still clean, unpinned cache pages (a frame may have been reused since:
-        only a clean cache page can be dropped without loss).  Returns frames freed."""
-        svc = self.fault_service
-        if svc is None:
-            return 0
-        frames = np.unique(np.asarray(svc.drain_discarded(self.mem), dtype=np.int64))
-        if frames.size == 0:
-            return 0
-        self.stats["drained_discarded"] += int(frames.size)
-        if self.discard_mode != "guest":
-            return 0
-        frames = frames[self.table.reclaimable()[frames]]
-        kind = self.table.kind[frames]
-        freed = self.cache.drop(frames[kind == FILE]) + self.anon.drop_swapcache(frames[kind == SWAPCACHE])
-        self.stats["dropped_drained"] += freed
-        return freed
 
     # --- the researcher's API ----------------------------------------------------------------------
     def read(self, path, offset, length):

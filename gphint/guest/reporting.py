@@ -1,4 +1,4 @@
-"""The guest side of Linux free page reporting (mm/page_reporting.c, Linux 5.7; REFERENCE §2).
+"""The guest side of Linux free page reporting (mm/page_reporting.c, Linux 5.7).
 
 What it does, as Linux does it:
   * request: a free that leaves a block of order >= `order` on the free lists requests a
