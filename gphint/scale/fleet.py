@@ -80,7 +80,10 @@ class Fleet:
             sr = np.flatnonzero(slot.residency.resident & ((slot.mem.states & PAIR_MASK) == SR))
             k = int(sr.size * self.config.cold_fraction)
             if k:
-                done += host.swap_out(slot, np.sort(rng.choice(sr, k, replace=False)), "cold")
+                # one submission per guest: the precondition, not the strategy's batching
+                pages = np.sort(rng.choice(sr, k, replace=False))
+                done += host.swapper.swap_out(slot.mem, pages)
+                slot.residency.forget(pages)
         return done
 
     def close(self):

@@ -21,6 +21,9 @@ from ..memory import PAGE_SIZE
 
 BALLOON_ROUNDS = 4
 SWAP_PASSES = 8
+# busy guests fault pages back while the host takes others: the target counts as reached within
+# this fraction of what the host takes back
+TOLERANCE = 0.01
 POLL_S = 0.01
 
 
@@ -84,7 +87,8 @@ class TakeBack:
         lat0 = [len(v.op_latencies_s) for v in fleet.vcpus]
         guest0 = [v.cpu_s for v in fleet.vcpus]
         start = self.resident()
-        target = start - int(cfg.take * self.fleet_bytes) // PAGE_SIZE
+        take = int(cfg.take * self.fleet_bytes) // PAGE_SIZE
+        target = start - take + int(TOLERANCE * take)
         cpu0, t0 = _process_cpu_s(), time.monotonic()
         reached = self._mechanism(target, t0)
         if reached is None:
@@ -121,6 +125,7 @@ class TakeBack:
             "cold_swapped_bytes": int(cold) * PAGE_SIZE,
             "fleet_bytes": self.fleet_bytes,
             "resident_start_bytes": start * PAGE_SIZE, "resident_end_bytes": end * PAGE_SIZE,
+            "target_tolerance": TOLERANCE,
             "target_bytes": target * PAGE_SIZE, "taken_bytes": max(start - end, 0) * PAGE_SIZE,
             "discarded_bytes": sum(sum(s.discarded.values()) for s in host.slots) * PAGE_SIZE,
         }
@@ -155,12 +160,14 @@ class TakeBack:
     def _swap_rest(self, target):
         """The last resort: host swap until the target holds (busy guests fault pages back
         meanwhile, so a few passes may be needed); when it was reached, or None."""
-        for _ in range(SWAP_PASSES):
+        for i in range(SWAP_PASSES):
             with self.host.lock:
                 over = self.host.sample() - target
                 if over <= 0:
                     return time.monotonic()
-                if self.host.swap_oldest(over) == 0:
+                # after the first pass, twice what is still over: what the busy guests fault
+                # back during a pass is of that order
+                if self.host.swap_oldest(over if i == 0 else 2 * over) == 0:
                     return None
         return time.monotonic() if self.resident() <= target else None
 
