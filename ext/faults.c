@@ -202,7 +202,9 @@ static int neighbour_fits(const struct gph_region *r, int64_t q, int64_t d, cons
 static void ring_append(struct gph_region *r, int64_t p)
 {
     pthread_mutex_lock(&r->ring_lock);
-    if (r->ring_head - r->ring_tail < r->ring_cap) {
+    if (!r->ring)   /* first discard fault of this region: most guests never take one */
+        r->ring = malloc(r->ring_cap * sizeof *r->ring);
+    if (r->ring && r->ring_head - r->ring_tail < r->ring_cap) {
         r->ring[r->ring_head % r->ring_cap] = p;
         r->ring_head++;
     } else {
@@ -234,9 +236,10 @@ static void spin_pause(unsigned *spins)
 
 /* Serve page p of region rid (a fault, or a materialize step when `write` is -1).
  * bounce: GPH_WINDOW_MAX bytes owned by the calling thread. */
-static void serve_page(struct gph_service *s, int rid, int64_t p, int write, uint8_t *bounce, uint64_t t0)
+static void serve_page(struct gph_service *s, struct gph_region *r, int64_t p, int write, uint8_t *bounce,
+                       uint64_t t0)
 {
-    struct gph_region *r = &s->regions[rid];   /* rid: from find_region or a checked caller */
+    int rid = r->rid;
     size_t ps = r->d.page_size;
     uint8_t *states = r->d.states;
     int64_t lo = p, hi = p + 1;
@@ -381,17 +384,6 @@ wake_only:;
     ioctl(s->uffd, UFFDIO_WAKE, &w);
 }
 
-static int find_region(struct gph_service *s, uint64_t addr)
-{
-    for (int i = 0; i < GPH_MAX_REGIONS; i++) {
-        struct gph_region *r = &s->regions[i];
-        if (r->active && addr >= (uint64_t)(uintptr_t)r->d.base &&
-            addr < (uint64_t)(uintptr_t)r->d.base + (uint64_t)r->d.npages * r->d.page_size)
-            return i;
-    }
-    return -1;
-}
-
 /* The guard against a fault that never ends.  Answering EEXIST means "the page is there": the
  * woken thread retries its access and should not fault again.  If it does, over and over, the
  * page is missing in a way the fill cannot see (the known case, a uffd-wp marker, is filled by
@@ -439,8 +431,8 @@ static void serve_msg(struct gph_service *s, const struct uffd_msg *m, uint64_t 
     uint64_t addr = m->arg.pagefault.address;
     uint64_t page = addr & ~(uint64_t)(s->page_size - 1);
     int write = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
-    int rid = find_region(s, addr);
-    if (rid < 0) {
+    struct gph_region *r = gph_regions_at_(&s->regions, addr);
+    if (!r) {
         /* the host's scratch area (a hole left by UFFDIO_MOVE), or a region unregistered since
          * the message was queued: zeros for scratch, a wake for the rest */
         if (addr >= (uint64_t)(uintptr_t)s->scratch &&
@@ -450,13 +442,12 @@ static void serve_msg(struct gph_service *s, const struct uffd_msg *m, uint64_t 
         gph_uffd_wake_(s, (uint8_t *)(uintptr_t)page, s->page_size);
         return;
     }
-    struct gph_region *r = &s->regions[rid];
     int64_t p = (int64_t)((addr - (uint64_t)(uintptr_t)r->d.base) / r->d.page_size);
     /* other threads count EEXIST too (fills, materialize): the guard may see one too many, which
      * costs at most an early un-write-protect (the page then reads written: preserved, not lost) */
     uint64_t eexist0 = __atomic_load_n(&s->total.eexist, __ATOMIC_RELAXED);
-    serve_page(s, rid, p, write, s->bounce, t0);
-    watch_refault(s, r, rid, page, __atomic_load_n(&s->total.eexist, __ATOMIC_RELAXED) != eexist0);
+    serve_page(s, r, p, write, s->bounce, t0);
+    watch_refault(s, r, r->rid, page, __atomic_load_n(&s->total.eexist, __ATOMIC_RELAXED) != eexist0);
 }
 
 #define MSG_BATCH 64
@@ -631,9 +622,7 @@ int gph_service_uffd(struct gph_service *s)
 
 struct gph_region *gph_region_(struct gph_service *s, int rid)
 {
-    if (rid < 0 || rid >= GPH_MAX_REGIONS || !s->regions[rid].active)   /* bounds before the address */
-        return NULL;
-    return &s->regions[rid];
+    return gph_regions_get_(&s->regions, rid);
 }
 
 struct gph_region *gph_region_open_(struct gph_service *s, int rid)
@@ -648,50 +637,38 @@ long gph_service_register(struct gph_service *s, const struct gph_region_desc *d
         set_err(err, "register: page size is not the kernel's", 0, d->npages);
         return -EINVAL;
     }
-    uint64_t ring_cap = (uint64_t)d->npages + 1024;
-    int64_t *ring = calloc(ring_cap, sizeof(int64_t));
-    if (!ring) {
+    struct gph_region *r = calloc(1, sizeof *r);
+    if (!r) {
         set_err(err, "calloc", 0, 0);
         return -ENOMEM;
     }
-    long rc;
+    r->d = *d;
+    r->ring_cap = (uint64_t)d->npages + 1024;
+    pthread_mutex_init(&r->ring_lock, NULL);
     struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)d->base,
                                             .len = (uint64_t)d->npages * d->page_size},
                                   .mode = UFFDIO_REGISTER_MODE_MISSING |
                                           ((s->features & UFFD_FEATURE_WP_ASYNC) ? UFFDIO_REGISTER_MODE_WP : 0)};
-    /* pick, fill and register the slot under one write lock: a second registration cannot pick
-     * the same slot, and the fault thread (which serves under the read lock) finds the region
+    /* enter and register the region under one write lock: a second registration cannot take
+     * the same id, and the fault thread (which serves under the read lock) finds the region
      * complete before the first fault on it can be served */
     pthread_rwlock_wrlock(&s->lock);
-    int rid = -1;
-    for (int i = 0; i < GPH_MAX_REGIONS && rid < 0; i++)
-        if (!s->regions[i].active)
-            rid = i;
     gph_race_delay_(s);   /* tests: a concurrent registration waits here, at the lock */
-    if (rid < 0) {
-        set_err(err, "register: region table full", 0, 0);
-        rc = -ENOSPC;
-        goto out;
-    }
-    struct gph_region *r = &s->regions[rid];
-    memset(&r->st, 0, sizeof r->st);
-    r->d = *d;
-    r->ring_cap = ring_cap;
-    r->ring_head = r->ring_tail = 0;
-    pthread_mutex_init(&r->ring_lock, NULL);
-    if (ioctl(s->uffd, UFFDIO_REGISTER, &reg) != 0) {
+    long rc = gph_regions_add_(&s->regions, r);
+    if (rc == -ENOSPC)
+        set_err(err, "register: region table full (1048576 regions)", 0, 0);
+    else if (rc < 0)
+        set_err(err, "realloc", 0, 0);
+    else if (ioctl(s->uffd, UFFDIO_REGISTER, &reg) != 0) {
         rc = -errno;
         set_err(err, "ioctl(UFFDIO_REGISTER)", 0, d->npages);
-        goto out;
+        gph_regions_remove_(&s->regions, r->rid);
     }
-    r->ring = ring;
-    ring = NULL;
-    r->closing = 0;
-    r->active = 1;
-    rc = rid;
-out:
     pthread_rwlock_unlock(&s->lock);
-    free(ring);
+    if (rc < 0) {
+        pthread_mutex_destroy(&r->ring_lock);
+        free(r);
+    }
     return rc;
 }
 
@@ -733,7 +710,7 @@ long gph_service_unregister(struct gph_service *s, int rid, int materialize, str
             }
             if (c == GPH_CONTENT_PRESERVED ||
                 (c == GPH_CONTENT_ZERO && (st & GPH_USAGE_MASK) == GPH_USAGE_VOLATILE))
-                serve_page(s, rid, p, -1, bounce, gph_now_ns_());
+                serve_page(s, r, p, -1, bounce, gph_now_ns_());
         }
         pthread_rwlock_unlock(&s->lock);
         munmap(bounce, GPH_WINDOW_MAX);
@@ -747,11 +724,11 @@ long gph_service_unregister(struct gph_service *s, int rid, int materialize, str
         rc = -errno;
         set_err(err, "ioctl(UFFDIO_UNREGISTER)", 0, r->d.npages);
     }
-    r->active = 0;
-    r->closing = 0;
-    free(r->ring);
-    r->ring = NULL;
+    gph_regions_remove_(&s->regions, rid);
     pthread_rwlock_unlock(&s->lock);
+    pthread_mutex_destroy(&r->ring_lock);
+    free(r->ring);
+    free(r);
     return rc;
 }
 
@@ -774,9 +751,15 @@ void gph_service_destroy(struct gph_service *s)
     if (!s)
         return;
     gph_service_stop(s);
-    for (int i = 0; i < GPH_MAX_REGIONS; i++)
-        if (s->regions[i].active)
-            gph_service_unregister(s, i, 0, NULL);
+    while (s->regions.nspan > 0) {
+        int rid = s->regions.span[0]->rid;
+        if (gph_service_unregister(s, rid, 0, NULL) == -ENOENT) {   /* left closing: drop it */
+            struct gph_region *r = gph_regions_remove_(&s->regions, rid);
+            pthread_mutex_destroy(&r->ring_lock);
+            free(r->ring);
+            free(r);
+        }
+    }
     if (s->uffd >= 0)
         close(s->uffd);   /* wakes anything left; the ranges become ordinary memory */
     if (s->wakefd >= 0)
@@ -789,6 +772,7 @@ void gph_service_destroy(struct gph_service *s)
         munmap(s->host_buf, GPH_SCRATCH_BYTES);
     if (s->scratch)
         munmap(s->scratch, GPH_SCRATCH_BYTES);
+    gph_regions_free_(&s->regions);
     pthread_rwlock_destroy(&s->lock);
     pthread_mutex_destroy(&s->err_lock);
     pthread_mutex_destroy(&s->host_lock);

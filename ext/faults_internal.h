@@ -9,20 +9,36 @@
 
 #include <pthread.h>
 
-#define GPH_MAX_REGIONS 64
+/* Region ids in use at once: far above what fits in one process (each region is a mapping, and
+ * vm.max_map_count defaults to 65530); the table itself grows as guests are registered. */
+#define GPH_MAX_REGIONS 1048576   /* named in the "region table full" message (faults.c) */
 #define GPH_WINDOW_MAX (2u << 20)    /* fault-around cap: 2 MiB, one UFFDIO_COPY */
 #define GPH_SCRATCH_BYTES (2u << 20) /* host's detach area for UFFDIO_MOVE */
 #define GPH_REFAULT_SLOTS 64         /* pages the fault thread watches for a refault loop */
 
 struct gph_region {
     struct gph_region_desc d;
-    int active;
+    int rid;                      /* its id: index in gph_regions.slot */
     int closing;                  /* unregister under way: host operations refused (see gph_region_open_) */
     pthread_mutex_t ring_lock;    /* fault thread (and materialize) append, Python drains */
-    int64_t *ring;
+    int64_t *ring;                /* allocated at the first append: an idle guest costs none */
     uint64_t ring_cap, ring_head, ring_tail;
     struct gph_fault_stats st;
 };
+
+/* The registered regions (regions.c), read under the service's rwlock, changed under its write lock. */
+struct gph_regions {
+    struct gph_region **slot;     /* by region id; NULL: free */
+    uint32_t nslot, cap_slot;     /* ids below nslot may be in use */
+    struct gph_region **span;     /* the registered regions sorted by base address */
+    uint32_t nspan, cap_span;
+    uint32_t lowest_free;         /* no free id below this */
+};
+int gph_regions_add_(struct gph_regions *t, struct gph_region *r);
+struct gph_region *gph_regions_remove_(struct gph_regions *t, int rid);
+struct gph_region *gph_regions_get_(struct gph_regions *t, int rid);
+struct gph_region *gph_regions_at_(struct gph_regions *t, uint64_t addr);
+void gph_regions_free_(struct gph_regions *t);
 
 struct gph_service {
     int uffd, wakefd, flags;
@@ -32,7 +48,7 @@ struct gph_service {
     int started, stopping;
     pthread_t thread;
     pthread_rwlock_t lock;        /* regions: the fault thread reads, register/unregister write */
-    struct gph_region regions[GPH_MAX_REGIONS];
+    struct gph_regions regions;
     uint8_t *bounce;              /* fault thread's read buffer (GPH_WINDOW_MAX) */
     uint8_t *zeros;               /* GPH_WINDOW_MAX of zeros, never written */
     struct gph_fault_stats total;
