@@ -196,3 +196,13 @@ def test_scale_without_the_fault_service_says_why(tmp_path):
     rec = json.loads(out.read_text())["results"][0]
     assert "needs the discard-fault service" in rec["error"]
     assert "needs the discard-fault service" in r.stderr
+
+
+@needs_service
+def test_scale_runs_a_hundred_guests(tmp_path):
+    """Past the fault service's old 64-region table: 100 guests, each served, nothing lost."""
+    r, out, _ = _scale(tmp_path, "100", "cmma")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(out.read_text())["results"][0]
+    assert rec["guests"] == 100 and rec["integrity_errors"] == 0 and rec["reached_target"]
+    assert rec["discard_faults"] > 0 and rec["guest_calls"] == 0
