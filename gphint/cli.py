@@ -297,7 +297,54 @@ def build_parser():
     _run_options(sp, 60.0, 4, "192M", host_mem="192M", ops=6000)
     sp.add_argument("--out-dir", default="results", metavar="DIR")
     sp.set_defaults(func=cmd_demo)
+    _scale_parser(sub)
     return p
+
+
+# --- gphint scale: the cost of taking memory back as the number of guests grows ------------
+def cmd_scale(args):
+    from .scale import report as scale_report
+    from .scale.config import ScaleConfig
+    from .scale.run import results_document, run_scale, save
+    from .progress import Bar
+    check_outputs(args)
+    cfg = ScaleConfig(guests=args.guests, strategies=args.strategies, guest_mem_bytes=args.guest_mem,
+                      take=args.take, seed=args.seed).validate()
+    with Bar("scale", args.quiet) as bar:
+        def progress(i, total, spec, n):
+            if spec is not None:
+                bar.describe("%d/%d %s N=%d" % (i + 1, total, spec, n))
+            bar.update_to(100.0 * i / total)
+        records = run_scale(cfg, progress=progress)
+    doc = results_document(cfg, records)
+    if args.json:
+        save(args.json, doc)
+    if args.plot and any(not r.get("error") for r in records):
+        scale_report.plot(doc, args.plot)
+    print(scale_report.summary(doc))
+    print(scale_report.markdown_table(records))
+    bad = [r for r in records if r.get("error") or r.get("integrity_errors")]
+    for r in bad:
+        print("gphint scale: %s N=%d: %s" % (r["strategy"], r["guests"], r.get("error") or
+              "%d pages differ from what the guests wrote" % r["integrity_errors"]), file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _scale_parser(sub):
+    from .scale.config import DEFAULT_GUESTS, SCALE_STRATEGIES
+    sp = sub.add_parser("scale", help="take memory back from fleets of N guests: balloon vs hinting")
+    sp.add_argument("--guests", default=",".join(map(str, DEFAULT_GUESTS)), metavar="N1,N2,...",
+                    help="fleet sizes (default: %(default)s)")
+    sp.add_argument("--strategies", default=",".join(SCALE_STRATEGIES), metavar="S1,S2,...",
+                    help="strategy specs (default: %(default)s)")
+    sp.add_argument("--guest-mem", default="16M", metavar="SIZE", help="memory of each guest (default: 16M)")
+    sp.add_argument("--take", default="0.25", metavar="FRACTION",
+                    help="fraction of the fleet's memory the host takes back, in (0, 1) (default: 0.25)")
+    sp.add_argument("--seed", type=int, default=1)
+    sp.add_argument("--json", metavar="PATH", help="write the results JSON here")
+    sp.add_argument("--plot", metavar="PATH", help="write the plot of each metric against N here")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar (the table is still printed)")
+    sp.set_defaults(func=cmd_scale)
 
 
 TERM_GRACE_S = 20.0

@@ -63,11 +63,13 @@ def aligned_blocks(first, npages, max_order):
 
 
 class BuddyAllocator:
-    """BuddyAllocator(mem, max_order=10, batch=BATCH, hinting=True, clock=None): every frame of mem
-    starts free (hinted UNUSED at construction).  batch is the HintBuffer capacity (1 =
-    unbatched); clock dates the frees (HintBuffer.unused_since_ns)."""
+    """BuddyAllocator(mem, max_order=10, batch=BATCH, hinting=True, clock=None, mem_map=False):
+    every frame of mem starts free (hinted UNUSED at construction).  batch is the HintBuffer
+    capacity (1 = unbatched); clock dates the frees (HintBuffer.unused_since_ns).
+    mem_map=True keeps the per-frame tables in struct pages inside mem itself (its first
+    frames, reserved and never free: gphint.guest.memmap), as a guest kernel does."""
 
-    def __init__(self, mem, max_order=10, batch=BATCH, hinting=True, clock=None):
+    def __init__(self, mem, max_order=10, batch=BATCH, hinting=True, clock=None, mem_map=False):
         self.mem = mem
         self.npages = mem.npages
         self.max_order = _check_int(max_order, "max_order", 0, MAX_SUPPORTED_ORDER)
@@ -75,10 +77,22 @@ class BuddyAllocator:
         self.hinting = bool(hinting)
         self._free_lists = [set() for _ in range(self.max_order + 1)]   # first pages per order
         self._list_peak = [0] * (self.max_order + 1)   # largest size since the set was built
-        self._head_order = np.full(self.npages, NOT_FREE, dtype=np.int8)   # order of a listed free block
-        self._isolated_order = np.full(self.npages, NOT_FREE, dtype=np.int8)
-        self._reported = np.zeros(self.npages, dtype=bool)    # meaningful at listed block heads
-        self._allocated = np.zeros(self.npages, dtype=bool)
+        self.mem_map, self.reserved_pages = None, 0
+        if mem_map:
+            from .memmap import MemMap
+            self.mem_map = mm = MemMap(mem)
+            self.reserved_pages = mm.reserved
+            self._head_order, self._isolated_order = mm.field("order"), mm.field("isolated")
+            self._reported, self._allocated = mm.field("reported"), mm.field("allocated")
+            self._head_order[:] = self._isolated_order[:] = NOT_FREE
+            self._reported[:] = False
+            self._allocated[:] = False
+            self._allocated[:mm.reserved] = True     # the mem_map's own frames: never free
+        else:
+            self._head_order = np.full(self.npages, NOT_FREE, dtype=np.int8)   # order of a listed free block
+            self._isolated_order = np.full(self.npages, NOT_FREE, dtype=np.int8)
+            self._reported = np.zeros(self.npages, dtype=bool)    # meaningful at listed block heads
+            self._allocated = np.zeros(self.npages, dtype=bool)
         self._isolated_pages = 0
         self._nfree = 0           # pages on the free lists, kept by _put/_take/_remove
         self._lock = threading.RLock()
@@ -87,12 +101,13 @@ class BuddyAllocator:
         self.on_free = []
         self.stats = {"allocs": 0, "frees": 0, "alloc_pages": 0, "free_pages": 0,
                       "splits": 0, "merges": 0}
-        for first, order in aligned_blocks(0, self.npages, self.max_order):
+        first_free = self.reserved_pages
+        for first, order in aligned_blocks(first_free, self.npages - first_free, self.max_order):
             self._put_one(first, order)
         # boot: all frames are free.  One bulk transition, like s390's arch_set_page_states at
         # boot, rather than npages/batch calls that measure nothing the workloads do.
         if self.hinting:
-            self.mem.set_state(slice(None), PageState.UNUSED)
+            self.mem.set_state(slice(first_free, None), PageState.UNUSED)
 
     # --- free-list primitives (caller holds the lock) -------------------------------------
     def _put(self, firsts, order):

@@ -58,6 +58,7 @@ class BalloonDriver:
             freed = self.reclaim(short)
             self.stats["reclaimed_pages"] += int(freed or 0)
         pages = a.alloc_up_to(npages)
+        self._mark(pages, True)
         n = int(pages.size)
         self._pages = np.concatenate([self._pages, pages])
         self.stats["inflates"] += 1
@@ -71,11 +72,20 @@ class BalloonDriver:
         npages = _check_int(npages, "balloon deflate npages", 0)
         n = min(npages, self._pages.size)
         pages = self._pages[self._pages.size - n:].copy()
+        self._mark(pages, False)
         self.allocator.free(pages)
         self._pages = self._pages[:self._pages.size - n].copy()
         self.stats["deflates"] += 1
         self.stats["deflated_pages"] += n
         return pages
+
+    def _mark(self, pages, on):
+        """The balloon mark in each page's struct page (Linux: __SetPageOffline, and the page
+        goes on the balloon's list through page->lru): with a mem_map allocator this writes the
+        guest's own memory, so a swapped-out struct page is faulted back first."""
+        mem_map = getattr(self.allocator, "mem_map", None)
+        if mem_map is not None and len(pages):
+            mem_map.field("balloon")[pages] = on
 
     def __repr__(self):
         return "<BalloonDriver %d pages>" % self.size_pages

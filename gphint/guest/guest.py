@@ -44,7 +44,7 @@ class Guest(StoreBudget, Reclaim):
 
     def __init__(self, size="128M", files=None, seed=1, batch=32, hinting=True,
                  discard_mode="transparent", fault_service=None, workload="mixed", *,
-                 name=None, max_order=10, file_bytes=None, swap_bytes=None):
+                 name=None, max_order=10, file_bytes=None, swap_bytes=None, mem_map=False):
         if discard_mode not in DISCARD_MODES:
             raise ConfigError("unknown discard_mode %r (expected one of: transparent, guest)"
                               % (discard_mode,))
@@ -63,8 +63,9 @@ class Guest(StoreBudget, Reclaim):
         try:
             if fault_service is not None:
                 fault_service.register(self.mem)
+            # mem_map=True: the allocator's struct pages live in this guest's own frames
             self.allocator = BuddyAllocator(self.mem, max_order=max_order, batch=batch,
-                                            hinting=hinting)
+                                            hinting=hinting, mem_map=mem_map)
             self.hinting = bool(hinting)
             self.table = FrameTable(self.mem.npages)
             self.hinter = Hinter(self.mem, self.table, self.allocator.hints)

@@ -1,0 +1,212 @@
+"""The host takes back `take` of the fleet's memory: one strategy, one fleet, measured.
+
+The demand is a resident target (what the guests hold, by mincore, minus take x the fleet's
+memory).  Each strategy first uses its own mechanism, then host-swaps whatever is still over
+the target, oldest resident first (gphint.host.Host.swap_oldest), as every strategy's last
+resort is:
+  cmma, unused   the host reads page states and discards (Host.strategy.reclaim): no guest runs
+  none           host swap only
+  reporting      the guests' own reporting work items (their vCPU timers) report free blocks,
+                 the host discards them; the host waits `delay` + two guest ticks, then swaps
+  balloon        the host posts an inflate request to every guest (its share of what is still
+                 needed) and waits for the answers, up to BALLOON_ROUNDS rounds
+"""
+import os
+import time
+
+import numpy as np
+
+from ..host import Host
+from ..memory import PAGE_SIZE
+
+BALLOON_ROUNDS = 4
+SWAP_PASSES = 8
+# busy guests fault pages back while the host takes others: the target counts as reached within
+# this fraction of what the host takes back
+TOLERANCE = 0.01
+POLL_S = 0.01
+
+
+def _process_cpu_s():
+    t = os.times()
+    return t.user + t.system
+
+
+def _pct(values, q):
+    return None if len(values) == 0 else float(np.percentile(np.asarray(values), q))
+
+
+class TakeBack:
+    """TakeBack(fleet, spec, svc): builds the host; run() -> the measured record fields."""
+
+    def __init__(self, fleet, spec, svc):
+        self.fleet, self.spec, self.svc = fleet, spec, svc
+        # the balloon's host is a plain one (swap as its last resort): its requests go through
+        # the guests' vCPUs, not through Host.on_scheduled's scheduling model
+        host_spec = "none" if spec.name == "balloon" else spec
+        fleet_bytes = sum(g.mem.size_bytes for g in fleet.guests)
+        # a budget makes the Host keep a swapper; the target is enforced here, not by step()
+        self.host = Host(fleet.guests, budget=fleet_bytes, strategy=host_spec, fault_service=svc)
+        self.fleet_bytes = fleet_bytes
+        self.requests = []
+        self.device_cpu_s = 0.0
+        timer = self._timer if spec.name == "reporting" else None
+        device = self._device if spec.name == "balloon" else None
+        fleet.make_vcpus(timer_for=timer, device_for=device)
+
+    # --- hooks the guests call from their own threads ----------------------------------------
+    def _timer(self, i):
+        slot = self.host.slots[i]
+        return lambda now: self.host.strategy.guest_timer(slot, now)
+
+    def _device(self, i):
+        slot = self.host.slots[i]
+
+        def device(pages):
+            # virtio-balloon's device: discard what the guest handed over.  It runs on the
+            # guest's thread here, but it is the host's work (QEMU's device), counted as such
+            cpu0 = time.thread_time()
+            with self.host.lock:
+                self.host.strategy.discard(slot, pages, "ballooned", raw=True)
+            self.device_cpu_s += time.thread_time() - cpu0
+        return device
+
+    # --- the demand ------------------------------------------------------------------------------
+    def resident(self):
+        with self.host.lock:
+            return self.host.sample()
+
+    def run(self, rng):
+        host, fleet, cfg = self.host, self.fleet, self.fleet.config
+        for v in fleet.vcpus:
+            v.start()
+        cold = fleet.swap_cold(host, rng)
+        self._warm_busy()
+        out0 = host.swapper.out_npages
+        swap_in0 = self._swap_ins()
+        lat0 = [len(v.op_latencies_s) for v in fleet.vcpus]
+        guest0 = [v.cpu_s for v in fleet.vcpus]
+        start = self.resident()
+        take = int(cfg.take * self.fleet_bytes) // PAGE_SIZE
+        target = start - take + int(TOLERANCE * take)
+        cpu0, t0 = _process_cpu_s(), time.monotonic()
+        reached = self._mechanism(target, t0)
+        if reached is None:
+            reached = self._swap_rest(target)
+        t_end = time.monotonic()
+        cpu_s = _process_cpu_s() - cpu0
+        guest_s = sum(v.cpu_s - c for v, c in zip(fleet.vcpus, guest0))
+        end = self.resident()
+        time.sleep(cfg.settle_s)        # the stall window: ops just after the target count too
+        lat = [x for v, n in zip(fleet.vcpus, lat0) for x in v.op_latencies_s[n:]]
+        for v in fleet.vcpus:
+            v.stop()
+        taken_mib = max(start - end, 0) * PAGE_SIZE / (1 << 20)
+        host_cpu = max(0.0, cpu_s - guest_s + self.device_cpu_s)
+        served = [r for r in self.requests if r.done.is_set()]
+        req_lat = [r.latency_s for r in served if r.latency_s is not None]
+        serve_cpu = sum(v.stats["serve_cpu_s"] + v.stats["timer_cpu_s"] for v in fleet.vcpus)
+        serve_cpu = max(0.0, serve_cpu - self.device_cpu_s)
+        return {
+            "time_to_target_s": None if reached is None else round(reached - t0, 4),
+            "reached_target": reached is not None,
+            "wall_s": round(t_end - t0, 4),
+            "host_cpu_s": round(host_cpu, 4),
+            "host_cpu_s_per_mib": round(host_cpu / taken_mib, 6) if taken_mib else None,
+            "guest_calls": len(self.requests),
+            "guest_calls_answered": len(served),
+            "guest_serve_cpu_s": round(serve_cpu, 4),
+            "guest_serve_swap_ins": int(sum(r.swap_ins for r in served)),
+            "request_latency_p50_s": _pct(req_lat, 50), "request_latency_p99_s": _pct(req_lat, 99),
+            "op_latency_p50_s": _pct(lat, 50), "op_latency_p99_s": _pct(lat, 99),
+            "ops_timed": len(lat),
+            "host_swap_out_bytes": (host.swapper.out_npages - out0) * PAGE_SIZE,
+            "host_swap_in_bytes": (self._swap_ins() - swap_in0) * PAGE_SIZE,
+            "cold_swapped_bytes": int(cold) * PAGE_SIZE,
+            "fleet_bytes": self.fleet_bytes,
+            "resident_start_bytes": start * PAGE_SIZE, "resident_end_bytes": end * PAGE_SIZE,
+            "target_tolerance": TOLERANCE,
+            "target_bytes": target * PAGE_SIZE, "taken_bytes": max(start - end, 0) * PAGE_SIZE,
+            "discarded_bytes": sum(sum(s.discarded.values()) for s in host.slots) * PAGE_SIZE,
+        }
+
+    def _warm_busy(self):
+        """Let every busy guest run a few operations before the demand (its first ones are
+        its workload's setup, not the stall the host causes)."""
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            if all(v.stats["ops"] >= 8 for v in self.fleet.vcpus if v.busy):
+                return
+            time.sleep(POLL_S)
+
+    def _swap_ins(self):
+        return int(self.svc.stats().get("swap_ins", 0)) if self.svc is not None else 0
+
+    def _mechanism(self, target, t0):
+        """The strategy's own way; returns when the target was reached, or None."""
+        host, name = self.host, self.spec.name
+        if name in ("cmma", "unused"):
+            with host.lock:
+                need = host.sample() - target
+                if need > 0:
+                    host.strategy.reclaim(need)
+        elif name == "reporting":
+            wait = float(self.spec.params["delay"]) + 2 * self.fleet.config.tick_s
+            return self._wait(target, t0 + wait)
+        elif name == "balloon":
+            return self._balloon(target, t0)
+        return time.monotonic() if self.resident() <= target else None
+
+    def _swap_rest(self, target):
+        """The last resort: host swap until the target holds (busy guests fault pages back
+        meanwhile, so a few passes may be needed); when it was reached, or None."""
+        for i in range(SWAP_PASSES):
+            with self.host.lock:
+                over = self.host.sample() - target
+                if over <= 0:
+                    return time.monotonic()
+                # after the first pass, twice what is still over: what the busy guests fault
+                # back during a pass is of that order
+                if self.host.swap_oldest(over if i == 0 else 2 * over) == 0:
+                    return None
+        return time.monotonic() if self.resident() <= target else None
+
+    def _progress(self):
+        """What the guests have handed over so far (answers, reports): the host re-reads
+        residency only when it changed -- a waiting host does no work of its own."""
+        st = self.host.strategy
+        return (sum(r.done.is_set() for r in self.requests), getattr(st, "reports", 0))
+
+    def _wait(self, target, until, pending=()):
+        seen = None
+        while time.monotonic() < until:
+            now_seen = self._progress()
+            if now_seen != seen:
+                seen = now_seen
+                if self.resident() <= target:
+                    return time.monotonic()
+            if pending and all(r.done.is_set() for r in pending):
+                return time.monotonic() if self.resident() <= target else None
+            time.sleep(POLL_S)
+        return None
+
+    def _balloon(self, target, t0):
+        vcpus = self.fleet.vcpus
+        deadline = t0 + self.fleet.config.timeout_s
+        for _ in range(BALLOON_ROUNDS):
+            need = self.resident() - target
+            if need <= 0:
+                return time.monotonic()
+            share = np.full(len(vcpus), need // len(vcpus), dtype=np.int64)
+            share[:need % len(vcpus)] += 1
+            posted = [v.post("inflate", int(q)) for v, q in zip(vcpus, share) if q]
+            self.requests += posted
+            got = self._wait(target, deadline, posted)
+            if got is not None:
+                return got
+            if not any(r.pages.size for r in posted):
+                break               # the guests have nothing left to give
+        return None
+
+    def close(self):
+        self.host.close()
