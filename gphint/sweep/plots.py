@@ -5,6 +5,7 @@ strategy with exactly two varied parameters (batch x submit) a heatmap per metri
 median written in every square.
 """
 import json
+import math
 import os
 
 from .. import outputs
@@ -12,7 +13,7 @@ from .report import METRICS, _fmt
 
 # the metrics a figure shows (all of them make the figure unreadable)
 PLOTTED = ["given back", "host CPU per MiB", "discard syscalls per MiB", "throughput vs none",
-           "discard faults"]
+           "refaults (est.)"]
 UNITS = {n: u for n, u, _ in METRICS}
 MAX_LINES = 8
 
@@ -47,7 +48,7 @@ def _panel(ax, rows, param, others, metric, colors):
         series = dict(list(series.items())[:MAX_LINES])
     pos, log = _positions({v for pts in series.values() for v, _ in pts})
     for i, (label, pts) in enumerate(sorted(series.items())):
-        pts = sorted((pos[v], m[metric]) for v, m in pts if m.get(metric))
+        pts = sorted((pos[v], m[metric]) for v, m in pts if m.get(metric) and math.isfinite(m[metric][2]))
         if not pts:
             continue
         c = colors[i % len(colors)]
@@ -109,7 +110,7 @@ def heatmap(rep, name, path):
         grid = np.full((len(ys), len(xs)), np.nan)
         for r in rows:
             m = r["metrics"].get(metric)
-            if m:
+            if m and math.isfinite(m[0]):
                 grid[ys.index(r["params"][p]), xs.index(r["params"][q])] = m[0]
         ax.imshow(grid, cmap="viridis", aspect="auto")
         finite = grid[np.isfinite(grid)]

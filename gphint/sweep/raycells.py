@@ -6,10 +6,11 @@ host's memory.  Without an address, a local Ray instance with 2 CPUs and that re
 Ray keeps retrying an address where no cluster answers (minutes of log lines), so an address
 is checked first: it must resolve and accept a TCP connection.
 """
-import socket
-import threading
 import os
+import socket
 import sys
+import threading
+import time
 
 from ..errors import ConfigError
 
@@ -94,11 +95,12 @@ class RayCells:
         self.running = {}           # ObjectRef -> (cell, attempt)
 
     def free_slots(self):
-        # Ray queues the tasks and the resource runs one per node; keep a few queued per node
-        return 2 * int(self.ray.cluster_resources().get(RESOURCE, 1)) - len(self.running)
+        # one task in flight per node (the resource would queue more): a cell's wall time is
+        # then its dispatch and run, not a wait in Ray's queue
+        return int(self.ray.cluster_resources().get(RESOURCE, 1)) - len(self.running)
 
     def start(self, cell, attempt):
-        self.running[self.task.remote(cell.argv(), self.debug)] = (cell, attempt)
+        self.running[self.task.remote(cell.argv(), self.debug)] = (cell, attempt, time.monotonic())
 
     def poll(self, timeout=0.2):
         if not self.running:
@@ -106,12 +108,13 @@ class RayCells:
         ready, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=timeout)
         done = []
         for ref in ready:
-            cell, attempt = self.running.pop(ref)
+            cell, attempt, t0 = self.running.pop(ref)
             try:
-                rec, node, wall_s = self.ray.get(ref)
+                rec, node, _ = self.ray.get(ref)
             except self.ray.exceptions.RayError as e:
                 lines = str(e).strip().splitlines() or [type(e).__name__]
-                rec, node, wall_s = {"error": "ray: " + lines[-1]}, None, 0.0
+                rec, node = {"error": "ray: " + lines[-1]}, None
+            wall_s = time.monotonic() - t0
             if "strategy" not in rec:
                 from ..host import parse_strategy
                 spec = parse_strategy(cell.options["strategy"])

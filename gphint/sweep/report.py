@@ -5,6 +5,8 @@ memory given back, its cost to the host and to the guests, and whether anything 
 Integrity errors must be 0 in every cell; a cell with any is listed first, loudly.
 """
 import json
+import math
+import mmap
 
 import numpy as np
 
@@ -38,6 +40,25 @@ def _swap_io(r):
     return (r["host_swap_out_bytes"] + r["host_swap_in_bytes"] + kernel) / MiB
 
 
+def refaults(r):
+    """Pages the guests faulted back after the host took them: every page the fault service
+    filled (zeros, file reloads, swap-ins) beyond the first touch of each page the guests used
+    (`guest_touched_bytes`, itself a lower bound: so this is an upper estimate)."""
+    if r.get("fault_latency_p50_us") is None and not r.get("zero_fills"):
+        return None                     # no fault service in this run: nothing counted
+    filled = r.get("zero_fills", 0) + r.get("file_reloads", 0) + r.get("swap_ins", 0)
+    return max(0, filled - r["guest_touched_bytes"] // mmap.PAGESIZE)
+
+
+def fragment_latency(r):
+    """Proactive probe: seconds until freed 64 KiB fragments left the host's RSS (inf: not
+    within the probe's timeout; None: no probe)."""
+    p = (r.get("proactive_probe") or {}).get("fragmented")
+    if not p:
+        return None
+    return float("inf") if p.get("latency_s") is None else p["latency_s"]
+
+
 # (name, unit, function of (record, the same cell's `none` record or None) -> float or None)
 METRICS = [
     ("given back", "MiB", lambda r, b: given_back_bytes(r) / MiB),
@@ -49,6 +70,8 @@ METRICS = [
     ("throughput vs none", "x", lambda r, b: _per(r["ops_per_s"], b and b["ops_per_s"])),
     ("swap I/O", "MiB", lambda r, b: _swap_io(r)),
     ("discard faults", "", lambda r, b: r.get("discard_faults", 0)),
+    ("refaults (est.)", "pages", lambda r, b: refaults(r)),
+    ("fragments returned", "s", lambda r, b: fragment_latency(r)),
     ("integrity errors", "", lambda r, b: r["integrity_errors"]),
 ]
 METRIC_NAMES = [m[0] for m in METRICS]
@@ -140,6 +163,8 @@ def integrity_banner(rep):
 def _fmt(x):
     if x is None:
         return "-"
+    if math.isinf(x):
+        return "never"
     a = abs(x)
     return "%.0f" % x if a >= 100 or x == int(x) else "%.3g" % x
 
