@@ -1,4 +1,5 @@
-"""gphint's command line: `gphint caps | run | compare | demo` (also `python -m gphint`).
+"""gphint's command line: `gphint caps | run | compare | demo | sweep | report` (also
+`python -m gphint`).
 
 User mistakes (bad sizes, options, strategy specs, paths) print one line naming the value and
 exit 2; --debug shows the traceback.
@@ -298,6 +299,10 @@ def build_parser():
     sp.add_argument("--out-dir", default="results", metavar="DIR")
     sp.set_defaults(func=cmd_demo)
     _scale_parser(sub)
+
+    # grids of runs and their report (gphint.sweep)
+    from .sweep.command import add_subcommands as add_sweep_subcommands
+    add_sweep_subcommands(sub)
     return p
 
 
