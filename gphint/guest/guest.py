@@ -15,6 +15,8 @@ Two ways to take a discard fault (per guest):
 Beside it: the backing stores its discard faults reload from, within the process's fd budget
 (guest_stores.py), and its frame supply and reclaim (guest_reclaim.py).
 """
+import functools
+
 import numpy as np
 
 from ..errors import ConfigError
@@ -28,7 +30,9 @@ from .frames import (DIRTY, FILE, KIND_NAMES, LOCKED, MAPPED_WRITABLE, MLOCKED, 
 from .guest_reclaim import RECLAIM_CLUSTER, Reclaim
 from .guest_stores import StoreBudget, _live_guests, _release_store, _sweep_epoch
 from .hinter import Hinter
+from .mappings import ProcessMappings
 from .pagecache import PageCache
+from .thp import ThpAllocator
 
 DISCARD_MODES = {"transparent": "transparent", "guest": "guest", "guest-visible": "guest",
                  "guest_visible": "guest"}
@@ -40,11 +44,15 @@ class Guest(StoreBudget, Reclaim):
 
     files: None generates a deterministic file set (file_bytes, default twice the memory) in
     a temporary directory; a directory path uses that real tree, which is never modified.
+    minor_fault: "lazy" (patch 7: no state change on minor faults and munmap) or "eager"
+    (gphint.guest.mappings).  thp=True: a guest with transparent huge pages on 2 MiB-aligned
+    host memory that asks for huge pages (gphint.guest.thp).
     """
 
     def __init__(self, size="128M", files=None, seed=1, batch=32, hinting=True,
                  discard_mode="transparent", fault_service=None, workload="mixed", *,
-                 name=None, max_order=10, file_bytes=None, swap_bytes=None, mem_map=False):
+                 name=None, max_order=10, file_bytes=None, swap_bytes=None, minor_fault="lazy",
+                 thp=False, mem_map=False):
         if discard_mode not in DISCARD_MODES:
             raise ConfigError("unknown discard_mode %r (expected one of: transparent, guest)"
                               % (discard_mode,))
@@ -54,7 +62,8 @@ class Guest(StoreBudget, Reclaim):
         self.discard_mode = DISCARD_MODES[discard_mode]
         self.name = name
         self._closed = True
-        self.mem = GuestMemory(size, name=name)
+        self.thp = bool(thp)
+        self.mem = GuestMemory(size, name=name, thp=self.thp)
         self.fault_service = fault_service
         self._stores = {}
         self._swept_epoch = _sweep_epoch[0]
@@ -64,8 +73,9 @@ class Guest(StoreBudget, Reclaim):
             if fault_service is not None:
                 fault_service.register(self.mem)
             # mem_map=True: the allocator's struct pages live in this guest's own frames
-            self.allocator = BuddyAllocator(self.mem, max_order=max_order, batch=batch,
-                                            hinting=hinting, mem_map=mem_map)
+            allocator = ThpAllocator if self.thp else BuddyAllocator
+            self.allocator = allocator(self.mem, max_order=max_order, batch=batch,
+                                       hinting=hinting, mem_map=mem_map)
             self.hinting = bool(hinting)
             self.table = FrameTable(self.mem.npages)
             self.hinter = Hinter(self.mem, self.table, self.allocator.hints)
@@ -78,7 +88,10 @@ class Guest(StoreBudget, Reclaim):
             self.cache = PageCache(self.mem, self.table, self.files, self.hinter, self._alloc_frames,
                                    self._free_frames, seed=self.seed, discard_mode=self.discard_mode,
                                    store_for=self._store_for)
-            self.anon = AnonMemory(self.mem, self.table, self.hinter, self._alloc_frames,
+            self.mappings = self.cache.mappings = ProcessMappings(self.cache, minor_fault)
+            # a THP guest's anonymous memory comes in 2 MiB huge pages where it can
+            anon_frames = functools.partial(self._alloc_frames, huge=True) if self.thp else self._alloc_frames
+            self.anon = AnonMemory(self.mem, self.table, self.hinter, anon_frames,
                                    self._free_frames, seed=self.seed, swap=self.swap,
                                    discard_mode=self.discard_mode, store_for=self._store_for)
             # keep a little free memory so that one operation never has to reclaim mid-way
@@ -199,6 +212,26 @@ class Guest(StoreBudget, Reclaim):
         self.cache.msync(self.cache._cached(fid, pages))
         return self.cache.set_flag(path, offset, length, MAPPED_WRITABLE, on=False)
 
+    # --- processes' mappings and their faults (patch 7; gphint.guest.mappings) ----------------------
+    def mmap(self, path, offset, length, writable=False, pid=0):
+        """A guest process maps a file range (read-only, or writable and shared): a Mapping."""
+        self._check_open()
+        return self.mappings.mmap(path, offset, length, writable, pid)
+
+    def mapped_read(self, mapping, offset, length):
+        """The process reads through its mapping (offset inside it); missing entries fault."""
+        self._check_open()
+        return self.mappings.load(mapping, offset, length)
+
+    def mapped_write(self, mapping, offset, length):
+        """The process stores the next version of the pages through its writable mapping."""
+        self._check_open()
+        return self.mappings.store(mapping, offset, length)
+
+    def munmap(self, mapping):
+        self._check_open()
+        return self.mappings.munmap(mapping)
+
     HINT_LEVELS = ("all", "unused", "off")
 
     def set_hint_level(self, level):
@@ -272,7 +305,7 @@ class Guest(StoreBudget, Reclaim):
         for prefix, d in (("cache", self.cache.stats), ("anon", self.anon.stats),
                           ("hint", self.hinter.stats), ("alloc", self.allocator.stats),
                           ("buffer", self.allocator.hints.stats), ("files", self.files.stats),
-                          ("swap", self.swap.stats)):
+                          ("swap", self.swap.stats), ("map", self.mappings.stats)):
             out.update({"%s_%s" % (prefix, k): v for k, v in d.items()})
         return out
 

@@ -12,16 +12,19 @@ class Reclaim:
     """Guest's frame supply and reclaim (a mixin: it uses the guest's allocator, frame table,
     page cache, anonymous memory, fault service and stats)."""
 
-    def _alloc_frames(self, npages):
+    def _alloc_frames(self, npages, huge=False):
         # below the low watermark: reclaim up to the high one, so that reclaim (an LRU scan and
-        # one free per pass) runs once per many allocations, as kswapd does
-        if self.allocator.free_pages - npages < self.low_watermark:
-            self.reclaim(npages + self.high_watermark - self.allocator.free_pages)
+        # one free per pass) runs once per many allocations, as kswapd does.  huge=True: a THP
+        # guest's anonymous memory (gphint.guest.thp), whose per-cpu lists are free memory too
+        alloc = self.allocator.alloc if not huge else lambda n: self.allocator.alloc(n, huge=True)
+        free = self.allocator.free_pages + getattr(self.allocator, "pcp_pages", 0)
+        if free - npages < self.low_watermark:
+            self.reclaim(npages + self.high_watermark - free)
         try:
-            return self.allocator.alloc(npages)
+            return alloc(npages)
         except MemoryError:
             self.reclaim(npages - self.allocator.free_pages + RECLAIM_CLUSTER)
-            return self.allocator.alloc(npages)
+            return alloc(npages)
 
     def _free_frames(self, frames):
         frames = np.asarray(frames, dtype=np.int64)
@@ -41,6 +44,8 @@ class Reclaim:
         npages = int(npages)
         self.stats["reclaim_calls"] += 1
         freed = self.drain_discarded() if self.discard_mode == "guest" else 0
+        if getattr(self, "thp", False):   # the deferred-split shrinker runs with reclaim (mm/huge_memory.c)
+            freed += self.allocator.split_deferred()
         if freed < npages:
             freed += self._evict(npages - freed)
         if freed < npages:

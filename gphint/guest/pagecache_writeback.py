@@ -12,6 +12,8 @@ from .guestpart import set_backing
 class Writeback:
     """PageCache's writeback (a mixin: it uses the cache's table, files, hinter and stores)."""
 
+    mappings = None     # the guest's ProcessMappings: writeback corrects what munmap left lazily
+
     def dirty_frames(self, fid=None):
         mask = (self.table.kind == FILE) & ((self.table.flags & DIRTY) != 0)
         if fid is not None:
@@ -43,6 +45,8 @@ class Writeback:
 
     def writeback(self, frames=None, fid=None):
         """Write dirty pages to their files (real writes to the overlay copy); returns pages."""
+        if self.mappings is not None:
+            self.mappings.correct_lingering()
         frames = self.dirty_frames(fid) if frames is None else np.asarray(frames, dtype=np.int64)
         frames = frames[(self.table.kind[frames] == FILE) & ((self.table.flags[frames] & DIRTY) != 0)]
         if frames.size == 0:

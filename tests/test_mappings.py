@@ -1,0 +1,227 @@
+"""Guest processes mapping page-cache pages: minor and major faults, munmap, and patch 7 (no
+state change on minor faults and munmap, the state corrected lazily at writeback) against the
+eager variant.  Contents are checked byte for byte against the real files."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gphint
+from gphint import ConfigError, PageState
+from gphint.guest.content import PAGE_SIZE
+from gphint.guest.guest import Guest
+from gphint.guest.mapped_workloads import BuildMapped, FileserverMapped
+from gphint.host.hostswap import fault_service_available
+
+S, V, P = int(PageState.STABLE), int(PageState.VOLATILE), int(PageState.POT_VOLATILE)
+MODES = ["lazy", "eager"]
+
+
+def _service():
+    ok, why = fault_service_available()
+    if not ok:
+        pytest.skip("needs the discard-fault service: %s" % why)
+    from gphint.faults import FaultService
+    return FaultService()
+
+
+@pytest.fixture(params=MODES)
+def served(request):
+    """(guest with a fault service, its mode): discards really happen and come back."""
+    svc = _service()
+    g = Guest("16M", seed=2, workload=None, file_bytes="8M", fault_service=svc,
+              minor_fault=request.param)
+    yield g, request.param
+    g.close()
+    svc.stop()
+
+
+def big_file(g, npages=8):
+    return g.files.paths[int(np.flatnonzero(g.files.size_bytes >= npages * PAGE_SIZE)[0])]
+
+
+def file_bytes(g, path, offset, length, disk=False):
+    name = g.files.path(g.files.lookup(path)) if disk else os.path.join(g.files.root, path)
+    with open(name, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def usage(g, frames):
+    g.allocator.flush_hints()
+    return g.mem.usage(frames).tolist()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_minor_fault_changes_no_state_only_in_lazy_mode(mode):
+    with Guest("16M", seed=1, workload=None, file_bytes="8M", minor_fault=mode) as g:
+        path = big_file(g)
+        assert g.read(path, 0, 8 * PAGE_SIZE)            # cached, VOLATILE
+        before = g.mappings.state_changes()
+        m = g.mmap(path, 0, 8 * PAGE_SIZE)
+        assert g.mapped_read(m, 0, 8 * PAGE_SIZE) == file_bytes(g, path, 0, 8 * PAGE_SIZE)
+        assert g.mappings.stats["minor_faults"] == 8 and g.mappings.stats["major_faults"] == 0
+        assert g.mappings.state_changes() - before == (0 if mode == "lazy" else 16)
+        assert g.mappings.stats["changes_saved"] == (16 if mode == "lazy" else 0)
+        assert usage(g, m.pte) == [V] * 8
+        g.mapped_read(m, 0, 8 * PAGE_SIZE)                # entries present: no fault at all
+        assert g.mappings.stats["minor_faults"] == 8
+        g.munmap(m)
+        assert g.mappings.state_changes() - before == (0 if mode == "lazy" else 16)
+        assert g.verify() == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_writable_munmap_is_corrected_lazily_at_writeback(mode):
+    with Guest("16M", seed=1, workload=None, file_bytes="8M", minor_fault=mode) as g:
+        path = big_file(g)
+        want = P if g.hinter.pot_volatile_ok else S
+        m = g.mmap(path, 0, 4 * PAGE_SIZE, writable=True)
+        g.mapped_read(m, 0, 4 * PAGE_SIZE)               # write faults on all four pages
+        g.mapped_write(m, PAGE_SIZE, PAGE_SIZE)
+        frames = m.pte.copy()
+        assert usage(g, frames) == [want] * 4
+        g.munmap(m)
+        assert usage(g, frames) == ([want] * 4 if mode == "lazy" else [V] * 4)
+        assert g.mappings.lingering[frames].all() == (mode == "lazy")
+        g.writeback()
+        assert usage(g, frames) == [V] * 4 and not g.mappings.lingering.any()
+        assert file_bytes(g, path, PAGE_SIZE, PAGE_SIZE, disk=True) == g.read(path, PAGE_SIZE, PAGE_SIZE)
+        assert g.verify() == 0
+
+
+def test_remapped_before_correction_saves_both_changes():
+    with Guest("16M", seed=1, workload=None, file_bytes="8M", minor_fault="lazy") as g:
+        path = big_file(g)
+        m = g.mmap(path, 0, 4 * PAGE_SIZE, writable=True)
+        g.mapped_write(m, 0, 4 * PAGE_SIZE)
+        g.munmap(m)
+        before = g.mappings.state_changes()
+        m = g.mmap(path, 0, 4 * PAGE_SIZE, writable=True)
+        g.mapped_write(m, 0, 4 * PAGE_SIZE)
+        assert g.mappings.state_changes() == before        # minor write faults on P pages
+        assert not g.mappings.lingering.any()
+        g.munmap(m)
+        assert g.verify() == 0
+
+
+def test_bad_mapping_use_names_the_value():
+    with Guest("16M", seed=1, workload=None, file_bytes="8M") as g:
+        with pytest.raises(ConfigError, match="minor_fault"):
+            Guest("16M", workload=None, file_bytes="1M", minor_fault="sometimes")
+        path = big_file(g)
+        m = g.mmap(path, 0, 2 * PAGE_SIZE)
+        with pytest.raises(ConfigError, match="outside"):
+            g.mapped_read(m, PAGE_SIZE, 2 * PAGE_SIZE)
+        with pytest.raises(ConfigError, match="read-only"):
+            g.mapped_write(m, 0, PAGE_SIZE)
+        g.munmap(m)
+        with pytest.raises(ConfigError, match="not a live mapping"):
+            g.munmap(m)
+
+
+def test_discarded_page_that_was_mapped_and_unmapped_comes_back_exact(served):
+    g, mode = served
+    path = big_file(g)
+    n = 8
+    m = g.mmap(path, 0, n * PAGE_SIZE)
+    assert g.mapped_read(m, 0, n * PAGE_SIZE) == file_bytes(g, path, 0, n * PAGE_SIZE)
+    frames = m.pte.copy()
+    g.munmap(m)
+    g.allocator.flush_hints()
+    assert g.mem.discard(frames) == n
+    assert (g.mem.content(frames) == 3).all()
+    m = g.mmap(path, 0, n * PAGE_SIZE)
+    assert g.mapped_read(m, 0, n * PAGE_SIZE) == file_bytes(g, path, 0, n * PAGE_SIZE)
+    g.munmap(m)
+    assert g.read(path, 0, n * PAGE_SIZE) == file_bytes(g, path, 0, n * PAGE_SIZE)
+    assert g.verify() == 0
+
+
+def test_page_dirtied_through_a_writable_mapping_is_never_discarded(served):
+    g, mode = served
+    if not g.hinter.pot_volatile_ok:
+        pytest.skip("no host dirty tracking: mapped pages stay STABLE, the host refuses them")
+    path = big_file(g)
+    m = g.mmap(path, 0, 4 * PAGE_SIZE, writable=True)
+    g.mapped_write(m, 0, 4 * PAGE_SIZE)
+    frames = m.pte.copy()
+    stored = g.mem.frames[frames].copy()
+    if mode == "lazy":
+        g.munmap(m)                      # stays POT_VOLATILE, the host's dirty bit set
+        m = None
+    g.allocator.flush_hints()
+    assert usage(g, frames) == [P] * 4
+    g.mem.discard(frames)                # the host finds them written: preserved, not discarded
+    assert (g.mem.content(frames) != 3).all()
+    assert np.array_equal(g.mem.frames[frames], stored)
+    if m is not None:
+        g.munmap(m)
+    g.writeback()
+    assert file_bytes(g, path, 0, 4 * PAGE_SIZE, disk=True) == stored.tobytes()
+    assert g.verify() == 0
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["map", "map_rw", "unmap", "fault", "write", "discard",
+                                          "read", "writeback"]),
+                         st.integers(0, 15), st.integers(1, 4)), min_size=1, max_size=25)
+
+
+def test_random_map_unmap_fault_write_discard_sequences_lose_nothing(served):
+    g, _ = served
+    path = big_file(g, 16)
+    fid = g.files.lookup(path)
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(ops=OPS)
+    def check(ops):
+        live = []
+        for op, first, n in ops:
+            n = min(n, 16 - first)
+            if op in ("map", "map_rw"):
+                live.append(g.mmap(path, first * PAGE_SIZE, n * PAGE_SIZE, writable=op == "map_rw"))
+            elif op == "unmap" and live:
+                g.munmap(live.pop(first % len(live)))
+            elif op == "fault" and live:
+                m = live[first % len(live)]
+                got = g.mapped_read(m, 0, m.npages * PAGE_SIZE)
+                assert got == g.read(path, m.first_page * PAGE_SIZE, m.npages * PAGE_SIZE)
+            elif op == "write" and any(m.writable for m in live):
+                m = [m for m in live if m.writable][first % sum(m.writable for m in live)]
+                g.mapped_write(m, 0, m.npages * PAGE_SIZE)
+            elif op == "discard":
+                g.allocator.flush_hints()
+                frames = g.cache.page_frame[fid][first:first + n]
+                frames = frames[frames >= 0]
+                g.mem.discard(frames[g.mem.usage(frames) != S])
+            elif op == "read":
+                g.read(path, first * PAGE_SIZE, n * PAGE_SIZE)
+            elif op == "writeback":
+                g.writeback()
+        for m in live:
+            g.munmap(m)
+        assert g.verify() == 0
+        g.writeback()
+        assert not g.mappings.lingering.any()
+        assert g.verify() == 0
+
+    check()
+
+
+@pytest.mark.parametrize("workload", [FileserverMapped, BuildMapped])
+def test_mapped_workloads_save_state_changes_and_stay_exact(workload):
+    changes = {}
+    for mode in MODES:
+        with Guest("16M", seed=5, workload=None, file_bytes="24M", minor_fault=mode) as g:
+            w = workload(g, seed=5)
+            w.step(300)
+            g.sync()
+            changes[mode] = g.mappings.state_changes()
+            assert g.mappings.stats["minor_faults"] > 0
+            assert g.verify() == 0
+            if mode == "lazy":
+                saved = g.mappings.stats["changes_saved"] - g.mappings.stats["correction_changes"]
+                assert saved > 0
+    assert changes["lazy"] < changes["eager"]
