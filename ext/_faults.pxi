@@ -333,7 +333,7 @@ cdef extern from *:
 def host_drop_preserved(FaultThread thread, int region, const int64_t[::1] pages):
     """Sp -> Sz: give up the swap copies of pages nobody needs (slot freed, content zero); pages
     in any other state or held are left alone.  pages ascending.  Returns pages dropped."""
-    cdef gph_err err
+    cdef gph_err err = _NO_ERR
     cdef long rc
     cdef size_t n = pages.shape[0]
     cdef gph_service *s = thread._svc()
@@ -342,5 +342,5 @@ def host_drop_preserved(FaultThread thread, int region, const int64_t[::1] pages
     with nogil:
         rc = gph_host_drop_preserved(s, region, &pages[0], n, &err)
     if rc < 0:
-        raise_errno(rc, &err, "drop preserved: pages %d..%d" % (err.first_page, err.first_page + err.npages - 1))
+        raise_mech(rc, &err, "drop preserved")
     return rc
