@@ -275,11 +275,6 @@ long gph_service_set_window(struct gph_service *s, size_t window_bytes)
     return 0;
 }
 
-int gph_service_uffd(struct gph_service *s)
-{
-    return s->uffd;
-}
-
 long gph_service_stop(struct gph_service *s)
 {
     if (!s->started)
