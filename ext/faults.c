@@ -8,8 +8,9 @@
  *   anything else (UNUSED, zero, untouched) -> zeros (UFFDIO_ZEROPAGE on reads, a zeroed
  *                                              UFFDIO_COPY on writes: no second CoW fault)
  * Fault-around: neighbours in the same aligned window with the same kind of source (zero run,
- * contiguous file offsets, contiguous swap slots) are served by the same UFFDIO_COPY; REFERENCE §3:
- * a 4 KiB round trip costs 10+ us, a 2 MiB copy 1.2 us/page.
+ * contiguous file offsets, contiguous swap slots) are served by the same UFFDIO_COPY: a 4 KiB
+ * round trip costs 10 us or more on this kind of machine, a 2 MiB copy ~1.2 us per page
+ * (bench/bench_reload.py measures both).
  *
  * Rules (kernel selftests uffd-common.c, Firecracker's handlers): EINTR/EAGAIN are retried; EEXIST
  * is benign (the page is there; wake the waiter); short reads are looped and past-EOF reads give

@@ -147,12 +147,8 @@ long gph_service_error(struct gph_service *s, struct gph_fault_error *out)
     return n;
 }
 
-/* The guest's page-cache read miss into frames of a served region.  A frame whose content is
- * ZERO is missing (nothing was ever put there since the discard): instead of letting pread's
- * kernel-mode write fault to the fault thread, which would fill it with zeros first (REFERENCE §4:
- * a round trip per window), the calling thread holds it (SERVING), reads the file into a buffer
- * and installs it with UFFDIO_COPY.  Every other frame is read into in place (gph_fill_from_file).
- * The caller holds no page while it reads in place, so a fault there is served as usual. */
+/* Free the swap slots of pages the guest gave up while preserved (Sp -> Uz/Vz, never accessed
+ * since): the holds keep the host and the fault thread out while a record is cleared. */
 long gph_service_reclaim_slots(struct gph_service *s, int rid, int32_t swap_id)
 {
     long freed = 0;
