@@ -124,18 +124,22 @@ long gph_service_unregister(struct gph_service *s, int rid, int materialize, str
 
 long gph_service_stats(struct gph_service *s, int rid, struct gph_fault_stats *out)
 {
+    /* the read lock: unregister frees a region (and register may move the table) under the
+     * write lock */
+    pthread_rwlock_rdlock(&s->lock);
     const struct gph_fault_stats *src = &s->total;
     if (rid != -1) {   /* -1: the service's total */
         struct gph_region *r = gph_region_(s, rid);
-        if (!r)
-            return -ENOENT;
-        src = &r->st;
+        src = r ? &r->st : NULL;
     }
-    const uint64_t *a = (const uint64_t *)src;
-    uint64_t *b = (uint64_t *)out;
-    for (size_t i = 0; i < sizeof *out / sizeof(uint64_t); i++)
-        b[i] = __atomic_load_n(&a[i], __ATOMIC_RELAXED);
-    return 0;
+    if (src) {
+        const uint64_t *a = (const uint64_t *)src;
+        uint64_t *b = (uint64_t *)out;
+        for (size_t i = 0; i < sizeof *out / sizeof(uint64_t); i++)
+            b[i] = __atomic_load_n(&a[i], __ATOMIC_RELAXED);
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return src ? 0 : -ENOENT;
 }
 
 long gph_service_error(struct gph_service *s, struct gph_fault_error *out)
