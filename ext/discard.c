@@ -5,7 +5,8 @@
  *   coalesce  one madvise() per contiguous run;
  *   vectored  process_madvise() on our own pidfd with up to GPH_IOV_MAX runs per call
  *             (Linux >= 6.13 accepts any advice for the calling process).  One call means
- *             one TLB shootdown for the whole batch once other threads run (REFERENCE §3).
+ *             one TLB shootdown for the whole batch once other threads run (a madvise per 4 KiB
+ *             page costs ~6x more then: one shootdown IPI per call; bench_discard measures it).
  * Counted: every system call made (a retried call counts again: it is what the kernel was
  * asked), and how many of the pages were resident just before (mincore), since advising a page
  * that was never touched or is already gone frees nothing.

@@ -87,10 +87,24 @@ void gph_store_map_put_(int32_t id);
 long gph_store_check_(int32_t id, int64_t off, uint8_t *buf, size_t len, size_t page_size,
                       int64_t *first_bad, const char **why);
 
-/* faults.c */
-void gph_record_error_(struct gph_service *s, int errnum, const char *syscall, int region, int64_t page);
+#define GPH_COPY_CHUNK (128u << 10)   /* pread + UFFDIO_COPY piece: fits in L2 */
+#define GPH_ADD(field, v) __atomic_fetch_add(&(field), (uint64_t)(v), __ATOMIC_RELAXED)
+
+/* uffdio.c: fill [dst, dst+len) without waking (src NULL: UFFDIO_ZEROPAGE), EEXIST skipped
+ * page by page; returns 0 or -errno.  gph_uffd_copy_ is the same with a source. */
+long gph_uffd_fill_(struct gph_service *s, uint8_t *dst, const uint8_t *src, size_t len, size_t ps);
+#define gph_uffd_copy_ gph_uffd_fill_
 void gph_uffd_wake_(struct gph_service *s, uint8_t *start, size_t len);
-long gph_uffd_copy_(struct gph_service *s, uint8_t *dst, const uint8_t *src, size_t len, size_t ps);
+
+/* serve.c: serve page p of r (a fault; write -1: a materialize step), bounce GPH_WINDOW_MAX
+ * bytes of the caller's; mark a filled page resident (FILLED if the host holds it). */
+void gph_serve_page_(struct gph_service *s, struct gph_region *r, int64_t p, int write, uint8_t *bounce,
+                     uint64_t t0);
+void gph_mark_served_(uint8_t *b);
+void gph_record_error_(struct gph_service *s, int errnum, const char *syscall, int region, int64_t page);
 uint64_t gph_now_ns_(void);
+
+/* faults.c: a private anonymous buffer without huge pages, or NULL */
+void *gph_map_buf_(size_t len);
 
 #endif

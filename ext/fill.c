@@ -2,8 +2,8 @@
  *
  * A read miss preads file bytes straight into the frame (kernel-mode write).  With a full
  * userfaultfd a missing frame faults to the fault service, which fills it, and the read goes on.
- * With UFFD_USER_MODE_ONLY the kernel-mode access to a missing page fails with EFAULT
- * (REFERENCE §4) instead: then the bytes go through a user-space bounce buffer and a memcpy,
+ * With UFFD_USER_MODE_ONLY the kernel-mode access to a missing page fails with EFAULT instead
+ * (fs/userfaultfd.c, handle_userfault: a kernel-mode fault is refused in such a context): then the bytes go through a user-space bounce buffer and a memcpy,
  * whose user-mode fault the service does see.  Contiguous pages at contiguous offsets are one
  * preadv/pwritev. */
 #include "gphint_internal.h"

@@ -1,301 +1,64 @@
-/* gphint.h -- the C contract of gphint's mechanism, on one screen.
- *
- * Rules for everything declared here:
- *   - returns >= 0 on success, -errno on failure; on failure *err names the syscall and range;
- *   - never includes Python.h, never allocates Python objects, safe to call without the GIL;
- *   - makes no policy decisions: Python chose the pages, the advice and the submission mode.
- */
+/* gphint.h -- the C contract of gphint's mechanism, on one screen (the rest: gphint_internal.h).
+ * Every function returns >= 0 on success, -errno on failure with *err filled; never includes
+ * Python.h nor takes the GIL; makes no policy decision (Python chose pages, advice, mode). */
 #ifndef GPHINT_H
 #define GPHINT_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* --- page state byte (one per guest page; shared by guest thread, host thread, fault thread) ---
- * bits 2-3: guest usage state, s390 ESSA encoding; bits 0-1: host content state;
- * bits 4-7: transient flags owned by the state protocol (see faults.c / docs/state-protocol.md). */
-#define GPH_USAGE_MASK     0x0c
-#define GPH_USAGE_STABLE   0x00
-#define GPH_USAGE_UNUSED   0x04
-#define GPH_USAGE_POTVOL   0x08
-#define GPH_USAGE_VOLATILE 0x0c
-#define GPH_CONTENT_MASK     0x03
-#define GPH_CONTENT_RESIDENT 0x00
-#define GPH_CONTENT_LAZY     0x01   /* MADV_FREE'd: present until the kernel reclaims it (lazyfree.c) */
-#define GPH_CONTENT_PRESERVED 0x02
-#define GPH_CONTENT_ZERO     0x03
-#define GPH_PAIR_MASK  0x0f   /* usage | content: the index into transition tables */
-#define GPH_FLAG_MASK  0xf0
+/* One state byte per guest page, written by the guest, the host and the fault thread alike
+ * (CAS, each keeping the bits it does not own).  gphint/states.py holds the same values. */
+#define GPH_USAGE_MASK        0x0c  /* bits 2-3: guest usage, the s390 ESSA encoding */
+#define GPH_USAGE_STABLE      0x00  /* content needed: never discarded */
+#define GPH_USAGE_UNUSED      0x04  /* free in the guest: discard freely, reads back zeros */
+#define GPH_USAGE_POTVOL      0x08  /* discardable while clean (host dirty bit) */
+#define GPH_USAGE_VOLATILE    0x0c  /* clean cache: discardable, reloaded from its backing file */
+#define GPH_CONTENT_MASK      0x03  /* bits 0-1: where the host has the content */
+#define GPH_CONTENT_RESIDENT  0x00  /* in the frame */
+#define GPH_CONTENT_LAZY      0x01  /* MADV_FREE'd: present until the kernel reclaims it */
+#define GPH_CONTENT_PRESERVED 0x02  /* in host swap (swap_store/swap_slot) */
+#define GPH_CONTENT_ZERO      0x03  /* discarded: the next access faults */
+#define GPH_PAIR_MASK         0x0f  /* usage | content: the index into transition tables */
+#define GPH_FLAG_MASK         0xf0  /* holds of the state protocol (protocol.c) */
+#define GPH_FLAG_BUSY         0x10  /* the host holds the page (discard / swap-out) */
+#define GPH_FLAG_FILLED       0x20  /* the fault thread served it while the host held it */
+#define GPH_FLAG_SERVING      0x40  /* the fault thread (or a fill) holds it */
 
 struct gph_err {
     const char *what;      /* what was wrong when no call failed ("page index", "region"), or NULL */
     const char *syscall;   /* the call that failed, e.g. "process_madvise", or NULL */
     int64_t first_page;    /* first page of the failing range (or the offending index / id) */
     int64_t npages;        /* pages in the failing range */
-    int64_t bound;         /* a page index error: the valid range is [0, bound); else -1 */
+    int64_t bound;         /* a range error: the valid pages are [0, bound); else -1 */
 };
 
-/* --- discard.c: give pages back to the host kernel --- */
-enum { GPH_ADVICE_DONTNEED = 0, GPH_ADVICE_FREE = 1 };
-enum { GPH_SUBMIT_PER_PAGE = 0, GPH_SUBMIT_COALESCE = 1, GPH_SUBMIT_VECTORED = 2 };
-#define GPH_IOV_MAX 1024   /* UIO_MAXIOV: iovecs per process_madvise call */
-
-struct gph_discard_stats {
-    uint64_t calls;     /* madvise/process_madvise system calls issued (each retry counts) */
-    uint64_t runs;      /* contiguous runs after coalescing */
-    uint64_t pages;     /* pages the kernel was asked to discard */
-    uint64_t resident;  /* of those, resident just before the advice (mincore) */
-    uint64_t lazy;      /* of those, advised MADV_FREE: lazily freed, not yet gone */
-};
-
-/* pages: indices in [0, npages), any order, duplicates allowed.  pidfd: a pidfd of this
- * process (needed only for GPH_SUBMIT_VECTORED).  Returns pages discarded. */
-long gph_discard_pages(uint8_t *base, size_t page_size, int64_t npages,
-                       const int64_t *pages, size_t n, int advice, int submit, int pidfd,
-                       struct gph_discard_stats *st, struct gph_err *err);
-/* runs: n pairs (first_page, npages), in any order. */
-long gph_discard_runs(uint8_t *base, size_t page_size, int64_t npages,
-                      const int64_t *runs, size_t n, int advice, int submit, int pidfd,
-                      struct gph_discard_stats *st, struct gph_err *err);
-
-/* --- states.c: atomic per-byte state updates (guest usage changes: gph_set_usage, protocol.c) --- */
-/* Set the content bits of pages[] to content (CAS, other bits preserved). */
-long gph_set_content(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
-                     uint8_t content, struct gph_err *err);
-
-/* --- lazyfree.c: pages given back with MADV_FREE (content GPH_CONTENT_LAZY, "Uf"/"Vf") ---
- * After MADV_FREE a page stays mapped, bytes intact, until the kernel reclaims it under pressure
- * (then it is missing: the next access faults).  A write cancels the lazy free (mm/rmap.c skips a
- * redirtied lazyfree folio).  So a lazily freed page is neither resident nor discarded until the
- * kernel says which: a guest transition out of U/V *resolves* it first -- present: a write of
- * its own byte keeps it (Xr); missing: Xz.  The guest's setters find a memory's frames by its
- * state table in this registry (the hint queue knows only the table). */
-#define GPH_NEXT_RESOLVE 0xfe   /* next-table entry: resolve the lazily freed page, then look again */
-struct gph_lazy_stats {
-    uint64_t reused;     /* taken back by the guest while still present: no refault */
-    uint64_t reclaimed;  /* found missing at a resolution (the kernel reclaimed them) */
-};
-long gph_frames_register(uint8_t *states, int64_t npages, uint8_t *base, size_t page_size);
-long gph_frames_unregister(uint8_t *states);
-long gph_frames_stats(uint8_t *states, struct gph_lazy_stats *out);
-/* Resolve lazily freed pages[] of a registered memory.  keep_present: a page still present is
- * taken back (written, lazy free cancelled: Xf -> Xr); else it is left lazily freed and only
- * missing ones become Xz (the host's scan).  Returns pages resolved; -ENOENT if not registered. */
-long gph_resolve_lazy(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
-                      int keep_present, struct gph_err *err);
-/* One page: b its state byte, addr its frame.  Holds the page (BUSY) while it asks mincore and
- * writes; a fault meanwhile is served by the fault thread (FILLED).  st may be NULL. */
-enum { GPH_LAZY_NOT = 0, GPH_LAZY_REUSED = 1, GPH_LAZY_RECLAIMED = 2, GPH_LAZY_REFAULTED = 3,
-       GPH_LAZY_LEFT = 4 };
-int gph_resolve_lazy_page(uint8_t *b, uint8_t *addr, size_t page_size, int keep_present,
-                          struct gph_lazy_stats *st);
-/* protocol.c's hook: take page p of the memory with this state table back (keep_present=1).
- * Returns a GPH_LAZY_* outcome, or -ENOENT when the table is not registered. */
-long gph_resolve_lazy_one_(uint8_t *states, int64_t p);
-
-/* --- residency.c: what the kernel says is resident --- */
-/* vec gets one byte per page (bit 0 = resident); returns the number of resident pages. */
-long gph_residency(uint8_t *base, size_t page_size, int64_t npages, uint8_t *vec,
-                   struct gph_err *err);
-
-
-/* ======================= issue 3: discard faults, stores, protocol, dirty bits =======================
- * The fault service (faults.c) is one pthread per FaultService that never touches Python: it reads
- * only the C-owned tables below (state bytes, backing records, the global store table).  See
- * docs/state-protocol.md for the per-page protocol the flags implement. */
-
-/* State-byte flags (bits 4-7), owned by the state protocol (protocol.c). */
-#define GPH_FLAG_BUSY    0x10  /* the host holds the page: picked for discard / swap-out (one C call) */
-#define GPH_FLAG_FILLED  0x20  /* the fault thread served the page while the host held it */
-#define GPH_FLAG_SERVING 0x40  /* the fault thread holds the page: filling it right now */
-#define GPH_FLAG_HELD    (GPH_FLAG_BUSY | GPH_FLAG_SERVING)  /* guest transitions wait these out */
-
-/* --- stores.c: the process-wide store table (store id > 0 -> fd); the only thing the reload path
- * knows about files.  A swap store also carries its slot-in-use table (one byte per slot), which
- * the fault thread clears after a swap-in. */
-#define GPH_MAX_STORES (1 << 20)   /* ids; the table grows in chunks as ids are used */
-/* digest: a file store's content record, ndigest entries (one per file page, 0 = none; see
- * gph_page_digest); NULL for swap stores.  Both tables stay owned (and mapped) by the caller. */
-long gph_store_set(int32_t id, int fd, uint8_t *slot_used, int64_t nslots, const uint64_t *digest,
-                   int64_t ndigest);
-/* Replace a store's digest table (grown); the old one must stay mapped until the store closes. */
-long gph_store_set_digests(int32_t id, const uint64_t *digest, int64_t ndigest);
-long gph_store_clear(int32_t id);
-/* The content digest of one page (never 0), and of pages[i] of base (pages NULL: 0..n-1). */
-uint64_t gph_page_digest(const uint8_t *page, size_t page_size);
-long gph_page_digests(const uint8_t *base, size_t page_size, int64_t npages, const int64_t *pages,
-                      size_t n, uint64_t *out);
-/* Read len bytes at off, looping short reads and retrying EINTR/EAGAIN; bytes past EOF read as zero
- * (file-mapping semantics).  Returns bytes that came from the file, or -errno. */
-long gph_read_full(int fd, void *buf, size_t len, int64_t off);
-int gph_fd_direct_(int fd);                       /* fd opened with O_DIRECT (never mapped) */
-int gph_direct_eof_(int err, size_t done);        /* EINVAL after a short O_DIRECT read = EOF */
-/* swapped.c: mark pages the kernel swapped out (or present) as holding content */
-long gph_mark_swapped_(const uint8_t *addr, size_t page_size, int64_t n, uint8_t *resident);
-int gph_pagemap_fd_(void);                        /* /proc/self/pagemap, opened once, or -errno */
-long gph_write_full(int fd, const void *buf, size_t len, int64_t off);
-
-/* --- protocol.c: the guest side of the state protocol --- */
-/* The guest's usage change.  next[(old & GPH_PAIR_MASK) << 2 | usage >> 2] is the new pair, or
- * 0xff when forbidden.  Validates all pages first (nothing written on a refusal), then applies
- * each with a CAS after waiting out a hold of the host or the fault thread (GPH_FLAG_HELD), so a
- * guest transition never overlaps a discard or a fill of the same page.  Refusal: -EPERM
- * (forbidden) or -EAGAIN (a concurrent change made it forbidden) with err->first_page = the
- * index into pages[] and *old_out = the state seen. */
+/* Guest side (protocol.c): move pages to usage, validated first, each after any hold. */
 long gph_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
                    uint8_t usage, const uint8_t next[64], uint8_t *old_out, struct gph_err *err);
-/* Make pages STABLE; pages found discarded (Vz) are left as they are and listed in
- * discarded_out (page indices).  Returns the number of discarded pages found. */
+/* Make pages STABLE; discarded ones (Vz) are left and listed in discarded_out. */
 long gph_make_stable(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
                      int64_t *discarded_out, struct gph_err *err);
 
-/* --- faults.c: the service --- */
+/* Host side: one fault service (one userfaultfd, one C thread) serves every registered region. */
 struct gph_service;
-enum { GPH_SRC_ZERO = 0, GPH_SRC_FILE = 1, GPH_SRC_SWAP = 2 };
-#define GPH_HIST_BUCKETS 256   /* latency histogram: 4 buckets per power of two of ns */
-
-struct gph_fault_stats {
-    uint64_t faults;             /* fault messages served */
-    uint64_t discard_faults;     /* faults on a discarded VOLATILE page */
-    uint64_t zero_fills;         /* pages served as zeros */
-    uint64_t file_reloads;       /* pages served from a backing file */
-    uint64_t swap_ins;           /* pages served from host swap */
-    uint64_t pages_served;
-    uint64_t bytes_served;
-    uint64_t fault_around_hits;  /* neighbour pages served with a fault */
-    uint64_t lost_pages;         /* pages served as zeros because the source failed */
-    uint64_t eexist;             /* benign: the page was already there */
-    uint64_t ring_overflows;     /* discarded-page list entries dropped (list full) */
-    uint64_t refault_loops;      /* a page kept faulting after "already there" (EEXIST): resolved */
-    uint64_t lazy_refaults;      /* faults on lazily freed pages: the kernel had reclaimed them */
-    uint64_t hist[GPH_HIST_BUCKETS];
-};
-
-struct gph_fault_error {         /* the first reload failure, re-raised by FaultService.check() */
-    int errnum;
-    const char *syscall;
-    int region;
-    int64_t page;
-};
-
 struct gph_region_desc {
-    uint8_t *base; size_t page_size; int64_t npages;
-    uint8_t *states; int32_t *backing_store; int64_t *backing_offset;
-    int32_t *swap_store; int64_t *swap_slot;   /* host swap record per page (0 = none) */
+    uint8_t *base;             /* the guest's frames: one anonymous mapping */
+    size_t page_size;          /* the kernel's base page */
+    int64_t npages;            /* frames, and entries in each table below */
+    uint8_t *states;           /* state bytes */
+    int32_t *backing_store;    /* store id of a VOLATILE page's file (0: none, zeros) */
+    int64_t *backing_offset;   /* byte offset in that file */
+    int32_t *swap_store;       /* store id of a PRESERVED page's host swap (0: none) */
+    int64_t *swap_slot;        /* its slot there */
 };
-
-/* flags: GPH_SVC_USER_MODE_ONLY, GPH_SVC_DIRTY (ask for WP_ASYNC write tracking). */
-#define GPH_SVC_USER_MODE_ONLY 1
-#define GPH_SVC_DIRTY          2
-#define GPH_SVC_MOVE           4
-long gph_service_create(struct gph_service **out, int flags, size_t window_bytes, uint64_t *features_out,
-                        struct gph_err *err);
-long gph_service_start(struct gph_service *s, struct gph_err *err);
-long gph_service_set_window(struct gph_service *s, size_t window_bytes);
-/* Tests only: sleep ns inside every host/fault-thread hold, to widen race windows. */
-long gph_service_set_race_delay(struct gph_service *s, uint64_t ns);
-/* Returns the region id (>= 0). */
 long gph_service_register(struct gph_service *s, const struct gph_region_desc *d, struct gph_err *err);
-/* First closes the region to the host (discard / swap-out then fail with -ENOENT, and none is
- * still running), then, with materialize, reloads every page whose content lives elsewhere
- * (file/swap), so the memory stays correct without the service; then unregisters (waking any
- * thread still waiting).  -ENOENT: not registered, or another unregister is under way. */
 long gph_service_unregister(struct gph_service *s, int region, int materialize, struct gph_err *err);
-long gph_service_stop(struct gph_service *s);
-void gph_service_destroy(struct gph_service *s);
-long gph_service_stats(struct gph_service *s, int region, struct gph_fault_stats *out);
-long gph_service_error(struct gph_service *s, struct gph_fault_error *out);
-long gph_service_drain(struct gph_service *s, int region, int64_t *out, size_t cap);
-/* The guest's page-cache fill of frames of a served region: missing (ZERO-content) frames are
- * installed with UFFDIO_COPY from the file without a fault; the rest read in place.
- * *installed counts the former.  Returns n. */
-long gph_service_fill(struct gph_service *s, int region, const int64_t *pages, size_t n, int fd,
-                      const int64_t *offsets, int force_bounce, int64_t *installed, struct gph_err *err);
-/* Free the swap slots of pages the guest gave up while preserved (Sp -> Uz/Vz, never accessed
- * since).  Returns slots freed. */
-long gph_service_reclaim_slots(struct gph_service *s, int region, int32_t swap_id);
-int gph_service_uffd(struct gph_service *s);
-
-/* --- host side (hostops.c): discard and swap-out under the protocol --- */
-/* Discard VOLATILE / UNUSED / clean POT_VOLATILE pages.  Pages the protocol does not allow right
- * now (held, or changed state) are skipped.  advice FREE leaves U/V pages lazily freed (Xr -> Xf);
- * DONTNEED also takes lazily freed ones (Xf -> Xz).  *st counts the madvise calls made.  Dirty or changed POT_VOLATILE pages are preserved in
- * swap (needs swap_id > 0 and free slots; else they stay as they were).  Returns pages discarded;
- * *preserved gets pages preserved; slots are consumed in order, used_slots[j] = 1 for each used. */
+/* Discard U/V/clean-P pages under the protocol (held or changed pages skipped). */
+struct gph_discard_stats;
 long gph_host_discard(struct gph_service *s, int region, const int64_t *pages, size_t n,
                       int advice, int submit, int pidfd, int32_t swap_id, const int64_t *slots,
                       size_t nslots, uint8_t *used_slots, int64_t *preserved,
                       struct gph_discard_stats *st, struct gph_err *err);
-/* Swap out STABLE (and POT_VOLATILE) resident pages to swap_id at slots[i]: detach atomically
- * (UFFDIO_MOVE), write, record, mark PRESERVED.  slots as above.  Returns pages swapped. */
-long gph_host_swap_out(struct gph_service *s, int region, const int64_t *pages, size_t n,
-                       int32_t swap_id, const int64_t *slots, size_t nslots, uint8_t *used_slots,
-                       struct gph_err *err);
-
-/* --- dirty.c: the host dirty bit (UFFD WP_ASYNC + PAGEMAP_SCAN, Linux >= 6.7) --- */
-/* written[i] = 1 if page i of [first, first+n) was written since its bit was last cleared.
- * clear != 0: test-and-clear (write-protect again) atomically. */
-long gph_dirty_scan(uint8_t *base, size_t page_size, int64_t first, int64_t n, int clear,
-                    uint8_t *written, struct gph_err *err);
-
-/* --- fill.c: kernel-mode fills of guest frames (the guest's page-cache I/O) --- */
-/* pread/pwrite whole pages between fd at offsets[i] and frame pages[i]; contiguous runs become
- * one preadv/pwritev.  EFAULT (UFFD_USER_MODE_ONLY: kernel access to a missing page) falls back
- * to a user-space bounce copy.  *bounced counts pages that took the bounce path. */
-long gph_fill_from_file(uint8_t *base, size_t page_size, int64_t npages, const int64_t *pages,
-                        size_t n, int fd, const int64_t *offsets, int force_bounce, int64_t *bounced,
-                        struct gph_err *err);
-long gph_write_to_file(uint8_t *base, size_t page_size, int64_t npages, const int64_t *pages,
-                       size_t n, int fd, const int64_t *offsets, int force_bounce, int64_t *bounced,
-                       struct gph_err *err);
-
-/* --- hintq.c: the guest's hint queue (batched usage transitions; policy in gphint/guest/hints.py) ---
- * Requests: "move these pages to usage u".  Not STABLE now -> applied at once (chunks of capacity);
- * STABLE requested -> cancels a pending transition; out of STABLE -> deferred until capacity
- * transitions wait, then submitted in whole batches of capacity, one gph_set_usage per batch and
- * target.  Invariant: a page with a pending transition is STABLE.  Chunks the state table refuses
- * are listed in refused[] for the caller to redo through its checked setter.  Not thread-safe. */
-#define GPH_NO_PENDING 0xff
-struct gph_hintq {
-    uint8_t *states;          /* the memory's state table */
-    int64_t npages;
-    const uint8_t *next;      /* the guest transition table (see gph_set_usage) */
-    uint8_t *pending;         /* per page: target usage of its deferred transition, or GPH_NO_PENDING */
-    uint64_t *ops_total;      /* the memory's count of usage-change calls, shared by its queues */
-    size_t capacity, npending;
-    uint64_t hint_ops, transitions, cancelled;   /* state changes made, pages moved, superseded */
-    int64_t *unused_since_ns; /* per page, or NULL: when it was last made UNUSED (the host's delay rule) */
-    int64_t now_ns;           /* the clock for unused_since_ns; < 0: read CLOCK_MONOTONIC */
-    /* owned by the queue (gph_hintq_free) */
-    int64_t *queue; size_t qlen, qcap;           /* deferred pages, oldest first; dead entries allowed */
-    int64_t *work; size_t wcap;                  /* scratch: pages applied now or submitted */
-    uint8_t *targets; size_t tcap;               /* scratch: their target usages */
-    int64_t *refused; uint8_t *refused_usage; size_t nrefused, rcap;
-};
-long gph_hintq_init(struct gph_hintq *q, uint8_t *states, int64_t npages, const uint8_t next[64],
-                    uint8_t *pending, uint64_t *ops_total, size_t capacity);
-void gph_hintq_free(struct gph_hintq *q);
-/* pages: unique indices.  Returns n, or -ERANGE (err->first_page = index into pages[]; nothing
- * changed), -EINVAL (usage not a usage code), -ENOMEM. */
-long gph_hintq_hint(struct gph_hintq *q, const int64_t *pages, size_t n, int usage,
-                    struct gph_err *err);
-/* The guest must own these pages now (a write, a swap-in): STABLE ones have their pending
- * transition cancelled, the others go through gph_make_stable, capacity pages per call; pages
- * found discarded (Vz) are left as they are and listed in discarded_out (room for n).
- * Returns how many were found discarded, or -ERANGE / -ENOMEM as gph_hintq_hint. */
-long gph_hintq_make_stable(struct gph_hintq *q, const int64_t *pages, size_t n,
-                           int64_t *discarded_out, struct gph_err *err);
-/* Record in since_ns[page] (npages entries, or NULL: no record) the time each page is made UNUSED,
- * written before its state byte changes, so a host that sees UNUSED reads a time no older than the
- * transition.  now_ns < 0 reads CLOCK_MONOTONIC at each transition; >= 0 is that time (tests). */
-void gph_hintq_record_unused(struct gph_hintq *q, int64_t *since_ns, int64_t now_ns);
-/* Submit the oldest pending transitions: all, or (whole_batches_only) a multiple of capacity.
- * Returns the transitions submitted. */
-long gph_hintq_submit(struct gph_hintq *q, int whole_batches_only);
-
-/* --- uffd_baseline.c: the minimal userfaultfd loop (benchmark baseline only) --- */
-/* Register [base, base+len), touch every page from the calling thread while a helper thread serves
- * each fault with one UFFDIO_COPY of a static page.  Returns elapsed ns, or -errno. */
-long gph_uffd_baseline(uint8_t *base, size_t len, size_t page_size, struct gph_err *err);
 
 #endif /* GPHINT_H */

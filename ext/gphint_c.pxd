@@ -1,7 +1,7 @@
 # C declarations of ext/gphint.h, kept apart from the seam's logic (uvloop style).
 from libc.stdint cimport uint8_t, int64_t, uint64_t
 
-cdef extern from "gphint.h" nogil:
+cdef extern from "gphint_internal.h" nogil:
     struct gph_err:
         const char *what
         const char *syscall
@@ -29,9 +29,9 @@ cdef extern from "gphint.h" nogil:
     long gph_residency(uint8_t *base, size_t page_size, int64_t npages, uint8_t *vec,
                        gph_err *err)
 
-# --- issue 3: discard faults, stores, protocol, dirty bits (ext/gphint.h, second half) ---
+# --- discard faults, stores, protocol, dirty bits ---
 from libc.stdint cimport int32_t
-cdef extern from "gphint.h" nogil:
+cdef extern from "gphint_internal.h" nogil:
     int GPH_HIST_BUCKETS
     int GPH_MAX_STORES
     int GPH_SVC_USER_MODE_ONLY
@@ -113,8 +113,8 @@ cdef extern from "gphint.h" nogil:
                            gph_err *err)
     long gph_uffd_baseline(uint8_t *base, size_t len, size_t page_size, gph_err *err)
 
-# --- issue 4: the guest's hint queue (ext/hintq.c) ---
-cdef extern from "gphint.h" nogil:
+# --- the guest's hint queue (ext/hintq.c) ---
+cdef extern from "gphint_internal.h" nogil:
     struct gph_hintq:
         int64_t npages
         size_t capacity, npending, qlen, nrefused
@@ -132,7 +132,7 @@ cdef extern from "gphint.h" nogil:
                                gph_err *err)
 
 # --- lazily freed pages (ext/lazyfree.c) ---
-cdef extern from "gphint.h" nogil:
+cdef extern from "gphint_internal.h" nogil:
     int GPH_NEXT_RESOLVE
     int GPH_CONTENT_LAZY
     struct gph_lazy_stats:

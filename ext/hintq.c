@@ -250,7 +250,10 @@ long gph_hintq_hint(struct gph_hintq *q, const int64_t *pages, size_t n, int usa
     size_t nnow = 0;
     for (size_t i = 0; i < n; i++) {
         int64_t p = pages[i];
-        /* only the guest changes usage bits, and the caller serialises the guest: no race */
+        /* the host changes usage too, but only out of POT_VOLATILE (hostops.c: a written P page
+         * is preserved as S, a clean one discarded as V), so a page read as STABLE stays so while
+         * the caller, which serialises the guest, works on it; any other goes through the
+         * checked CAS of gph_set_usage */
         uint8_t cur = __atomic_load_n(&q->states[p], __ATOMIC_ACQUIRE) & GPH_USAGE_MASK;
         if (cur != GPH_USAGE_STABLE) {
             if (cur != usage)

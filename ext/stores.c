@@ -14,7 +14,7 @@
  * check is on content, not on size/mtime/ctime, because rename and unlink change ctime while the
  * content stays valid (they must reload byte-exact), and a rewrite can restore mtime (utime).  The
  * metadata recorded at open only names the likely reason in the error. */
-#include "gphint.h"
+#include "gphint_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

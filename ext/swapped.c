@@ -7,7 +7,7 @@
  * zeros for it -- data lost.  Pagemap tells the two apart (Documentation/admin-guide/mm/
  * pagemap.rst: bit 62 "page swapped", bit 63 "page present"); reading a swapped page faults it
  * back in from swap in the kernel, not through userfaultfd (its pte is not missing). */
-#include "gphint.h"
+#include "gphint_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

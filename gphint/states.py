@@ -109,7 +109,7 @@ GUEST_TRANSITIONS.update({
 # bytes: a fresh allocation's content is the guest's to write, as in Linux without __GFP_ZERO)
 # or Sz (missing, zero on first touch).  make_stable does the same for Vf: Sr with the file's
 # bytes (a volatile page is clean), or Vz, a discard fault.
-RESOLVE = 0xFE   # GPH_NEXT_RESOLVE in ext/gphint.h (tests/test_lazyfree.py checks they agree)
+RESOLVE = 0xFE   # GPH_NEXT_RESOLVE in ext/gphint_internal.h (tests/test_lazyfree.py checks they agree)
 LAZY_RESOLVED = {
     (pair(U, F), S): (pair(S, R), pair(S, Z)),
 }
