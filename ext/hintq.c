@@ -255,7 +255,9 @@ long gph_hintq_hint(struct gph_hintq *q, const int64_t *pages, size_t n, int usa
     size_t nnow = 0;
     for (size_t i = 0; i < n; i++) {
         int64_t p = pages[i];
-        /* only the guest changes usage bits, and the caller serialises the guest: no race */
+        /* the host changes usage bits too (hostops.c: Pr -> Vz or Sp), but never a STABLE
+         * page's, and a page that is not STABLE has nothing pending and goes through
+         * gph_set_usage now; the caller serialises the guest's own calls */
         uint8_t cur = __atomic_load_n(&q->states[p], __ATOMIC_ACQUIRE) & GPH_USAGE_MASK;
         if (cur != GPH_USAGE_STABLE) {
             if (cur != usage)
