@@ -43,7 +43,7 @@ def whole_batches(npending, capacity):
 
 def batches(n, capacity):
     """(lo, hi) bounds of the submissions that n items make: full batches, then the remainder."""
-    return [(lo, min(lo + capacity, n)) for lo in range(0, n, capacity)]
+    return ((lo, min(lo + capacity, n)) for lo in range(0, n, capacity))
 
 
 class Cycle:

@@ -9,12 +9,14 @@ The layers, each calling only the one below it and handed data, never called bac
   C              ext/discard.c (madvise / process_madvise), ext/hostops.c (pick -> act ->
                  finish), ext/faults.c (the userfaultfd thread that reloads)
 The one path a discarded page takes: the guest frees it (BuddyAllocator.free -> HintBuffer.hint:
-Sr -> Ur, submitted by the batching cycle, gphint.batching); the host's proactive scan or
-reclaim tier picks it from the state bytes (HintScan._candidates) and fills its host cycle
-(Strategy.discard); each full batch becomes GuestMemory.discard -> the served path ->
-FaultThread.host_discard -> gph_host_discard (CAS pick, one vectored madvise, finish: Uz);
-the guest's next touch faults, and the fault thread (serve_page) fills it -- zeros for an
-UNUSED page, the file's bytes for a VOLATILE one (Vz -> Vr) -- before the access continues.
+Sr -> Ur, submitted by the guest's batching cycle, gphint.batching); the host picks it from the
+state bytes (HintScan.proactive, or a reclaim tier, HintScan._tier) and fills its host cycle
+(gphint.host.submission.Submission.discard); each host_batch pages become one GuestMemory.discard
+-> the served path (gphint.faults._Served.discard) -> FaultThread.host_discard ->
+gph_host_discard (ext/hostops.c: CAS pick, one vectored madvise, finish: Ur -> Uz).  The guest
+allocates it again (Uz -> Sz) and its first touch faults: the fault thread (ext/faults.c,
+serve_page) fills zeros, Sz -> Sr.  A VOLATILE page goes the same way to Vz, and its touch
+reloads the file's bytes (Vz -> Vr) before the access continues.  No layer calls back up.
 
 This module owns the names users pass (`advice`, `submit`) and the one choice of submit mode.
 """
@@ -25,7 +27,7 @@ import numpy as np
 from . import _mechanism, caps
 from ._mechanism import mech
 from .errors import ConfigError, Unsupported
-from .states import USAGE_MASK, HostState, PageState
+from .states import CONTENT_MASK, USAGE_MASK, HostState, PageState
 
 # The index of each name is its code in ext/gphint.h (GPH_ADVICE_*, GPH_SUBMIT_*).
 ADVICES = ("dontneed", "free")
@@ -67,6 +69,26 @@ def submission(submit):
     if fell_back:
         code = COALESCE
     return code, (_mechanism.self_pidfd() if code == VECTORED else -1), fell_back
+
+
+def discard_counters(mems):
+    """The results record's discard and MADV_FREE fields (docs/results.md), summed over mems.
+    First asks the kernel about pages still lazily freed, so lazy_reclaimed_pages includes
+    those reclaimed by now; lazy_pending_pages are the rest (present, fate still open)."""
+    for m in mems:
+        m.resolve_lazy()
+    total = {}
+    for m in mems:
+        for k, v in m.stats.items():
+            total[k] = total.get(k, 0) + int(v)
+    pending = sum(int(np.count_nonzero((m.states & CONTENT_MASK) == int(HostState.LAZY))) for m in mems)
+    return {"discard_syscalls": total.get("discard_calls", 0),
+            "discard_advised_pages": total.get("discarded_pages", 0),
+            "discard_resident_pages": total.get("discarded_resident_pages", 0),
+            "lazy_freed_pages": total.get("lazy_freed_pages", 0),
+            "lazy_reused_pages": total.get("lazy_reused_pages", 0),
+            "lazy_reclaimed_pages": total.get("lazy_reclaimed_pages", 0),
+            "lazy_pending_pages": pending}
 
 
 class Unserved:

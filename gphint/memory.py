@@ -15,7 +15,8 @@ import numpy as np
 from . import discard as _discard
 from ._lifetime import Closeable
 from ._mechanism import mech
-from .discard import ADVICES, SUBMIT_MODES  # noqa: F401  (re-exported: gphint.memory.ADVICES)
+# re-exported: gphint.memory.ADVICES, .discard_counters
+from .discard import ADVICES, SUBMIT_MODES, discard_counters  # noqa: F401
 from .errors import ClosedError, ConfigError, StateError
 from .states import (CONTENT_MASK, NEXT_TABLE, USAGE_MASK, HostState, PageState, pair_name,
                      parse_state)
@@ -38,26 +39,6 @@ def expand_runs(runs):
     lengths = runs[:, 1]
     offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     return np.repeat(runs[:, 0], lengths) + offsets
-
-
-def discard_counters(mems):
-    """The results record's discard and MADV_FREE fields (docs/results.md), summed over mems.
-    First asks the kernel about pages still lazily freed, so lazy_reclaimed_pages includes
-    those reclaimed by now; lazy_pending_pages are the rest (present, fate still open)."""
-    for m in mems:
-        m.resolve_lazy()
-    total = {}
-    for m in mems:
-        for k, v in m.stats.items():
-            total[k] = total.get(k, 0) + int(v)
-    pending = sum(int(np.count_nonzero((m.states & CONTENT_MASK) == int(HostState.LAZY))) for m in mems)
-    return {"discard_syscalls": total.get("discard_calls", 0),
-            "discard_advised_pages": total.get("discarded_pages", 0),
-            "discard_resident_pages": total.get("discarded_resident_pages", 0),
-            "lazy_freed_pages": total.get("lazy_freed_pages", 0),
-            "lazy_reused_pages": total.get("lazy_reused_pages", 0),
-            "lazy_reclaimed_pages": total.get("lazy_reclaimed_pages", 0),
-            "lazy_pending_pages": pending}
 
 
 class GuestMemory(Closeable):
