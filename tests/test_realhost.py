@@ -552,3 +552,50 @@ def test_host_swap_out_into_fragmented_slots(compiled_only, direct):
         svc.stop()
         mem.close()
         swap.close()
+
+
+REAL_HOST_FEATURES = ("memory_cgroup", "swap_area", "o_direct", "cachestat", "psi")
+
+
+def _features_as(uid):
+    """realcaps' features probed by a forked child that became `uid` (it keeps this process's
+    imports, so no installed files need to be readable to that user)."""
+    from gphint.caps import Feature
+    from gphint.host import realcaps
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            tempfile.tempdir = None
+            os.environ["TMPDIR"] = "/tmp"
+            out = {n: [f.available, f.detail, f.reason, f.remedy] for n, f in realcaps.features(Feature).items()}
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(text)
+
+
+def test_caps_reports_the_real_host_to_root_and_to_nobody():
+    """Every feature the real host needs is reported, to root and to an unprivileged user:
+    what is there with its detail, what is missing with its reason and remedy; what does not
+    depend on the user (cachestat, PSI) is reported the same to both."""
+    if os.geteuid() != 0:
+        pytest.skip("switching to an unprivileged user needs root")
+    root = {n: [f.available, f.detail, f.reason, f.remedy] for n, f in caps.probe().features.items()}
+    nobody = _features_as(65534)
+    for who in (root, nobody):
+        for name in REAL_HOST_FEATURES:
+            available, detail, reason, remedy = who[name]
+            assert (available and detail) or (not available and reason and remedy), (name, who[name])
+    assert not nobody["memory_cgroup"][0] and "root" in nobody["memory_cgroup"][2]
+    assert nobody["swap_area"][0] == bool(swaparea.lasting_areas())
+    for name in ("cachestat", "psi"):
+        assert nobody[name][0] == root[name][0], (name, nobody[name], root[name])

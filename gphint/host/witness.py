@@ -72,14 +72,15 @@ def mincore_pages(fd):
 
 
 def has_cachestat():
+    """Does the kernel offer cachestat(2)?  Asked of a temporary file of our own: any file this
+    process may open will do, and the interpreter's binary may not be one (an unprivileged
+    user running a root-installed Python, or a process that changed its uid)."""
+    import tempfile
     try:
-        fd = os.open("/proc/self/exe", os.O_RDONLY)
+        with tempfile.TemporaryFile() as f:
+            return cachestat_pages(f.fileno()) is not None
     except OSError:
         return False
-    try:
-        return cachestat_pages(fd) is not None
-    finally:
-        os.close(fd)
 
 
 def cached_bytes(fd, use_cachestat=True):
