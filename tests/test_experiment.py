@@ -1,7 +1,10 @@
 """Experiments end to end at small sizes: real guests, a real host, real RSS; every record
 validated against the documented schema (docs/results.md) and integrity_errors == 0."""
+import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -155,3 +158,31 @@ def test_fixed_work_ends_by_ops_and_is_identical_across_strategies():
         # two busy guests, each scheduled nops=64 at a time until it passed 300
         assert rec["ops"] == 2 * 320
     check_document(results_document(cfg, recs))
+
+
+CHATTY_CHILD = r"""
+import sys
+for _ in range(200):
+    sys.stderr.write("x" * 1023 + "\n")           # 200 KiB: three pipe capacities
+sys.stderr.write("gphint: error: the last line names the failure\n")
+sys.exit(3)
+"""
+
+COMPARE_WITH_A_CHATTY_CHILD = r"""
+import json, sys
+from gphint.experiment import RunConfig, comparison
+comparison.child_command = lambda args: [sys.executable, "-c", %r]
+recs = comparison.compare(RunConfig(guests=1, guest_mem_bytes=4 << 20, duration_s=1), ["none", "cmma"])
+print(json.dumps(recs))
+""" % CHATTY_CHILD
+
+
+def test_compare_does_not_hang_on_a_child_that_writes_200_KiB_to_stderr():
+    """A child's stderr is read to its end even when the child writes more than a pipe holds,
+    and its last line is what the error record says."""
+    p = subprocess.run([sys.executable, "-c", COMPARE_WITH_A_CHATTY_CHILD], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    recs = json.loads(p.stdout)
+    assert [r["strategy_name"] for r in recs] == ["none", "cmma"]
+    assert all(r["error"] == "the last line names the failure" for r in recs), recs

@@ -130,6 +130,10 @@ def test_quick_start_from_a_fresh_clone():
         for line in r.stdout.splitlines()[1:]:
             if " NO " in line and "userfaultfd features" not in line:
                 assert "->" in line or "GPHINT_PUREPYTHON" in line, line   # a remedy is named
+        # what the real host needs is reported to this user too, each with its remedy if missing
+        listed = [line.split()[0] for line in r.stdout.splitlines()[1:] if line.startswith("  ")]
+        for name in ("memory_cgroup", "swap_area", "o_direct", "cachestat", "psi"):
+            assert name in listed, r.stdout
         r = _run(user + ["run", "--strategy", "cmma", "--guests", "2", "--guest-mem", "16M",
                          "--host-mem", "8M", "--duration", "1", "--no-probe"], cwd=tmp, env=env,
                  timeout=300)

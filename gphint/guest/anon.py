@@ -33,6 +33,12 @@ def _unlink(path):
         pass
 
 
+# Content is generated this many pages (1 MiB) at a time: a guest's write of its whole buffer
+# pool would otherwise build the pool's content twice over in numpy temporaries (the result and
+# _mix's shifted copy) -- tens of MiB of host memory that is neither guest memory nor part of
+# the run's baseline, charged to its memory cgroup while the guest writes.
+CONTENT_CHUNK_PAGES = 256
+
 class SwapFile:
     """The guest's swap device: a real file of nslots page slots and a slot bitmap."""
 
@@ -156,7 +162,11 @@ class AnonMemory(GuestPart):
         return np.arange(start, start + npages, dtype=np.int64)
 
     def _fill(self, frames, pid, v, versions):
-        self.mem.frames[frames] = content.generate(self.seed, ANON_KEY_BASE + pid, v, versions)
+        versions = np.broadcast_to(versions, v.shape)
+        for lo in range(0, v.size, CONTENT_CHUNK_PAGES):
+            hi = lo + CONTENT_CHUNK_PAGES
+            self.mem.frames[frames[lo:hi]] = content.generate(self.seed, ANON_KEY_BASE + pid, v[lo:hi],
+                                                              versions[lo:hi])
 
     def write(self, vpages, pid=0):
         """The process writes its pages: next version of each; swapped pages come back first."""
@@ -310,21 +320,23 @@ class AnonMemory(GuestPart):
         read back from the swap file."""
         bad = 0
         for pid, pr in self._procs.items():
-            v = np.flatnonzero(pr["live"])
-            if v.size == 0:
-                continue
-            expected = content.generate(self.seed, ANON_KEY_BASE + pid, v, pr["version"][v])
-            frames = pr["frame"][v]
-            res = frames >= 0
-            if res.any():
-                bad += int(content.mismatching(self.mem.frames[frames[res]], expected[res]).sum())
-            out = ~res
-            if out.any():
-                slots = pr["slot"][v[out]]
-                disk = np.zeros((slots.size, PAGE_SIZE), dtype=np.uint8)
-                for lo, hi in _slot_runs(slots):
-                    pread_into(self.swap.fd, disk[lo:hi], int(slots[lo]) * PAGE_SIZE)
-                bad += int(content.mismatching(disk, expected[out]).sum())
+            live = np.flatnonzero(pr["live"])
+            for lo in range(0, live.size, CONTENT_CHUNK_PAGES):
+                bad += self._verify_pages(pid, pr, live[lo:lo + CONTENT_CHUNK_PAGES])
+        return bad
+
+    def _verify_pages(self, pid, pr, v):
+        expected = content.generate(self.seed, ANON_KEY_BASE + pid, v, pr["version"][v])
+        frames = pr["frame"][v]
+        res = frames >= 0
+        bad = int(content.mismatching(self.mem.frames[frames[res]], expected[res]).sum()) if res.any() else 0
+        out = ~res
+        if out.any():
+            slots = pr["slot"][v[out]]
+            disk = np.zeros((slots.size, PAGE_SIZE), dtype=np.uint8)
+            for lo, hi in _slot_runs(slots):
+                pread_into(self.swap.fd, disk[lo:hi], int(slots[lo]) * PAGE_SIZE)
+            bad += int(content.mismatching(disk, expected[out]).sum())
         return bad
 
 

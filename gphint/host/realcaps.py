@@ -12,11 +12,12 @@ def features(Feature):
     ok = version is not None and root and os.access(parent, os.W_OK)
     out["memory_cgroup"] = Feature(
         ok, detail="cgroup %s memory controller; run cgroups below %s" % (version, parent) if ok else "",
-        reason="" if ok else (why or "creating a memory cgroup under %s needs root" % parent),
+        reason="" if ok else (why or "cgroup %s memory controller at %s, but creating a cgroup there needs "
+                              "root (euid %d)" % (version, parent, os.geteuid())),
         remedy="" if ok else "run as root with the memory controller (cgroup v2 or the v1 memory hierarchy); "
         "without it --host-mem is enforced by gphint alone and `kernel` is unavailable")
     tmp = tempfile.gettempdir()
-    active = swaparea.active_areas()
+    active = swaparea.lasting_areas()
     can, why = swaparea.can_enable(tmp)
     out["swap_area"] = Feature(
         bool(active) or can,

@@ -142,7 +142,7 @@ def run_contained(config, spec, argv):
     rundir = tempfile.mkdtemp(prefix="gphint-run-%d-%d-" % (os.getpid(),
                                                             tmpfiles.start_ticks(os.getpid())))
     try:
-        if not swaparea.active_areas():
+        if not swaparea.lasting_areas():
             area = _swap_area(config, spec)
         reaper, wfd = _start_reaper(cg, area.path if area else None, rundir)
         env = dict(os.environ)
@@ -161,8 +161,9 @@ def run_contained(config, spec, argv):
             raise
         if rc < 0:
             sig = -rc
-            why = ("killed by the kernel's OOM killer in its memory cgroup" if sig == signal.SIGKILL
-                   else "killed by signal %d" % sig)
+            # SIGKILL is also what anyone's kill -9 sends: the cgroup's OOM count tells them apart
+            why = ("killed by the kernel's OOM killer in its memory cgroup"
+                   if sig == signal.SIGKILL and _oom_kills(cg) else "killed by signal %d" % sig)
             print("gphint: error: strategy %s was %s (%s)" % (spec, why, cg.path), file=sys.stderr)
             rc = 1
         return rc
@@ -179,6 +180,13 @@ def run_contained(config, spec, argv):
                 reaper.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def _oom_kills(cg):
+    try:
+        return cg.sample()["oom_kills"]
+    except (OSError, ValueError):
+        return 0
 
 
 def reap(spec):

@@ -38,6 +38,14 @@ def active_areas():
     return out
 
 
+def lasting_areas():
+    """The active swap areas that outlast any one run: not another gphint run's swap file,
+    which its owner swapoffs when it ends -- and swapoff reads every page back in, charging it
+    to the cgroup that swapped it (mm/swapfile.c try_to_unuse): a run relying on another's area
+    is OOM-killed when that area goes."""
+    return [a for a in active_areas() if not NAME_RE.match(os.path.basename(a[0]))]
+
+
 def _fs_type(directory):
     best, kind = "", None
     try:

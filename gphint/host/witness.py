@@ -72,14 +72,15 @@ def mincore_pages(fd):
 
 
 def has_cachestat():
+    """Does the kernel offer cachestat(2)?  Asked of a temporary file of our own: any file this
+    process may open will do, and the interpreter's binary may not be one (an unprivileged
+    user running a root-installed Python, or a process that changed its uid)."""
+    import tempfile
     try:
-        fd = os.open("/proc/self/exe", os.O_RDONLY)
+        with tempfile.TemporaryFile() as f:
+            return cachestat_pages(f.fileno()) is not None
     except OSError:
         return False
-    try:
-        return cachestat_pages(fd) is not None
-    finally:
-        os.close(fd)
 
 
 def cached_bytes(fd, use_cachestat=True):
@@ -147,12 +148,14 @@ def _rss_bytes():
 
 
 class Witness:
-    """Witness(cgroup=None, backing_paths=callable, swap_fds=callable, swap_paths=callable).
+    """Witness(cgroup=None, backing_paths=callable, swap_fds=callable, swap_paths=callable,
+    on_sample=callable(cgroup sample)).
     start() samples in a thread until stop(); summary() gives the record's `host` fields."""
 
     def __init__(self, cgroup=None, backing_paths=None, swap_fds=None, swap_paths=None,
-                 interval_s=0.1, files_interval_s=0.5):
+                 interval_s=0.1, files_interval_s=0.5, on_sample=None):
         self.cgroup = cgroup
+        self.on_sample = on_sample      # called with each cgroup sample (the witness's thread)
         self.backing_paths = backing_paths or (lambda: [])
         self.swap_fds = swap_fds or (lambda: [])
         self.swap_paths = swap_paths or (lambda: [])
@@ -213,6 +216,8 @@ class Witness:
                     self.swap_growth_bytes += cg["swap_bytes"] - self._last_swap
                 self._last_swap = cg["swap_bytes"]
             self.mem_available_min = avail if self.mem_available_min is None else min(self.mem_available_min, avail)
+        if cg is not None and self.on_sample is not None:
+            self.on_sample(cg)
         if files:
             self._sample_files()
 

@@ -1,211 +1,26 @@
-"""Experiments: guests + a host + a strategy, run for a while -> one results record (JSON).
+"""Runner: one strategy, one config, in this process -> one results record.
 
-`run_one(config, strategy)` runs in this process; `compare(config, strategies)` runs each
-strategy in a fresh child process (`gphint run ... --json tmp` on this very package, dying with
-its parent: child_command) so that every RSS baseline starts clean and one strategy's leftovers
-(page cache, allocator arenas) cannot be charged to the next.  The record's fields are the
-contract documented in docs/results.md.
+`run_one(config, strategy)` sets the guests, the host and the real host up (gphint.host.realhost),
+runs the workload loop with direct reclaim after each guest's quantum, and returns the record
+whose fields docs/results.md documents.
 """
-import dataclasses
 import errno
-import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 import numpy as np
-import psutil
 
-from . import caps, childproc, measure, outputs, tmpfiles
-from ._version import __version__
-from .errors import ConfigError
-from .host import Host, parse_strategy
-from .host.hostswap import fault_service_available
-from .guest.files import DEFAULT_FILE_BYTES
-from .memory import PAGE_SIZE, discard_counters
-from .units import fmt_bytes
+from .. import measure, tmpfiles
+from ..host import Host, parse_strategy
+from ..host.hostswap import fault_service_available
+from ..memory import PAGE_SIZE, discard_counters
+from ..units import fmt_bytes
+from .results import write_json
+from .stop import STOP, Stopped
 
-SCHEMA_VERSION = 1
-# Set (by the CLI's SIGTERM handler) to end a run early: the runner stops at its next step, from
-# a consistent state, and cleans up.  An exception raised from the signal handler itself could
-# land anywhere -- inside a finalizer that swallows it, or half-way through a page-state change.
-STOP = threading.Event()
-
-
-class Stopped(BaseException):
-    """The run was told to stop (STOP); not an error of the run, so not an Exception."""
-
-MAX_SEED = (1 << 63) - 1
-# the workloads allocate up to 64 pages (256 KiB) at once and the guest keeps a low watermark
-# free: below 1 MiB a guest cannot boot every workload
-MIN_GUEST_MEM_BYTES = 1 << 20
 STATUS_INTERVAL_S = 0.5
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """Every option of a run, resolved (sizes in bytes).  host_mem_bytes None = proactive."""
-
-    workload: str = "mixed"
-    guests: int = 4
-    guest_mem_bytes: int = 64 << 20
-    host_mem_bytes: int = None
-    duration_s: float = 10.0        # workload time; with ops_per_guest: only a cap
-    ops_per_guest: int = None       # each busy guest runs this many operations, then stops
-    seed: int = 1
-    files: str = None
-    discard_mode: str = "transparent"
-    nops: int = 64                  # guest operations per scheduling of a guest
-    idle_sched_s: float = 1.0       # an idle guest is scheduled at most this often
-    interval_s: float = 0.02        # host reclaim loop period
-    sample_interval_s: float = 0.1  # timeline sampling period
-    probe: bool = True              # proactive mode: measure free -> host RSS drop
-    probe_bytes: int = 16 << 20
-    probe_timeout_s: float = None   # None: max(3 s, 1.5 x the strategy's delay + 1.5 s)
-    status_path: str = None         # live per-guest snapshot for scripts/watch.py
-    cache: str = "none"             # guest disks: "none" (O_DIRECT reads) or "host" (page cache)
-    cgroup: bool = True             # under a budget: run in a memory cgroup at budget + baseline
-
-    @property
-    def mode(self):
-        return "proactive" if self.host_mem_bytes is None else "pressure"
-
-    def validate(self):
-        from .host.guests import workload_list, workload_names
-        names = workload_names()
-        listed = workload_list(self.workload) if self.workload != "mixed" else ["mixed"]
-        bad = [w for w in listed if w not in names] or ([] if listed else [self.workload])
-        if bad:
-            raise ConfigError("unknown workload %r (expected one of %s, or a comma-separated list "
-                              "dealt out to the guests in turn)" % (bad[0], ", ".join(names)))
-        if self.guests < 1:
-            raise ConfigError("--guests must be >= 1, got %d" % self.guests)
-        if not self.duration_s > 0:
-            raise ConfigError("--duration must be > 0 seconds, got %r" % self.duration_s)
-        if self.ops_per_guest is not None and self.ops_per_guest < 1:
-            raise ConfigError("--ops must be >= 1, got %r" % self.ops_per_guest)
-        if self.files is not None and not os.path.isdir(self.files):
-            raise ConfigError("--files %r is not a directory" % self.files)
-        from .host.cachemode import MODES
-        if self.cache not in MODES:
-            raise ConfigError("--cache %r is not valid (expected one of %s)" % (self.cache, ", ".join(MODES)))
-        if self.host_mem_bytes is not None and self.host_mem_bytes < 4 * (2 << 20):
-            raise ConfigError("--host-mem %d bytes is too small (at least 8 MiB)" % self.host_mem_bytes)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or \
-                not 0 <= self.seed <= MAX_SEED - self.guests:
-            # guest i is seeded seed + i, hashed as a 64-bit integer (guest.content)
-            raise ConfigError("--seed must be an integer in [0, 2**63 - guests], got %r" % (self.seed,))
-        if self.probe_timeout_s is not None and not 0 < self.probe_timeout_s < float("inf"):
-            raise ConfigError("--probe-timeout must be > 0 seconds, got %r" % self.probe_timeout_s)
-        if self.guest_mem_bytes < MIN_GUEST_MEM_BYTES:
-            raise ConfigError("--guest-mem %s is too small: a guest needs at least %s"
-                              % (fmt_bytes(self.guest_mem_bytes), fmt_bytes(MIN_GUEST_MEM_BYTES)))
-        self.check_fits_machine()
-        return self
-
-    def check_fits_machine(self, meminfo=None, tmpdir=None):
-        """Refuse sizes this machine cannot hold, before anything is allocated or written: the
-        guests' memory against RAM, and the generated file set against TMPDIR's free space."""
-        mi = meminfo or meminfo_bytes()
-        total = mi["MemTotal"] + mi.get("SwapTotal", 0)
-        if self.guest_mem_bytes > total:
-            # one anonymous mapping larger than RAM + swap: refused by mmap under the kernel's
-            # heuristic overcommit (mm/util.c __vm_enough_memory), and never usable anyway
-            raise ConfigError("--guest-mem %s exceeds this machine's memory (MemTotal + SwapTotal = "
-                              "%s)" % (fmt_bytes(self.guest_mem_bytes), fmt_bytes(total)))
-        need = self.guests * self.guest_mem_bytes
-        avail = mi.get("MemAvailable", mi["MemTotal"])
-        if self.host_mem_bytes is None and need > avail:
-            # proactive mode: guests fill their memory (page cache), nothing caps their RSS
-            raise ConfigError("--guests %d x --guest-mem %s = %s exceeds the memory available on "
-                              "this machine (MemAvailable %s): give --host-mem, or fewer or smaller "
-                              "guests" % (self.guests, fmt_bytes(self.guest_mem_bytes),
-                                          fmt_bytes(need), fmt_bytes(avail)))
-        if self.host_mem_bytes is not None and self.host_mem_bytes > avail:
-            raise ConfigError("--host-mem %s exceeds the memory available on this machine "
-                              "(MemAvailable %s)" % (fmt_bytes(self.host_mem_bytes), fmt_bytes(avail)))
-        if self.files is None:
-            tmpdir = tmpdir or tempfile.gettempdir()
-            st = os.statvfs(tmpdir)
-            free = st.f_bavail * st.f_frsize
-            # host.guests.shared_files generates 2 x guest memory, the last file overshooting by
-            # at most the largest generated file
-            fileset = 2 * self.guest_mem_bytes + DEFAULT_FILE_BYTES[1]
-            if fileset > free:
-                raise ConfigError("the generated file set (2 x --guest-mem = %s) does not fit in "
-                                  "TMPDIR=%s (%s free): pass --files DIR, a smaller --guest-mem, or "
-                                  "set TMPDIR to a larger filesystem"
-                                  % (fmt_bytes(fileset), tmpdir, fmt_bytes(free)))
-
-    def to_dict(self):
-        d = dataclasses.asdict(self)
-        d["mode"] = self.mode
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def cli_args(self):
-        """The `gphint run` options that reproduce this config (used for child processes)."""
-        args = ["--workload", self.workload, "--guests", str(self.guests),
-                "--guest-mem", str(self.guest_mem_bytes), "--duration", repr(self.duration_s),
-                "--seed", str(self.seed), "--nops", str(self.nops),
-                "--idle-sched", repr(self.idle_sched_s), "--discard-mode", self.discard_mode,
-                "--probe-mem", str(self.probe_bytes), "--cache", self.cache]
-        if self.probe_timeout_s is not None:
-            args += ["--probe-timeout", repr(self.probe_timeout_s)]
-        if self.host_mem_bytes is not None:
-            args += ["--host-mem", str(self.host_mem_bytes)]
-        if self.files:
-            args += ["--files", self.files]
-        if not self.probe:
-            args.append("--no-probe")
-        if not self.cgroup:
-            args.append("--no-cgroup")
-        if self.status_path:
-            args += ["--status", self.status_path]
-        if self.ops_per_guest is not None:
-            args += ["--ops", str(self.ops_per_guest)]
-        return args
-
-
-def meminfo_bytes(path="/proc/meminfo"):
-    """{field: bytes} of /proc/meminfo (its kB are KiB)."""
-    out = {}
-    with open(path) as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts and parts[0].isdigit():
-                out[name] = int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
-    return out
-
-
-def git_commit():
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def environment():
-    """What a reader needs to trust (or reproduce) the numbers."""
-    c = caps.probe()
-    return {"kernel": c.kernel, "machine": c.machine, "python": platform.python_version(),
-            "gphint_version": __version__, "git_commit": git_commit(), "mechanism": c.mechanism,
-            "cpu_count": os.cpu_count(), "page_size": c.page_size, "thp_mode": c.thp_mode,
-            "mem_total_bytes": psutil.virtual_memory().total,
-            "capabilities": {n: f.available for n, f in c.features.items()},
-            "fault_service": fault_service_available()[0]}
 
 
 def _process_cpu_s():
@@ -217,7 +32,7 @@ class Runner:
     """One strategy, one config, in this process."""
 
     def __init__(self, config, strategy, progress=None):
-        from .host import guests as guest_api
+        from ..host import guests as guest_api
         self.config = config.validate()
         self.spec = parse_strategy(strategy)
         self.progress = progress
@@ -452,7 +267,7 @@ class Runner:
 
 # --- the real host (gphint.host.realhost): the cgroup budget, machine witnesses, --cache ------
 def _real_host(cfg, spec):
-    from .host.realhost import RealHost
+    from ..host.realhost import RealHost
     return RealHost(cfg, spec)      # sets --cache for the run; close() restores it
 
 
@@ -508,77 +323,3 @@ def explain_full_tmpdir(e, tmpdir=None):
                    "%s in TMPDIR=%s (%s free): a run writes its generated files, guest swap and "
                    "host swap there; free space there or set TMPDIR to a larger filesystem"
                    % (what, tmpdir, fmt_bytes(free)))
-
-
-def results_document(config, records, env=None):
-    return {"schema_version": SCHEMA_VERSION, "config": config.to_dict(),
-            "env": env or environment(), "results": records}
-
-
-def write_json(path, doc, option="--json"):
-    """Write doc to a regular file (gphint.outputs: never into a FIFO or over a device)."""
-    def dump(f):
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    return outputs.write_atomically(path, dump, option)
-
-
-def _child_fraction(config, elapsed_s):
-    """Progress of a child by its elapsed time (what the parent can see), 0..1."""
-    return min(elapsed_s / config.duration_s, 0.99)
-
-
-
-
-def child_command(args):
-    """argv that runs `gphint ARGS` in a child on this very gphint, as a child of this process
-    (it dies with its parent: cli.child_main)."""
-    return childproc.command("gphint.cli:child_main", ["--parent-pid", str(os.getpid())] + list(args))
-
-
-def _child_record(spec, out, returncode, err):
-    """The record of one child: its JSON when it wrote one (a run that found integrity errors
-    exits 1 but its record is the evidence), else an error record with its last stderr line."""
-    rec = None
-    if os.path.exists(out):
-        try:
-            with open(out) as f:
-                rec = json.load(f)["results"][0]
-        except (OSError, ValueError, KeyError, IndexError):
-            rec = None
-    if rec is not None and (returncode == 0 or rec.get("integrity_errors")):
-        return rec
-    last = err.splitlines()[-1] if err else "exit status %d" % returncode
-    return {"strategy": str(spec), "strategy_name": spec.name,
-            "error": last.replace("gphint: error: ", "", 1)}
-
-
-def compare(config, strategies, progress=None, debug=False):
-    """Each strategy in a fresh child process; returns the list of records (an error record,
-    with `error`, for a strategy that failed -- the others still run)."""
-    config.validate()
-    specs = [parse_strategy(s) for s in strategies]
-    records = []
-    tmpfiles.sweep()
-    with tempfile.TemporaryDirectory(prefix=tmpfiles.prefix("compare")) as tmp:
-        for i, spec in enumerate(specs):
-            out = os.path.join(tmp, "%d.json" % i)
-            cmd = child_command((["--debug"] if debug else []) +
-                                ["run", "--strategy", str(spec), "--json", out, "--quiet"] +
-                                config.cli_args())
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            t0 = time.monotonic()
-            while proc.poll() is None:
-                if STOP.is_set():
-                    proc.terminate()
-                    proc.wait()
-                    raise Stopped()
-                if progress:
-                    progress(i, spec, _child_fraction(config, time.monotonic() - t0))
-                time.sleep(0.1)
-            err = proc.stderr.read().strip()
-            proc.stderr.close()
-            records.append(_child_record(spec, out, proc.returncode, err))
-            if progress:
-                progress(i + 1, None, 0.0)
-    return records
