@@ -31,6 +31,7 @@ __all__ = ["PageCache", "FrameTable", "Hinter", "GuestPart", "set_backing", "mar
            "KIND_NAMES", "UPTODATE", "DIRTY", "WRITEBACK", "LOCKED", "PRIVATE", "MLOCKED",
            "MAPPED_WRITABLE", "HELD", "NO_BACKING", "FLAG_DTYPE"]
 
+
 class PageCache(Writeback, StableConditions, WritableMappings, ExpectedContent, GuestPart):
     """Files' pages cached in guest frames: per-file tables, look-up and fill, guest-visible
     discard faults, read and write.  Writeback, the conditions that keep pages STABLE, writable
