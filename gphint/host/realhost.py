@@ -35,6 +35,15 @@ def own_bytes(cgroup, guest_resident_bytes):
     return max(0, min(before, after) - guests)
 
 
+def no_swap_slack_bytes(budget_bytes):
+    """0 where the machine has a swap area.  Without one the kernel's only last resort at the
+    limit is the OOM killer, and gphint's loop, which reclaims after a guest's quantum, would
+    have the run killed at its first overshoot (measured: a run with TMPDIR on tmpfs, where no
+    swap file can be made): then the limit keeps room for one quantum's overshoot."""
+    from . import swaparea
+    return 0 if swaparea.active_areas() else max(8 << 20, budget_bytes // 20)
+
+
 class GuestResidency:
     """mincore of every guest into this reader's own vectors (the host thread samples the
     guests' residency at the same time, into theirs)."""
@@ -63,6 +72,7 @@ class RealHost:
         self.backing_dropped_bytes = 0
         self.baseline_start_bytes = None
         self.limit_raises = 0
+        self.slack_bytes = None
         self._residency = None
         self._last_own = 0
         from .cachemode import mode, set_mode
@@ -85,7 +95,8 @@ class RealHost:
         used = self.cgroup.usage_bytes() if self.cgroup is not None else rss_bytes()
         self.baseline_bytes = self.baseline_start_bytes = max(0, used - guest_resident)
         if self.cgroup is not None and self.config.host_mem_bytes is not None:
-            self.limit_bytes = self.config.host_mem_bytes + self.baseline_bytes
+            self.slack_bytes = no_swap_slack_bytes(self.config.host_mem_bytes)
+            self.limit_bytes = self.config.host_mem_bytes + self.baseline_bytes + self.slack_bytes
             self.cgroup.set_limit(self.limit_bytes)
             self.cgroup.reset_peak()
 
@@ -110,7 +121,7 @@ class RealHost:
         self._last_own = own
         if high >= self.baseline_bytes + BASELINE_STEP_BYTES:
             self.baseline_bytes = high
-            self.limit_bytes = self.config.host_mem_bytes + high
+            self.limit_bytes = self.config.host_mem_bytes + high + self.slack_bytes
             self.cgroup.set_limit(self.limit_bytes)
             self.limit_raises += 1
 
@@ -143,6 +154,7 @@ class RealHost:
                "baseline_bytes": self.baseline_bytes,
                "baseline_start_bytes": self.baseline_start_bytes,
                "cgroup_limit_raises": self.limit_raises,
+               "cgroup_slack_bytes": self.slack_bytes,
                "cache": getattr(self.config, "cache", "host"),
                "backing_dropped_bytes": self.backing_dropped_bytes,
                "swap_area": os.environ.get("GPHINT_SWAP_AREA"),
