@@ -39,7 +39,8 @@ def findings(doc):
         return ""
     lo, hi = ns[0], ns[-1]
     parts = []
-    for name, key, what in (("balloon", "time_to_target_s", "the balloon's time to target"),
+    for name, key, what in (("balloon", "host_cpu_s_per_mib", "the balloon's host CPU per MiB"),
+                            ("balloon", "time_to_target_s", "the balloon's time to target"),
                             ("balloon", "guest_serve_cpu_s", "the guest CPU serving it"),
                             ("cmma", "host_cpu_s_per_mib", "cmma's host CPU per MiB"),
                             ("cmma", "time_to_target_s", "cmma's time to target")):
