@@ -24,6 +24,7 @@ import threading
 
 import numpy as np
 
+from ..batching import BATCH
 from ..errors import ConfigError, OutOfMemory
 from ..states import PageState
 from .hints import HintBuffer
@@ -62,13 +63,13 @@ def aligned_blocks(first, npages, max_order):
 
 
 class BuddyAllocator:
-    """BuddyAllocator(mem, max_order=10, batch=32, hinting=True, clock=None, mem_map=False):
+    """BuddyAllocator(mem, max_order=10, batch=BATCH, hinting=True, clock=None, mem_map=False):
     every frame of mem starts free (hinted UNUSED at construction).  batch is the HintBuffer
     capacity (1 = unbatched); clock dates the frees (HintBuffer.unused_since_ns).
     mem_map=True keeps the per-frame tables in struct pages inside mem itself (its first
     frames, reserved and never free: gphint.guest.memmap), as a guest kernel does."""
 
-    def __init__(self, mem, max_order=10, batch=32, hinting=True, clock=None, mem_map=False):
+    def __init__(self, mem, max_order=10, batch=BATCH, hinting=True, clock=None, mem_map=False):
         self.mem = mem
         self.npages = mem.npages
         self.max_order = _check_int(max_order, "max_order", 0, MAX_SUPPORTED_ORDER)
