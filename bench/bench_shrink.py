@@ -2,8 +2,8 @@
 10% of its memory by each strategy -- wall time and host CPU per GiB taken back.
 
 Method: one guest of GPHINT_SHRINK_MB (default 1024 MiB) whose buddy allocator (struct pages
-in the guest's own frames) hands out all its memory in 64-page pieces, which are written, and
-then frees 90% of the pieces at random (seeded): the free memory is a few hundred runs of
+in the guest's own frames) hands out all its memory in 64-page pieces (2 MiB pieces when THP-backed, as a THP-aware guest), and then frees 90%
+of the pieces at random (seeded): the free memory is a few hundred runs of
 every size.  Each strategy shrinks a fresh copy of that guest once (the operation frees the
 memory, it cannot be repeated on the same pages), with 4 KiB-backed and THP-backed memory
 (`GuestMemory(thp=True)`):
@@ -37,6 +37,7 @@ PAGE = gphint.PAGE_SIZE
 SHRINK_MB = int(os.environ.get("GPHINT_SHRINK_MB", "1024"))
 KEEP = 0.10
 PIECE = 64
+THP_PIECE = 512
 HAS_SERVICE, WHY_NOT = fault_service_available()
 ANCHORS_US = {"virtio-balloon per 4 KiB": 4.45, "virtio-mem per 2 MiB": 63.0, "HyperAlloc per 2 MiB": 6.2}
 STRATEGIES = ("cmma", "unused", "reporting", "balloon", "none")
@@ -49,31 +50,37 @@ pytestmark = pytest.mark.skipif(not HAS_SERVICE, reason="needs the discard-fault
 def shrunk_guest(svc, thp, hinting):
     """A touched guest, 90% of it freed in 64-page pieces; returns a guest-like namespace."""
     mem = gphint.GuestMemory("%dM" % SHRINK_MB, thp=thp, name="shrink")
+    # touched before the fault service watches it: the kernel's own faults, huge pages with THP
+    # (userfaultfd would serve every first touch as a 4 KiB copy)
+    mem.frames[:] = 0x5A
+    huge = _anon_huge_bytes()
     svc.register(mem)
     a = BuddyAllocator(mem, batch=4096, hinting=hinting, mem_map=True)
-    pieces = [a.alloc(PIECE) for _ in range(a.free_pages // PIECE)]
-    mem.frames[a.reserved_pages:] = 0x5A
+    # THP-backed: a THP-aware guest hands out its anonymous memory in 2 MiB pieces
+    piece = THP_PIECE if thp else PIECE
+    pieces = [a.alloc(piece) for _ in range(a.free_pages // piece)]
     rng = np.random.default_rng(11)
     for i in rng.permutation(len(pieces))[:int(len(pieces) * (1 - KEEP))]:
         a.free(pieces[i])
     a.flush_hints()
-    return types.SimpleNamespace(mem=mem, allocator=a, name="shrink", reclaim=None)
+    return types.SimpleNamespace(mem=mem, allocator=a, name="shrink", reclaim=None, huge_bytes=huge)
 
 
 def _shrink(name, g):
-    """Take the guest down to KEEP of its memory by strategy `name`: (host CPU s, guest CPU s)."""
+    """Take the guest down to KEEP of its memory by strategy `name`, timing only the shrink
+    (not building the host): (wall s, host CPU s, guest CPU s)."""
     budget = int(g.mem.size_bytes * KEEP)
     host = Host([g], budget=budget, strategy=SPECS[name], fault_service=g.mem.fault_service)
     slot = host.slots[0]
     try:
         if name == "balloon":
             drv = BalloonDriver(g.allocator)
-            c0 = time.thread_time()
+            t0, c0 = time.perf_counter(), time.thread_time()
             pages = np.sort(drv.inflate(g.allocator.free_pages))
             g.allocator.flush_hints()
             c1 = time.thread_time()
             host.strategy.discard(slot, pages, "ballooned", raw=True)
-            return time.thread_time() - c1, c1 - c0
+            return time.perf_counter() - t0, time.thread_time() - c1, c1 - c0
         if name == "reporting":
             host_s = [0.0]
 
@@ -83,15 +90,24 @@ def _shrink(name, g):
                 host_s[0] += time.thread_time() - c
                 return True
             rep = PageReporting(g.allocator, report, delay_s=0.0, low_watermark_pages=0)
-            c0 = time.thread_time()
+            t0, c0 = time.perf_counter(), time.thread_time()
             while rep.poll(time.monotonic() + 1e6):
                 pass
-            return host_s[0], time.thread_time() - c0 - host_s[0]
-        c0 = time.thread_time()
+            return time.perf_counter() - t0, host_s[0], time.thread_time() - c0 - host_s[0]
+        t0, c0 = time.perf_counter(), time.thread_time()
         host.step()
-        return time.thread_time() - c0, 0.0
+        return time.perf_counter() - t0, time.thread_time() - c0, 0.0
     finally:
         host.close()
+
+
+def _anon_huge_bytes():
+    """AnonHugePages of this process now (smaps_rollup): did THP back the guest?"""
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +121,7 @@ def _measure(svc, name, thp):
     g = shrunk_guest(svc, thp, hinting=name in ("cmma", "unused"))
     try:
         before = g.mem.resident_pages()
-        t0 = time.perf_counter()
-        host_s, guest_s = _shrink(name, g)
-        wall = time.perf_counter() - t0
+        wall, host_s, guest_s = _shrink(name, g)
         taken = before - g.mem.resident_pages()
         return wall, host_s, guest_s, taken
     finally:
@@ -124,7 +138,8 @@ def _floor(svc, thp):
         before = g.mem.resident_pages()
         t0, c0 = time.perf_counter(), time.thread_time()
         g.mem.discard_raw(runs, "dontneed", "coalesce")
-        return time.perf_counter() - t0, time.thread_time() - c0, before - g.mem.resident_pages(), len(runs)
+        return (time.perf_counter() - t0, time.thread_time() - c0, before - g.mem.resident_pages(),
+                len(runs), g.huge_bytes)
     finally:
         svc.unregister(g.mem, materialize=False)
         g.mem.close()
@@ -135,11 +150,11 @@ def _floor(svc, thp):
 def test_shrink_one_guest(benchmark, svc, backing):
     thp = backing == "THP"
     benchmark.group = "shrink %d MiB guest to 10%%, %s-backed" % (SHRINK_MB, backing)
-    floor_wall, floor_cpu, floor_taken, nruns = _floor(svc, thp)
+    floor_wall, floor_cpu, floor_taken, nruns, huge = _floor(svc, thp)
     rows = {name: _measure(svc, name, thp) for name in STRATEGIES}
     # the timed round pytest-benchmark records: cmma's shrink of one more fresh copy
     benchmark.pedantic(lambda: rows.__setitem__("cmma", _measure(svc, "cmma", thp)), rounds=1)
-    info = {"floor_madvise_per_run_s": floor_wall, "free_runs": nruns,
+    info = {"floor_madvise_per_run_s": floor_wall, "free_runs": nruns, "anon_huge_MiB_seen": huge >> 20,
             "floor_us_per_2MiB": floor_wall / (floor_taken * PAGE / (2 << 20)) * 1e6}
     for name, (wall, host_s, guest_s, taken) in rows.items():
         gib = taken * PAGE / (1 << 30)

@@ -15,7 +15,8 @@ def script(name, *args, timeout=120, **kw):
 
 
 def test_every_script_has_a_docstring_with_sample_output():
-    for name in ("bench_tables.py", "watch.py", "balloon_latency.py", "hint_instructions.py", "bench_all"):
+    for name in ("bench_tables.py", "watch.py", "balloon_latency.py", "hint_instructions.py", "bench_all",
+                 "scale_tables.py"):
         text = open(os.path.join(SCRIPTS, name)).read()
         assert text.startswith("#!/usr/bin/env python3\n\"\"\"") and "Sample output" in text
         assert os.access(os.path.join(SCRIPTS, name), os.X_OK)
@@ -248,8 +249,9 @@ def test_bench_all_results_are_small_and_traceable():
     res = os.path.join(ROOT, "bench", "results")
     names = sorted(os.listdir(res))
     assert names == ["balloon_latency.json", "bench.json", "demo.json", "hint_instructions.json",
-                     "lazyfree.json", "proactive.json"]
-    for n in names:
+                     "lazyfree.json", "proactive.json", "scale.json", "scale.png"]
+    assert os.path.getsize(os.path.join(res, "scale.png")) < 256 << 10
+    for n in (n for n in names if n.endswith(".json")):
         assert os.path.getsize(os.path.join(res, n)) < 256 << 10, n
         doc = json.load(open(os.path.join(res, n)))
         m = doc["measured"]

@@ -17,6 +17,9 @@ COLUMNS = [  # (record field, heading, format)
     ("op_latency_p50_s", "op p50 ms", None), ("op_latency_p99_s", "op p99 ms", None),
     ("host_swap_out_bytes", "host swap out MiB", None), ("integrity_errors", "integrity errors", "%d"),
 ]
+LABEL_GAP_PX = 11
+COLORS = {"none": "tab:green", "balloon": "tab:blue", "reporting": "tab:red", "unused": "tab:purple",
+          "cmma": "tab:orange"}       # one colour per strategy in every panel
 PLOTTED = [("time_to_target_s", "time to target (s)"),
            ("host_cpu_s_per_mib", "host CPU per MiB taken back (s)"),
            ("guest_calls", "calls into guests"), ("guest_serve_cpu_s", "guest CPU serving the host (s)"),
@@ -68,32 +71,51 @@ def _series(records, key):
     return {s: sorted(p) for s, p in out.items()}
 
 
+def _label_ends(ax, ends, dpi):
+    """Label each line at its right end, pushed apart vertically so that no two overlap."""
+    ax.autoscale_view()
+    pos = sorted((ax.transData.transform((x, y))[1], name, x, y, color) for name, x, y, color in ends)
+    placed = []
+    for py, name, x, y, color in pos:
+        py_label = max(py, placed[-1] + LABEL_GAP_PX) if placed else py
+        placed.append(py_label)
+        ax.annotate(name, (x, y), xytext=(5, (py_label - py) * 72.0 / dpi), textcoords="offset points",
+                    va="center", fontsize=8, color=color)
+
+
 def plot(doc, path):
     """Write the plot of each metric against N; returns path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     records = doc["results"]
-    cols = 3
+    cols, dpi = 3, 90
     rows = math.ceil(len(PLOTTED) / cols)
-    fig = Figure(figsize=(5.2 * cols, 3.6 * rows))
+    fig = Figure(figsize=(5.2 * cols, 3.6 * rows), dpi=dpi)
+    FigureCanvasAgg(fig)
+    labelled = []
     for i, (key, title) in enumerate(PLOTTED):
         ax = fig.add_subplot(rows, cols, i + 1)
         series = _series(records, key)
-        positive = [v for pts in series.values() for _, v in pts if v > 0]
-        floor = min(positive) / 3 if positive else 1e-6
+        # a strategy whose value is 0 at every N has no point on a log axis: named under the title
+        zero = sorted(s for s, pts in series.items() if all(v <= 0 for _, v in pts))
+        ends = []
         for strategy, pts in sorted(series.items()):
-            xs = [n for n, _ in pts]
-            ys = [v if v > 0 else floor for _, v in pts]
-            line, = ax.plot(xs, ys, marker="o")
-            ax.annotate(strategy, (xs[-1], ys[-1]), xytext=(4, 0), textcoords="offset points",
-                        va="center", fontsize=8, color=line.get_color())
+            pts = [(n, v) for n, v in pts if v > 0]
+            if strategy in zero or not pts:
+                continue
+            line, = ax.plot([n for n, _ in pts], [v for _, v in pts], marker="o",
+                            color=COLORS.get(strategy.split(":")[0]))
+            ends.append((strategy, pts[-1][0], pts[-1][1], line.get_color()))
         ax.set_xscale("log")
-        if positive:
+        if ends:
             ax.set_yscale("log")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title + ("\n(zero for %s)" % ", ".join(zero) if zero else ""), fontsize=9)
         ax.set_xlabel("guests (N)", fontsize=8)
-        ax.margins(x=0.25)
+        ax.margins(x=0.3)
+        labelled.append((ax, ends))
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    for ax, ends in labelled:
+        _label_ends(ax, ends, dpi)
     fig.suptitle(summary(doc), fontsize=9)
-    fig.tight_layout()
-    FigureCanvasAgg(fig).print_figure(path, dpi=90)
+    fig.savefig(path, dpi=dpi)
     return path

@@ -43,7 +43,8 @@ class TakeBack:
         self.fleet, self.spec, self.svc = fleet, spec, svc
         # the balloon's host is a plain one (swap as its last resort): its requests go through
         # the guests' vCPUs, not through Host.on_scheduled's scheduling model
-        host_spec = "none" if spec.name == "balloon" else spec
+        # (its device discards in the balloon spec's own batch size)
+        host_spec = "none:batch=%d" % spec.params["batch"] if spec.name == "balloon" else spec
         fleet_bytes = sum(g.mem.size_bytes for g in fleet.guests)
         # a budget makes the Host keep a swapper; the target is enforced here, not by step()
         self.host = Host(fleet.guests, budget=fleet_bytes, strategy=host_spec, fault_service=svc)
