@@ -246,9 +246,11 @@ def test_bench_readme_prose_quotes_no_figure():
 
 def test_bench_all_results_are_small_and_traceable():
     res = os.path.join(ROOT, "bench", "results")
-    names = sorted(os.listdir(res))
+    names = sorted(n for n in os.listdir(res) if n.endswith(".json"))
     assert names == ["balloon_latency.json", "bench.json", "demo.json", "hint_instructions.json",
-                     "proactive.json"]
+                     "proactive.json", "sweep.json"]
+    # besides the JSON, only the sweep step's plots (scripts/sweep_step.py)
+    assert all(n.startswith("sweep-") and n.endswith(".png") for n in os.listdir(res) if n not in names)
     for n in names:
         assert os.path.getsize(os.path.join(res, n)) < 256 << 10, n
         doc = json.load(open(os.path.join(res, n)))

@@ -1,8 +1,8 @@
 """A sweep's report as plots, each readable without a legend: per strategy, one figure of
 small multiples (a row per varied parameter, a column per metric; one line per value of the
 other parameters, named at its right end, with its spread over seeds as a band), and for a
-strategy with exactly two varied parameters (batch x submit) a heatmap per metric with the
-median written in every square.
+strategy with two or more varied parameters a heatmap per metric of the two with the most
+values (batch x submit), the median written in every square.
 """
 import json
 import math
@@ -94,14 +94,25 @@ def small_multiples(rep, name, path):
     return _save(fig, path)
 
 
+def heatmap_axes(params, rows):
+    """The two parameters with the most values (batch x submit), and the rows where every other
+    varied parameter has its most common value (a host_batch line beside the grid)."""
+    count = lambda k: len({json.dumps(r["params"][k]) for r in rows})
+    p, q = sorted(params, key=lambda k: (-count(k), params.index(k)))[:2]
+    rest = [k for k in params if k not in (p, q)]
+    common = {k: max((json.dumps(r["params"][k]) for r in rows),
+                     key=[json.dumps(r["params"][k]) for r in rows].count) for k in rest}
+    return p, q, [r for r in rows if all(json.dumps(r["params"][k]) == common[k] for k in rest)]
+
+
 def heatmap(rep, name, path):
     """Two varied parameters: a grid of squares per metric, the median written in each."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    p, q = rep["varied"][name]
     rows = [r for r in rep["rows"] if r["strategy_name"] == name]
+    p, q, rows = heatmap_axes(rep["varied"][name], rows)
     ys = sorted({r["params"][p] for r in rows}, key=lambda v: (str(type(v)), v))
     xs = sorted({r["params"][q] for r in rows}, key=lambda v: (str(type(v)), v))
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=(3.4 * len(PLOTTED), 0.5 * len(ys) + 2),
@@ -136,7 +147,7 @@ def write_all(rep, directory):
         if not params:
             continue
         written.append(small_multiples(rep, name, os.path.join(directory, "sweep-%s.png" % name)))
-        if len(params) == 2:
+        if len(params) >= 2:
             written.append(heatmap(rep, name, os.path.join(directory, "sweep-%s-heatmap.png" % name)))
     if not written:
         written.append(_overview(rep, os.path.join(directory, "sweep.png")))
