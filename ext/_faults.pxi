@@ -325,3 +325,29 @@ cdef class FaultThread:
         if rc < 0:
             raise_errno(rc, &err, "swap-out: pages %d..%d" % (err.first_page, err.first_page + err.npages - 1))
         return rc
+
+
+# --- the host's Sp -> Sz transition (ext/hostops.c), declared here with its only caller ---------
+cdef extern from *:
+    """
+    long gph_host_drop_preserved(struct gph_service *s, int rid, const int64_t *pages, size_t n,
+                                 struct gph_err *err);
+    """
+    long gph_host_drop_preserved(gph_service *s, int rid, const int64_t *pages, size_t n,
+                                 gph_err *err) nogil
+
+
+def host_drop_preserved(FaultThread thread, int region, const int64_t[::1] pages):
+    """Sp -> Sz: give up the swap copies of pages nobody needs (slot freed, content zero); pages
+    in any other state or held are left alone.  pages ascending.  Returns pages dropped."""
+    cdef gph_err err
+    cdef long rc
+    cdef size_t n = pages.shape[0]
+    cdef gph_service *s = thread._svc()
+    if n == 0:
+        return 0
+    with nogil:
+        rc = gph_host_drop_preserved(s, region, &pages[0], n, &err)
+    if rc < 0:
+        raise_errno(rc, &err, "drop preserved: pages %d..%d" % (err.first_page, err.first_page + err.npages - 1))
+    return rc

@@ -20,9 +20,6 @@ cdef extern from *:
 
 __version__ = (<bytes>GPHINT_VERSION_STR).decode()
 
-ADVICE = {"dontneed": 0, "free": 1}
-SUBMIT = {"per_page": 0, "coalesce": 1, "vectored": 2}
-
 
 cdef raise_err(long rc, gph_err *err, what):
     from gphint.errors import SyscallError

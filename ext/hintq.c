@@ -4,6 +4,10 @@
  * buffer and submits them together.  This is that buffer's mechanism: one call per request
  * classifies every page (apply now / cancel / defer), and submits whole batches of
  * `capacity` deferred transitions through gph_set_usage, the state protocol's only setter.
+ * The batching rule is gphint/batching.py's cycle, the one the host's submissions follow too
+ * (after mm/page_reporting.c): while filling, only whole batches are submitted
+ * (gph_hintq_submit with whole_batches_only); a flush submits the remainder; no state change
+ * ever carries more than `capacity` pages (apply, gph_hintq_make_stable).
  * The policy -- what may wait -- is the SAFETY ORDER in hints.py, restated where it is applied:
  *
  *   - a page whose usage is not STABLE has nothing pending (the invariant below), and its
@@ -160,6 +164,7 @@ static void compact(struct gph_hintq *q)
 
 long gph_hintq_submit(struct gph_hintq *q, int whole_batches_only)
 {
+    /* filling: whole batches only; the flush: all (gphint/batching.py, whole_batches) */
     size_t ngo = whole_batches_only ? q->npending / q->capacity * q->capacity : q->npending;
     if (ngo > 0) {
         if (grow((void **)&q->work, &q->wcap, ngo, sizeof *q->work) < 0
@@ -250,7 +255,9 @@ long gph_hintq_hint(struct gph_hintq *q, const int64_t *pages, size_t n, int usa
     size_t nnow = 0;
     for (size_t i = 0; i < n; i++) {
         int64_t p = pages[i];
-        /* only the guest changes usage bits, and the caller serialises the guest: no race */
+        /* the host changes usage bits too (hostops.c: Pr -> Vz or Sp), but never a STABLE
+         * page's, and a page that is not STABLE has nothing pending and goes through
+         * gph_set_usage now; the caller serialises the guest's own calls */
         uint8_t cur = __atomic_load_n(&q->states[p], __ATOMIC_ACQUIRE) & GPH_USAGE_MASK;
         if (cur != GPH_USAGE_STABLE) {
             if (cur != usage)

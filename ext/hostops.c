@@ -14,7 +14,8 @@
  * which is what the kernel's reclaim would do with them first.
  * POT_VOLATILE: the dirty bit (PAGEMAP_SCAN) sends written pages to swap; a page that reads clean
  * is detached and compared with its backing file -- a write that slipped in between the scan and
- * the detach shows up as a difference and the page is preserved instead (Pr -> Sp, never lost). */
+ * the detach shows up as a difference and the page is preserved instead (Pr -> Sp, never lost).
+ * Drop: a preserved page whose content nobody needs any more gives its swap copy up (Sp -> Sz). */
 #include "faults_internal.h"
 
 #include <errno.h>
@@ -33,6 +34,7 @@ static void set_err(struct gph_err *err, const char *sc, int64_t first, int64_t 
 
 #define C_RESIDENT (1u << GPH_CONTENT_RESIDENT)
 #define C_LAZY (1u << GPH_CONTENT_LAZY)
+#define C_PRESERVED (1u << GPH_CONTENT_PRESERVED)
 
 static int pick(uint8_t *b, uint8_t usage_mask_ok, uint8_t content_mask_ok)
 {
@@ -382,5 +384,33 @@ out:
     end_host_op(s);
     free(picked);
     free(vu);
+    return rc;
+}
+
+/* Sp -> Sz: the host gives up its swap copy of a page whose content nobody needs any more -- a
+ * free page a hint-less guest handed over (a free page report, a balloon inflation), whose
+ * entry the device's MADV_DONTNEED would drop from Linux's swap too (mm/madvise.c zaps swap
+ * entries with the range).  pick (CAS Sp -> Sp|BUSY: a fault meanwhile waits, faults.c), free
+ * the slot and clear the record, finish Sz: the page's next access is a zero fill.  Pages in
+ * any other state, or held, are left alone.  The pure-Python reading of this transition is
+ * gphint._fallback.drop_preserved.  Returns pages dropped. */
+long gph_host_drop_preserved(struct gph_service *s, int rid, const int64_t *pages, size_t n,
+                             struct gph_err *err)
+{
+    long rc = 0;
+    struct gph_region *r = begin_host_op(s, rid, pages, n, &rc, err);
+    for (size_t i = 0; r && i < n; i++) {
+        uint8_t *b = &r->d.states[pages[i]];
+        if (!pick(b, OK_S, C_PRESERVED))
+            continue;
+        int32_t swap_id = __atomic_load_n(&r->d.swap_store[pages[i]], __ATOMIC_ACQUIRE);
+        if (swap_id != 0) {
+            gph_store_free_slots_(swap_id, __atomic_load_n(&r->d.swap_slot[pages[i]], __ATOMIC_ACQUIRE), 1);
+            __atomic_store_n(&r->d.swap_store[pages[i]], 0, __ATOMIC_RELEASE);
+        }
+        finish(b, GPH_USAGE_STABLE, GPH_CONTENT_ZERO);
+        rc++;
+    }
+    end_host_op(s);
     return rc;
 }

@@ -15,11 +15,10 @@ import time
 import numpy as np
 
 from ._version import __version__  # noqa: F401  (same API: the version check passes)
+from .batching import batches, whole_batches
 from .errors import ConfigError, SyscallError
 
 COMPILED = False
-ADVICE = {"dontneed": 0, "free": 1}
-SUBMIT = {"per_page": 0, "coalesce": 1, "vectored": 2}
 IOV_MAX = 1024
 SYS_PROCESS_MADVISE = 440  # x86_64 and the asm-generic table agree on 440
 _MADV = {0: mmap.MADV_DONTNEED, 1: getattr(mmap, "MADV_FREE", 8)}
@@ -337,13 +336,41 @@ def write_to_file(region, page_size, pages, fd, offsets, force_bounce=False):
 
 
 # --- the guest's hint queue (ext/hintq.c) -------------------------------------------------------
+SP, SZ = 0x02, 0x03   # STABLE | PRESERVED, STABLE | ZERO
+
+
+def drop_preserved(states, pages, swap_store, swap_slot, slot_tables):
+    """The host's Sp -> Sz (ext/hostops.c, gph_host_drop_preserved) read in Python: each page
+    exactly Sp -- not held, no other state -- gives its swap copy up: its slot is freed in
+    slot_tables[its store id] (the C reaches the same table through the store registry), its
+    record cleared, its content ZERO.  Other pages are left alone.  Returns pages dropped.
+    Nothing calls it at run time (without the compiled fault service nothing is preserved);
+    the tests hold the C to it."""
+    dropped = 0
+    for p in np.asarray(pages, dtype=np.int64).tolist():
+        if states[p] != SP:
+            continue
+        store = int(swap_store[p])
+        if store:
+            table = slot_tables.get(store)
+            slot = int(swap_slot[p])
+            if table is not None and 0 <= slot < table.size:
+                table[slot] = 0
+            swap_store[p] = 0
+        states[p] = SZ
+        dropped += 1
+    return dropped
+
+
 NO_PENDING = 0xFF
 
 
 class HintQueue:
     """Pure-Python twin of the compiled HintQueue (ext/hintq.c, where the rules are explained):
-    the same requests, invariant, whole-batch submission and refused list, on numpy.  Requests
-    of a few pages run on Python scalars: a numpy call costs more than such a request's work."""
+    the same requests, invariant, whole-batch submission and refused list, on numpy; the
+    batching rule is gphint.batching's (whole_batches while filling, batches per state change).
+    Requests of a few pages run on Python scalars: a numpy call costs more than such a
+    request's work."""
 
     SMALL = 8
 
@@ -448,8 +475,8 @@ class HintQueue:
         now = pages[cur != 0]
         out = np.empty(now.size, dtype=np.int64)
         ndisc = 0
-        for lo in range(0, now.size, self.capacity):
-            chunk = now[lo:lo + self.capacity]
+        for lo, hi in batches(now.size, self.capacity):
+            chunk = now[lo:hi]
             n = make_stable(self._states, chunk, out[ndisc:])
             ndisc += n
             self.hint_ops += 1
@@ -463,9 +490,8 @@ class HintQueue:
             raise ConfigError("page index %d out of range [0, %d)" % (lo if lo < 0 else hi, len(self._states)))
 
     def _apply(self, pages, usage):
-        cap = self.capacity
-        for lo in range(0, pages.size, cap):
-            chunk = pages[lo:lo + cap]
+        for lo, hi in batches(pages.size, self.capacity):
+            chunk = pages[lo:hi]
             if usage == 0x04 and self._unused_since is not None:
                 self._record_unused(chunk)
             if set_usage(self._states, chunk, usage, self._next)[0] < 0:
@@ -477,7 +503,7 @@ class HintQueue:
 
     def submit(self, whole_batches_only=False):
         cap = self.capacity
-        ngo = self.npending // cap * cap if whole_batches_only else self.npending
+        ngo = whole_batches(self.npending, cap) if whole_batches_only else self.npending
         if ngo:
             queued = np.concatenate(self._queue) if len(self._queue) > 1 else self._queue[0]
             live = np.flatnonzero(self._pending[queued] != NO_PENDING)

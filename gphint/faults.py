@@ -18,7 +18,8 @@ import threading
 import numpy as np
 
 from . import caps, dirty
-from ._mechanism import COMPILED, WHY_PURE, mech, self_pidfd
+from ._mechanism import COMPILED, WHY_PURE, mech
+from .discard import Discarded
 from .errors import ClosedError, ConfigError, SyscallError, Unsupported
 from .memory import PAGE_SIZE, GuestMemory
 from .states import PAIR_MASK, USAGE_MASK, HostState, PageState
@@ -58,6 +59,57 @@ class _Registration:
     def __init__(self, mem, rid, maps, swap_store, swap_slot):
         self.mem, self.rid, self.maps = mem, rid, maps
         self.swap_store, self.swap_slot = swap_store, swap_slot
+
+
+class _Served:
+    """The discard path register() gives a memory (GuestMemory.set_discard_path): every page
+    goes through the state protocol in C (ext/hostops.c: pick -> act -> finish), UNUSED pages
+    included, and page-cache reads install missing frames without a fault.  It is handed the
+    state table at registration and never calls the memory back."""
+
+    def __init__(self, svc, reg, states):
+        self.service, self._reg, self._states = svc, reg, states
+        self.bounce = svc.mode == "user_mode_only"
+
+    def discard(self, idx, advice, mode, pidfd):
+        """UNUSED and VOLATILE pages are discarded; POT_VOLATILE pages only while clean (dirty
+        ones go to the service's swap if it has one, else stay).  Pages that changed state
+        meanwhile are skipped.  advice=free leaves U/V pages lazily freed (Uf/Vf: the kernel
+        decides later); dontneed also takes lazily freed ones."""
+        svc, reg = self.service, self._reg
+        svc._check_running()
+        if idx.size > 1 and not (idx[1:] > idx[:-1]).all():   # the C runs want ascending, unique
+            idx = np.unique(idx)
+        swap, slots, used = None, _NO_SLOTS, _NO_USED
+        if svc.swap is not None and not svc.swap.closed:
+            # slots for the POT_VOLATILE pages the host may find written (then preserved)
+            npot = int(np.count_nonzero((self._states[idx] & USAGE_MASK) == _POT_VOLATILE))
+            if npot:
+                swap = svc.swap
+                svc._swaps[swap.id] = swap
+                slots = swap.alloc(npot)
+                used = np.zeros(slots.size, dtype=np.uint8)
+        try:
+            discarded, preserved, calls, runs, resident, lazy = svc._host_op(
+                reg, (0, 0, 0, 0, 0, 0), svc._thread.host_discard, reg.rid, idx, advice,
+                mode, pidfd, swap.id if swap is not None else 0, slots, used)
+        finally:
+            if swap is not None:
+                swap.free(slots[used == 0])
+        svc._preserved += preserved
+        return Discarded(discarded, calls, runs, resident, lazy)
+
+    def fill(self, idx, fd, offsets):
+        """Frames whose content the tables say is missing get the file bytes installed
+        directly (UFFDIO_COPY, no fault, no zero fill first); the rest are read into in place."""
+        n, installed = self.service._thread.fill(self._reg.rid, np.ascontiguousarray(idx, dtype=np.int64), fd,
+                                                 np.ascontiguousarray(offsets, dtype=np.int64), self.bounce)
+        self.service._installed_fills += installed
+        return n
+
+    def lazy_refaults(self):
+        got = self.service._thread.stats(self._reg.rid)
+        return got[0].get("lazy_refaults", 0) if got is not None else 0
 
 
 def _percentile_ns(hist, q):
@@ -179,10 +231,10 @@ class FaultService:
         m2, swap_slot = _table(np.int64, mem.npages)
         rid = self._thread.register(mem.region, PAGE_SIZE, mem._states, mem.backing_store,
                                     mem.backing_offset, swap_store, swap_slot)
+        reg = _Registration(mem, rid, (m1, m2), swap_store, swap_slot)
         with self._lock:
-            self._regs[id(mem)] = _Registration(mem, rid, (m1, m2), swap_store, swap_slot)
-        mem.fault_service = self
-        mem.dirty_tracker = self if self.dirty_tracking else None
+            self._regs[id(mem)] = reg
+        mem.set_discard_path(_Served(self, reg, mem._states))
 
     def _reg(self, mem):
         reg = self._regs.get(id(mem))
@@ -208,49 +260,21 @@ class FaultService:
             swap = self._swaps.get(swap_id)
             if swap is not None and not swap.closed:
                 swap.free(reg.swap_slot[held[reg.swap_store[held] == swap_id]])
-        mem.fault_service = None
-        mem.dirty_tracker = None
+        if not mem.closed:
+            mem.set_discard_path(None)
 
     @property
     def guests(self):
         return [r.mem for r in self._regs.values()]
 
     # --- host side ----------------------------------------------------------------------------
-    def discard(self, mem, idx, advice="dontneed", submit="vectored"):
-        """The protocol discard (called by GuestMemory.discard): UNUSED and VOLATILE pages are
-        discarded; POT_VOLATILE pages only while clean (dirty ones go to self.swap if set, else
-        stay).  Pages that changed state meanwhile are skipped.  advice="free" leaves U/V pages
-        lazily freed (Uf/Vf: the kernel decides later); "dontneed" also takes lazily freed ones.
+    def discard(self, mem, pages, advice="dontneed", submit="vectored"):
+        """The host's protocol discard of a served memory: mem.discard without its refusal of
+        STABLE pages, which the protocol's pick leaves alone like any page it may not take.
         The memory's counters get the real system calls made.  Returns pages discarded."""
         self._check_running()
-        reg = self._reg(mem)
-        idx = np.asarray(idx, dtype=np.int64)
-        if idx.size > 1 and not (idx[1:] > idx[:-1]).all():   # the C runs want ascending, unique
-            idx = np.unique(idx)
-        advice_code, submit_code = mem._advice(advice), mem._submit(submit)
-        if submit_code == 2 and not caps.has("process_madvise"):
-            submit_code = 1
-            mem.stats["vectored_fallbacks"] += 1
-        pidfd = self_pidfd() if submit_code == 2 else -1
-        swap, slots, used = None, _NO_SLOTS, _NO_USED
-        if self.swap is not None and not self.swap.closed:
-            # slots for the POT_VOLATILE pages the host may find written (then preserved)
-            npot = int(np.count_nonzero((mem._states[idx] & USAGE_MASK) == _POT_VOLATILE))
-            if npot:
-                swap = self.swap
-                self._swaps[swap.id] = swap
-                slots = swap.alloc(npot)
-                used = np.zeros(slots.size, dtype=np.uint8)
-        try:
-            discarded, preserved, calls, runs, resident, lazy = self._host_op(
-                reg, (0, 0, 0, 0, 0, 0), self._thread.host_discard, reg.rid, idx, advice_code,
-                submit_code, pidfd, swap.id if swap is not None else 0, slots, used)
-        finally:
-            if swap is not None:
-                swap.free(slots[used == 0])
-        mem.count_discard(discarded, calls, runs, resident, lazy)
-        self._preserved += preserved
-        return discarded
+        self._reg(mem)
+        return mem.discard(pages, advice, submit, skip_stable=True)
 
     def swap_out(self, mem, pages, swap=None):
         """Host preserves pages in swap: detach atomically, write to slots, record (Sr -> Sp, dirty
@@ -297,15 +321,16 @@ class FaultService:
                 return nothing
             raise
 
-    def fill(self, mem, idx, fd, offsets, bounce=False):
-        """GuestMemory.fill_from_file of a served memory: frames whose content the tables say is
-        missing get the file bytes installed directly (UFFDIO_COPY, no fault, no zero fill
-        first); the rest are read into in place.  Returns pages filled."""
+    def drop_preserved(self, mem, pages):
+        """The host gives up its swap copies of preserved pages nobody needs any more (Sp -> Sz:
+        slot freed, content zero, ext/hostops.c) -- free pages a hint-less guest handed over.
+        Pages in any other state, or held, are left alone.  Returns pages dropped."""
+        self._check_running()
         reg = self._reg(mem)
-        n, installed = self._thread.fill(reg.rid, np.ascontiguousarray(idx, dtype=np.int64), fd,
-                                         np.ascontiguousarray(offsets, dtype=np.int64), bounce)
-        self._installed_fills += installed
-        return n
+        idx = np.unique(mem._pages(pages))
+        if idx.size == 0:
+            return 0
+        return self._host_op(reg, 0, mech.host_drop_preserved, self._thread, reg.rid, idx)
 
     def reclaim_slots(self, swap):
         """Free swap slots still held by pages the guest gave up while they were preserved

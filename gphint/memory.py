@@ -12,18 +12,18 @@ import mmap
 
 import numpy as np
 
-from . import _mechanism, caps
+from . import discard as _discard
 from ._lifetime import Closeable
 from ._mechanism import mech
-from .errors import ClosedError, ConfigError, StateError, Unsupported
+# re-exported: gphint.memory.ADVICES, .discard_counters
+from .discard import ADVICES, SUBMIT_MODES, discard_counters  # noqa: F401
+from .errors import ClosedError, ConfigError, StateError
 from .states import (CONTENT_MASK, NEXT_TABLE, USAGE_MASK, HostState, PageState, pair_name,
                      parse_state)
 from .units import parse_size
 
 PAGE_SIZE = mmap.PAGESIZE
 HUGE_PAGE_SIZE = 2 << 20
-ADVICES = ("dontneed", "free")
-SUBMIT_MODES = ("per_page", "coalesce", "vectored")
 
 
 def _table(nbytes):
@@ -39,26 +39,6 @@ def expand_runs(runs):
     lengths = runs[:, 1]
     offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     return np.repeat(runs[:, 0], lengths) + offsets
-
-
-def discard_counters(mems):
-    """The results record's discard and MADV_FREE fields (docs/results.md), summed over mems.
-    First asks the kernel about pages still lazily freed, so lazy_reclaimed_pages includes
-    those reclaimed by now; lazy_pending_pages are the rest (present, fate still open)."""
-    for m in mems:
-        m.resolve_lazy()
-    total = {}
-    for m in mems:
-        for k, v in m.stats.items():
-            total[k] = total.get(k, 0) + int(v)
-    pending = sum(int(np.count_nonzero((m.states & CONTENT_MASK) == int(HostState.LAZY))) for m in mems)
-    return {"discard_syscalls": total.get("discard_calls", 0),
-            "discard_advised_pages": total.get("discarded_pages", 0),
-            "discard_resident_pages": total.get("discarded_resident_pages", 0),
-            "lazy_freed_pages": total.get("lazy_freed_pages", 0),
-            "lazy_reused_pages": total.get("lazy_reused_pages", 0),
-            "lazy_reclaimed_pages": total.get("lazy_reclaimed_pages", 0),
-            "lazy_pending_pages": pending}
 
 
 class GuestMemory(Closeable):
@@ -99,8 +79,8 @@ class GuestMemory(Closeable):
         self._offset_map = _table(8 * self.npages)
         self.backing_offset = np.frombuffer(self._offset_map, dtype=np.int64, count=self.npages)
         self._resident_vec = np.zeros(self.npages, dtype=np.uint8)
-        self.fault_service = None   # set by gphint.faults when a discard-fault service serves us
-        self.dirty_tracker = None   # set by gphint.faults when POT_VOLATILE writes are tracked
+        # where discards and page-cache reads go: chosen once, at FaultService.register
+        self._path = _discard.Unserved(self._region, PAGE_SIZE, self._states)
         self._stats = {"discard_calls": 0, "discard_runs": 0, "discarded_pages": 0,
                        "discarded_resident_pages": 0, "lazy_freed_pages": 0,
                        "vectored_fallbacks": 0, "hint_ops": 0}
@@ -131,11 +111,21 @@ class GuestMemory(Closeable):
         self._stats["hint_ops"] = int(self._hint_ops_total[0])
         if not self._closed:
             reused, reclaimed = mech.lazy_stats(self._states)
-            svc = self.fault_service
-            refaults = svc.stats(self).get("lazy_refaults", 0) if svc is not None else 0
             self._stats["lazy_reused_pages"] = int(reused)
-            self._stats["lazy_reclaimed_pages"] = int(reclaimed) + int(refaults)
+            self._stats["lazy_reclaimed_pages"] = int(reclaimed) + int(self._path.lazy_refaults())
         return self._stats
+
+    @property
+    def fault_service(self):
+        """The FaultService serving this memory, or None."""
+        return self._path.service
+
+    def set_discard_path(self, path):
+        """FaultService.register / unregister choose where this memory's discards go: `path`
+        (the served path: every page through the state protocol), or None (unserved again).
+        Chosen once per registration, so no discard asks again which path it takes."""
+        self._check_open()
+        self._path = _discard.Unserved(self._region, PAGE_SIZE, self._states) if path is None else path
 
     @property
     def frames(self):
@@ -227,63 +217,55 @@ class GuestMemory(Closeable):
         return rc
 
     # --- host side --------------------------------------------------------------------------
-    def discard(self, pages, advice="dontneed", submit="vectored"):
+    def discard(self, pages, advice="dontneed", submit="vectored", *, skip_stable=False):
         """The state-aware discard: give the host these pages' memory back.
 
-        Refuses (StateError) any STABLE page; VOLATILE and POT_VOLATILE pages need a discard-fault
-        service to come back (Unsupported otherwise).  With a service, every page goes through its
-        state protocol: pages that changed meanwhile are skipped, and a POT_VOLATILE page the host
-        finds written is preserved in the service's swap instead (or left alone without one).
-        Content states become ZERO only after the discard succeeded -- or LAZY (lazily freed)
-        with advice="free": MADV_FREE leaves the page mapped until the kernel reclaims it, and the
-        guest's next transition of the page asks the kernel which happened (ext/lazyfree.c).
-        Returns pages discarded.
+        Refuses (StateError) any STABLE page -- or, skip_stable=True (the host protocol's own
+        rule: FaultService.discard), leaves them alone.  VOLATILE and POT_VOLATILE pages need a
+        discard-fault service to come back (Unsupported otherwise).  With a service, every page
+        goes through its state protocol: pages that changed meanwhile are skipped, and a
+        POT_VOLATILE page the host finds written is preserved in the service's swap instead (or
+        left alone without one).  Content states become ZERO only after the discard succeeded
+        -- or LAZY (lazily freed) with advice="free": MADV_FREE leaves the page mapped until the
+        kernel reclaims it, and the guest's next transition of the page asks the kernel which
+        happened (ext/lazyfree.c).  Returns pages discarded.
         """
         idx = self._pages(pages)
-        advice_code, submit_code = self._advice(advice), self._submit(submit)
+        advice_code = _discard.advice_code(advice)
+        mode, pidfd, fell_back = _discard.submission(submit)
         if idx.size == 0:
             return 0
-        usage = self._states[idx] & USAGE_MASK
-        stable = np.flatnonzero(usage == PageState.STABLE)
-        if stable.size:
-            p = int(idx[stable[0]])
+        stable = (self._states[idx] & USAGE_MASK) == PageState.STABLE
+        if skip_stable:
+            idx = idx[~stable]
+        elif stable.any():
+            first = np.flatnonzero(stable)
+            p = int(idx[first[0]])
             raise StateError("page %d is STABLE (%s): discarding it would lose data; %d of %d pages "
-                             "in this request are stable" % (p, pair_name(self._states[p]), stable.size, idx.size),
+                             "in this request are stable" % (p, pair_name(self._states[p]), first.size, idx.size),
                              page=p, old=pair_name(self._states[p]), new="discarded")
-        if self.fault_service is not None:
-            # with a service every discard goes through the state protocol (pick, discard, finish),
-            # UNUSED included: a concurrent allocation must never see its page vanish
-            return self.fault_service.discard(self, idx, advice=advice, submit=submit)
-        reloadable = usage != PageState.UNUSED
-        if reloadable.any():
-            if self.fault_service is None:
-                p = int(idx[np.flatnonzero(reloadable)[0]])
-                raise Unsupported("discard of %s page %d" % (PageState(int(usage[np.flatnonzero(reloadable)[0]])).name, p),
-                                  "without a discard-fault service its next access would read zeros "
-                                  "instead of its data",
-                                  "serve this memory with gphint.FaultService (needs userfaultfd)")
-            return self.fault_service.discard(self, idx, advice=advice, submit=submit)
-        n = self.discard_raw(idx, advice_code, submit_code)
-        # MADV_FREE: still mapped until the kernel reclaims it -- lazily freed, not zero
-        mech.set_content(self._states, idx, int(HostState.LAZY if advice_code == 1 else HostState.ZERO))
-        return n
+        # with a service every discard goes through the state protocol (pick, discard, finish),
+        # UNUSED included: a concurrent allocation must never see its page vanish
+        if idx.size == 0:
+            return 0
+        self._stats["vectored_fallbacks"] += fell_back
+        got = self._path.discard(idx, advice_code, mode, pidfd)
+        self.count_discard(*got)
+        return got.pages
 
     def discard_raw(self, pages, advice="dontneed", submit="vectored"):
         """The raw mechanism: discard whatever pages are named, whatever their state.
         No state is read or written.  pages: indices, or an (n, 2) array of runs."""
         self._check_open()
-        advice_code, submit_code = self._advice(advice), self._submit(submit)
+        advice_code = _discard.advice_code(advice)
+        mode, pidfd, fell_back = _discard.submission(submit)
+        self._stats["vectored_fallbacks"] += fell_back
         arr = np.asarray(pages)
-        if submit_code == 2 and not caps.has("process_madvise"):
-            submit_code = 1
-            self._stats["vectored_fallbacks"] += 1
-        pidfd = _mechanism.self_pidfd() if submit_code == 2 else -1
         if arr.ndim == 2 and arr.shape[1:] == (2,) and arr.dtype.kind in "iu":
             got = mech.discard_runs(self._region, PAGE_SIZE, np.ascontiguousarray(arr, dtype=np.int64),
-                                    advice_code, submit_code, pidfd)
+                                    advice_code, mode, pidfd)
         else:
-            idx = self._pages(arr)
-            got = mech.discard_pages(self._region, PAGE_SIZE, idx, advice_code, submit_code, pidfd)
+            got = mech.discard_pages(self._region, PAGE_SIZE, self._pages(arr), advice_code, mode, pidfd)
         self.count_discard(*got)
         return got[0]
 
@@ -296,27 +278,7 @@ class GuestMemory(Closeable):
         self._stats["discarded_resident_pages"] += int(resident)
         self._stats["lazy_freed_pages"] += int(lazy)
 
-    @staticmethod
-    def _advice(advice):
-        if advice not in ADVICES:
-            if isinstance(advice, int) and advice in (0, 1):
-                return advice
-            raise ConfigError("unknown advice %r (expected one of %s)" % (advice, ", ".join(ADVICES)))
-        if advice == "free" and not caps.has("madv_free"):
-            f = caps.probe().features["madv_free"]
-            raise Unsupported("MADV_FREE", f.reason, f.remedy)
-        return ADVICES.index(advice)
-
-    @staticmethod
-    def _submit(submit):
-        if submit not in SUBMIT_MODES:
-            if isinstance(submit, int) and submit in (0, 1, 2):
-                return submit
-            raise ConfigError("unknown submit mode %r (expected one of %s)" % (submit, ", ".join(SUBMIT_MODES)))
-        return SUBMIT_MODES.index(submit)
-
-
-    # --- issue 3: backing records, the guest side of the protocol, page-cache I/O -------------
+    # --- backing records, the guest side of the protocol, page-cache I/O ----------------------
     def set_backing(self, pages, store, offsets):
         """Record where pages' content lives: store (a FileStore or its id), byte offsets (one per
         page, or one start offset for consecutive pages).  Record BEFORE the pages are discarded."""
@@ -373,13 +335,9 @@ class GuestMemory(Closeable):
         offs = self._offsets(idx, offsets)
         if idx.size == 0:
             return 0
-        svc = self.fault_service
-        bounce = svc is not None and getattr(svc, "mode", "full") == "user_mode_only"
-        if svc is not None and not to_file:
-            # missing frames are installed without a fault (gphint.faults)
-            return svc.fill(self, idx, int(fd), offs, bounce)
-        io = mech.write_to_file if to_file else mech.fill_from_file
-        n, _ = io(self._region, PAGE_SIZE, idx, int(fd), offs, bounce)
+        if not to_file:   # served: missing frames are installed without a fault (gphint.faults)
+            return self._path.fill(idx, int(fd), offs)
+        n, _ = mech.write_to_file(self._region, PAGE_SIZE, idx, int(fd), offs, self._path.bounce)
         return n
 
     def resolve_lazy(self, pages=None, keep_present=False):
@@ -422,6 +380,7 @@ class GuestMemory(Closeable):
         self.stats   # the lazy counters live with the registration: read them one last time
         mech.frames_unregister(self._states)
         self._closed = True
+        self._path = _discard.CLOSED   # drops its views of the region: the unmap below can happen
         region_map = self._map
         for attr in ("_frames", "_region", "_states", "backing_store", "backing_offset"):
             setattr(self, attr, None)

@@ -9,7 +9,7 @@ import gphint
 from gphint import ConfigError, PageState, Unsupported, measure
 from gphint.guest.allocator import BuddyAllocator
 from gphint.host import Host
-from gphint.host.host import share
+from gphint.host.spec import share
 from gphint.host.hostswap import fault_service_available
 
 from conftest import pattern

@@ -4,7 +4,7 @@ import pytest
 
 from gphint import ConfigError
 from gphint.host import STRATEGIES, parse_strategies, parse_strategy
-from gphint.host.spec import ADVICES, BATCHES, STRATEGY_KEYS, SUBMIT_MODES
+from gphint.host.spec import ADVICES, BATCHES, SUBMIT_MODES, defaults
 
 
 def test_every_strategy_parses_with_defaults():
@@ -12,7 +12,7 @@ def test_every_strategy_parses_with_defaults():
     for name in STRATEGIES:
         spec = parse_strategy(name)
         assert spec.name == name
-        assert spec.params == STRATEGY_KEYS[name]
+        assert spec.params == defaults(name)
         assert str(spec) == name          # defaults are not repeated in the canonical form
 
 

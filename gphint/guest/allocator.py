@@ -24,6 +24,7 @@ import threading
 
 import numpy as np
 
+from ..batching import BATCH
 from ..errors import ConfigError, OutOfMemory
 from ..states import PageState
 from .hints import HintBuffer
@@ -62,11 +63,11 @@ def aligned_blocks(first, npages, max_order):
 
 
 class BuddyAllocator:
-    """BuddyAllocator(mem, max_order=10, batch=32, hinting=True, clock=None): every frame of mem
+    """BuddyAllocator(mem, max_order=10, batch=BATCH, hinting=True, clock=None): every frame of mem
     starts free (hinted UNUSED at construction).  batch is the HintBuffer capacity (1 =
     unbatched); clock dates the frees (HintBuffer.unused_since_ns)."""
 
-    def __init__(self, mem, max_order=10, batch=32, hinting=True, clock=None):
+    def __init__(self, mem, max_order=10, batch=BATCH, hinting=True, clock=None):
         self.mem = mem
         self.npages = mem.npages
         self.max_order = _check_int(max_order, "max_order", 0, MAX_SUPPORTED_ORDER)

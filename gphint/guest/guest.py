@@ -250,7 +250,7 @@ class Guest:
         pages that are still clean, unpinned cache pages (a frame may have been reused since:
         only a clean cache page can be dropped without loss).  Returns frames freed."""
         svc = self.fault_service
-        if svc is None or not hasattr(svc, "drain_discarded"):
+        if svc is None:
             return 0
         frames = np.unique(np.asarray(svc.drain_discarded(self.mem), dtype=np.int64))
         if frames.size == 0:

@@ -1,12 +1,12 @@
-"""Batched guest state transitions (the 2006 follow-up to guest page hinting, REFERENCE §1).
+"""Batched guest state transitions (the 2006 follow-up to guest page hinting, Schwidefsky et al.).
 
 The guest tells the host each page's usage state.  Doing it one page at a time costs one
 state change per page (>100 cycles each on s390; here a call into the state protocol's
 setter, ext/protocol.c); the follow-up proposal collects pending transitions in a per-guest
-buffer of tunable capacity and submits them together.  HintBuffer is that buffer: fill ->
-submit (one state change per target state, `capacity` transitions at a time) -> drain;
-`flush()` submits whatever is pending.  capacity=1 is the unbatched original: one state
-change per page transition.
+buffer of tunable capacity and submits them together.  HintBuffer is that buffer, the guest's
+batching cycle (gphint.batching, where the rule is stated): deferred transitions fill it,
+every `capacity` of them are submitted (one state change per target state), `flush()` is the
+final flush.  capacity=1 is the unbatched original: one state change per page transition.
 
 SAFETY ORDER -- nothing is ever lost.  A page the guest is about to use must be STABLE
 before the guest writes it, or the host could discard the write.  So:
@@ -29,7 +29,7 @@ followed by a re-allocation inside one batch costs no transition at all (the pen
 is cancelled and the page is already STABLE), and a later flush can never make an
 allocated page discardable.  All guest transitions of a memory must go through its buffer.
 
-Cost (issue 4's target: batched hinting within 3% of workload throughput).  hint() runs on
+Cost (the target: batched hinting within 3% of workload throughput).  hint() runs on
 every allocation, free and cache fill, so the buffer's bookkeeping -- classify each page
 (apply now / cancel / defer), record it, submit whole batches -- is one C call per request
 (ext/hintq.c; gphint._fallback.HintQueue is its pure-Python twin).  This class keeps the
@@ -42,7 +42,8 @@ import time
 import numpy as np
 
 from .._mechanism import mech
-from ..errors import ConfigError, StateError
+from ..batching import BATCH, check_capacity
+from ..errors import StateError
 from ..states import NEXT_TABLE, PAIR_MASK, HostState, PageState, parse_state
 
 NO_PENDING = 0xFF
@@ -66,8 +67,8 @@ def _locked(lock, *calls):
 
 
 class HintBuffer:
-    """HintBuffer(mem, capacity=32, enabled=True, clock=None): pending (page -> usage state)
-    transitions.
+    """HintBuffer(mem, capacity=BATCH, enabled=True, clock=None): pending (page -> usage state)
+    transitions (gphint.batching.BATCH = 32).
 
     enabled=False turns hinting off entirely: hint() and flush() do nothing, pages stay as
     they are (STABLE), and the host can only swap -- the baseline of the overhead benchmark.
@@ -81,11 +82,9 @@ class HintBuffer:
     Host's clock) is given: then each request is dated by one call of it.
     """
 
-    def __init__(self, mem, capacity=32, enabled=True, clock=None):
-        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
-            raise ConfigError("hint buffer capacity must be an integer >= 1, got %r" % (capacity,))
+    def __init__(self, mem, capacity=BATCH, enabled=True, clock=None):
+        self.capacity = check_capacity(capacity, "hint buffer capacity")
         self.mem = mem
-        self.capacity = int(capacity)
         self.enabled = bool(enabled)
         self.dropped = 0          # deferred transitions the host's swap-out made impossible
         # target usage of each page's pending transition, NO_PENDING = none; the queue writes it

@@ -180,7 +180,7 @@ class Hinter:
         self.hinting = bool(buffer.enabled)
         if pot_volatile_ok is None:
             svc = mem.fault_service
-            pot_volatile_ok = svc is not None and bool(getattr(svc, "dirty_tracking", False))
+            pot_volatile_ok = svc is not None and svc.dirty_tracking
         self.pot_volatile_ok = bool(pot_volatile_ok)
         self.volatile_ok = True     # False: hint level "unused" (s390 mainline), cache stays STABLE
         self.stats = {"unchanged": 0, "to_stable": 0, "to_volatile": 0, "to_pot_volatile": 0,

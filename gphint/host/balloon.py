@@ -16,6 +16,8 @@ per request is the cost of calling into many guests that hinting avoids.
 import numpy as np
 import psutil
 
+from ..guest.balloon import BalloonDriver
+from .spec import registers
 from .strategies import Strategy
 
 PRESSURE_CRITICAL = 0.05
@@ -39,11 +41,11 @@ def grow_target_npages(size, balloon, change):
     return max(0, balloon - int(change * size))
 
 
+@registers("balloon")
 class Balloon(Strategy):
     name = "balloon"
 
     def attach(self):
-        BalloonDriver = self.guest_driver("guest.balloon", "BalloonDriver")
         p = self.spec.params
         self.interval_s = float(p["interval"])
         self.threshold = float(p["threshold"])

@@ -1,7 +1,6 @@
 """The hypervisor's side of guests: create them for a strategy, schedule them, ask them to
-verify.  Every call the experiment makes into the guest layer (gphint.guest, issue 4) and the
-fault service (gphint.faults, issue 3) goes through here, so the runner stays independent of
-their internals.
+verify.  Every call the experiment makes into the guest layer (gphint.guest) and the fault
+service (gphint.faults) goes through here, so the runner stays independent of their internals.
 
 A guest under `none`, `reporting` or `balloon` runs without CMMA hints (its pages stay
 STABLE): those peers must not profit from states they do not have.  `unused` guests hint
@@ -9,27 +8,18 @@ UNUSED only (s390 mainline); `cmma` guests hint everything.
 """
 import numpy as np
 
-from ..errors import Unsupported
+from ..batching import BATCH
+from ..errors import GphintError
+from ..faults import FaultService
+from ..guest.files import FileSet
+from ..guest.guest import Guest
+from ..guest.workloads import WORKLOADS
 
 MIXED_CYCLE = ("fileserver", "build", "database", "idle", "churn")
 
 
-def import_layer(module, feature, remedy):
-    """Import gphint.<module> or raise Unsupported naming the feature that needs it."""
-    import importlib
-    try:
-        return importlib.import_module("gphint." + module)
-    except ImportError as e:
-        raise Unsupported(feature, "gphint.%s is not importable (%s)" % (module, e), remedy) from None
-
-
-def _guest_module():
-    return import_layer("guest.guest", "the guest model", "the guest layer (issue 4) provides it")
-
-
 def workload_names():
     """Valid single --workload names: the guest layer's WORKLOADS plus 'mixed'."""
-    from ..guest.workloads import WORKLOADS
     names = tuple(WORKLOADS)
     return names if "mixed" in names else names + ("mixed",)
 
@@ -48,7 +38,6 @@ def workload_for(index, workload):
 
 
 def fault_service():
-    from ..faults import FaultService
     return FaultService()
 
 
@@ -60,21 +49,20 @@ def shared_files(config):
     once instead of once per guest.  None when the user gave --files."""
     if config.files is not None:
         return None
-    from ..guest.files import FileSet
     return FileSet(None, seed=config.seed, total_bytes=2 * config.guest_mem_bytes)
 
 
 def make_guest(index, config, spec, svc, fileset=None):
     """Guest `index` of a run: its own memory, workload, seed (seed + index) and hint level.
     Guests only read the shared tree; their writes go to private overlays."""
-    mod = _guest_module()
     hints = spec.hints
     name = "g%d" % index
     files = fileset.root if fileset is not None else config.files
-    g = mod.Guest(config.guest_mem_bytes, files=files, seed=config.seed + index,
-                  batch=int(spec.params.get("batch", 32)), hinting=hints != "off",
-                  discard_mode=config.discard_mode, fault_service=svc,
-                  workload=workload_for(index, config.workload), name=name)
+    # kernel's spec has no keys: its guests are hint-less, the buffer's capacity is unused
+    g = Guest(config.guest_mem_bytes, files=files, seed=config.seed + index,
+              batch=spec.params.get("batch", BATCH), hinting=hints != "off",
+              discard_mode=config.discard_mode, fault_service=svc,
+              workload=workload_for(index, config.workload), name=name)
     g.workload_name = workload_for(index, config.workload)
     if hints == "unused":
         # s390 mainline: the allocator's UNUSED/STABLE hooks only; the page cache never marks
@@ -84,18 +72,16 @@ def make_guest(index, config, spec, svc, fileset=None):
 
 
 def is_idle(g):
-    return getattr(g, "workload_name", None) == "idle"
+    return g.workload_name == "idle"
 
 
 def step(g, nops):
-    n = g.step(nops)
-    return nops if n is None else int(n)
+    return int(g.step(nops))
 
 
 def probe_alloc(g, npages):
     """A guest kernel buffer of 2 MiB blocks (like a huge page), written so that it is
     resident: returns its frames.  The guest shrinks its caches first if it must."""
-    from ..errors import GphintError
     a = g.allocator
     nblocks = max(1, npages >> PROBE_ORDER)
     firsts = []
@@ -141,6 +127,4 @@ def service_stats(svc):
 
 
 def close(g):
-    close = getattr(g, "close", None)
-    if close is not None:
-        close()
+    g.close()

@@ -31,11 +31,14 @@ from .. import measure
 from ..errors import ConfigError, GphintError
 from ..memory import PAGE_SIZE
 from ..states import PAIR_MASK, PageState, pair
+from ..stores import HostSwap
 from ..units import parse_size
+# every strategy module registers its class in spec.STRATEGY_CLASSES when imported
+from . import balloon, kernel, reporting, strategies  # noqa: F401
 from .hostswap import HostSwapper, require_fault_service
 from .residency import ResidencyTracker
-from .spec import parse_strategy
-from .strategies import make_strategy
+from .spec import make_strategy, parse_strategy
+from .submission import Submission
 
 SR = pair(PageState.STABLE, 0)
 
@@ -58,23 +61,12 @@ class GuestSlot:
         self.skipped = {}         # kind -> pages chosen but not taken: they changed state (or
                                   # were held) between the host's snapshot and its pick
         self.swap_skipped = {}    # usage state -> pages chosen for swap-out but skipped so
+        self.dropped = {}         # "swap_dropped" -> swapped-out free pages whose copy a peer's
+                                  # discard dropped (Sp -> Sz)
 
     def count(self, kind, npages, table=None):
         table = self.discarded if table is None else table
         table[kind] = table.get(kind, 0) + int(npages)
-
-
-def share(counts, need):
-    """Split `need` pages over guests in proportion to what each can give (largest remainder)."""
-    counts = np.asarray(counts, dtype=np.int64)
-    total = int(counts.sum())
-    if total <= need:
-        return counts
-    quota = counts * need // total
-    rest = need - int(quota.sum())
-    order = np.argsort(-(counts * need % total), kind="stable")
-    quota[order[:rest]] += 1
-    return np.minimum(quota, counts)
 
 
 class HostThreadDied(GphintError, RuntimeError):
@@ -129,7 +121,6 @@ class Host:
         self.fault_service = fault_service
         if self.budget_bytes is not None:
             if swap is None:
-                from ..faults import HostSwap
                 swap = self._own_swap = HostSwap(size=sum(s.mem.size_bytes for s in self.slots))
             self.swapper = HostSwapper(fault_service, swap)
         self.swap = swap
@@ -138,7 +129,8 @@ class Host:
         self.sample_interval_s = float(sample_interval_s)
         self.clock = clock
         self.lock = threading.RLock()
-        self.strategy = make_strategy(self.spec, self)
+        self.submission = Submission(self.spec, self.swapper, self.budget_bytes is not None)
+        self.strategy = make_strategy(self.spec, self, self.submission)
         self.tick = 0
         self.t0 = clock()
         self.timeline = []
@@ -151,7 +143,6 @@ class Host:
         self.resident_npages = 0
         self.resident_peak_npages = 0   # highest sampled residency, before reclaim acted on it
         self.samples = 0
-        self.swap_dropped_npages = 0    # swapped-out free pages whose copy a peer's discard dropped
         self._thread = None
         self._stop = threading.Event()
         self.error = None           # what the host thread died of, until reported
@@ -255,18 +246,8 @@ class Host:
         return done
 
     def swap_out(self, slot, pages, kind="STABLE"):
-        """Write pages to host swap in `batch`-sized submissions; returns pages written."""
-        if self.swapper is None or pages.size == 0:
-            return 0
-        batch = max(int(self.spec.params.get("batch", 256)), 1)
-        n = 0
-        for first in range(0, pages.size, batch):
-            n += self.swapper.swap_out(slot.mem, pages[first:first + batch])
-        slot.residency.forget(pages)
-        slot.count(kind, n, slot.swapped)
-        if n < pages.size:        # the protocol skipped pages that changed since the snapshot
-            slot.count(kind, pages.size - n, slot.swap_skipped)
-        return n
+        """Write pages to host swap, host_batch pages per submission; returns pages written."""
+        return self.submission.swap_out(slot, pages, kind)
 
     # --- guests' side of the host -----------------------------------------------------------
     def on_scheduled(self, guest):
@@ -370,7 +351,7 @@ class Host:
                "skipped_pages": skipped, "host_swap_skipped_pages": swap_skipped,
                "host_swap_out_bytes": (self.swapper.out_npages if self.swapper else 0) * PAGE_SIZE,
                "host_swap_calls": self.swapper.calls if self.swapper else 0,
-               "swap_dropped_pages": self.swap_dropped_npages,
+               "swap_dropped_pages": sum(s.dropped.get("swap_dropped", 0) for s in self.slots),
                "host_step_cpu_s": sum(self.cpu_s_by_thread.values()),
                "guest_timer_cpu_s": self.guest_timer_cpu_s}
         out.update(self.strategy.stats())

@@ -4,19 +4,12 @@ Everything the host needs from the discard-fault service (gphint.faults) goes th
 small class, so that the strategies do not care how slots are kept.  Without a fault service
 there is no swap-in on access, so host swapping is Unsupported (never hand back zeros for data).
 """
+from .. import _mechanism, caps
 from ..errors import Unsupported
-from ..memory import PAGE_SIZE
-
-
-def _faults():
-    from .guests import import_layer
-    return import_layer("faults", "host swap", "build the compiled mechanism (the discard-fault "
-                        "service is C)")
 
 
 def fault_service_available():
     """Can this process run the discard-fault service (compiled mechanism + userfaultfd)?"""
-    from .. import _mechanism, caps
     if not _mechanism.COMPILED:
         return False, "the pure-Python mechanism has no C fault service (%s)" % _mechanism.WHY_PURE
     if not (caps.has("userfaultfd") or caps.has("userfaultfd_user_mode_only")):
@@ -25,10 +18,6 @@ def fault_service_available():
     if "MOVE" not in caps.probe().uffd_features:
         return False, ("UFFDIO_MOVE is not offered (Linux >= 6.8): host swap-out needs it to "
                        "detach a page atomically")
-    try:
-        _faults()
-    except Unsupported as e:
-        return False, str(e)
     return True, ""
 
 
@@ -53,7 +42,6 @@ class HostSwapper:
         if len(pages) == 0:
             return 0
         n = self.svc.swap_out(mem, pages, self.swap)
-        n = len(pages) if n is None else int(n)
         self.out_npages += n
         self.calls += 1
         return n
@@ -64,12 +52,4 @@ class HostSwapper:
 
     def used_bytes(self):
         """Host swap in use right now."""
-        for attr in ("used_bytes", "bytes_used"):
-            v = getattr(self.swap, attr, None)
-            if v is not None:
-                return int(v() if callable(v) else v)
-        for attr in ("used_slots", "slots_used"):
-            v = getattr(self.swap, attr, None)
-            if v is not None:
-                return int(v() if callable(v) else v) * PAGE_SIZE
-        return max(0, self.out_npages - self.in_npages()) * PAGE_SIZE
+        return self.swap.used_bytes

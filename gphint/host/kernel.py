@@ -7,9 +7,11 @@ reclaims: the host object only samples residency for the record.  Compare it wit
 user-space `none`, which swaps oldest-resident first (FIFO) to a file: the double paging of
 VSwapper (ASPLOS 2014) without the kernel's recency information.
 """
+from .spec import registers
 from .strategies import Strategy
 
 
+@registers("kernel")
 class KernelPeer(Strategy):
     name = "kernel"
 

@@ -10,15 +10,17 @@ from functools import partial
 
 import numpy as np
 
+from ..guest.reporting import PageReporting
 from ..memory import expand_runs
+from .spec import registers
 from .strategies import Strategy
 
 
+@registers("reporting")
 class Reporting(Strategy):
     name = "reporting"
 
     def attach(self):
-        PageReporting = self.guest_driver("guest.reporting", "PageReporting")
         p = self.spec.params
         self.reports = 0
         self.reported_blocks = 0
@@ -49,10 +51,7 @@ class Reporting(Strategy):
 
     def detach(self):
         for slot in self.host.slots:
-            rep = getattr(slot, "reporter", None)
-            close = getattr(rep, "close", None)
-            if close is not None:
-                close()
+            slot.reporter.close()
 
     def stats(self):
         return {"reports": self.reports, "reported_blocks": self.reported_blocks}

@@ -1,27 +1,34 @@
-"""Strategy specs as users write them: `NAME:key=value,...`, e.g. `cmma:batch=32,submit=vectored`.
+"""Strategy specs as users write them: `NAME:key=value,...`, e.g. `cmma:batch=32,submit=vectored`,
+and the registry of the classes that run them.
 
 Each strategy names the keys it understands with their defaults; anything else is a
 ConfigError that lists what is valid.  Parsing is pure policy: no memory is touched here.
+This module imports nothing else of gphint.host, so every strategy module may import it.
 """
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..batching import BATCH
+from ..discard import ADVICES, SUBMIT_MODES
 from ..errors import ConfigError
 
-SUBMIT_MODES = ("per_page", "coalesce", "vectored")
-ADVICES = ("dontneed", "free")
 BATCHES = (1, 32, 256, 4096)
+HOST_BATCH_MAX = 1 << 20   # pages per host submission: 4 GiB, more than any guest here
 
 # Keys every strategy that hands pages to the host understands.
-#   batch   pages per host submission (the fill -> submit -> drain cycle) and the guest's hint
-#           buffer capacity; 1 is the unbatched original
-#   submit  how a batch reaches the kernel: one madvise per page, one per run, or one
-#           process_madvise per <= 1024 runs
-#   discard MADV_DONTNEED (RSS drops now) or MADV_FREE (RSS drops only under kernel pressure)
-_HINTING = {"batch": 32, "submit": "vectored", "discard": "dontneed"}
+#   batch       the guest's hint buffer capacity (gphint.batching: the guest's cycle); 1 is the
+#               unbatched original
+#   host_batch  pages per host discard submission (the host's cycle); default: the same
+#               number as batch
+#   submit      how a submission reaches the kernel: one madvise per page, one per run, or one
+#               process_madvise per <= 1024 runs
+#   discard     MADV_DONTNEED (RSS drops now) or MADV_FREE (RSS drops only under kernel pressure)
+_HINTING = {"batch": BATCH, "host_batch": None, "submit": "vectored", "discard": "dontneed"}
 
 STRATEGY_KEYS = {
-    # no hints: the host can only swap, oldest-resident first
-    "none": {"batch": 256},
+    # no hints: the host can only swap, oldest-resident first; host_batch: pages per swap-out
+    "none": {"batch": 256, "host_batch": None},
     # virtio-balloon driven by a MOM-like policy (oVirt MOM balloon.rules)
     #   interval   seconds between policy evaluations (MOM: 10 s; scaled to the run length)
     #   threshold  host free fraction below which the host is under pressure (MOM: 0.20)
@@ -43,8 +50,9 @@ STRATEGY_KEYS = {
 STRATEGIES = tuple(STRATEGY_KEYS)
 
 _CHOICES = {"submit": SUBMIT_MODES, "discard": ADVICES, "batch": BATCHES}
-_INTS = {"batch", "order", "capacity"}
-_BOUNDS = {"order": (0, 10), "capacity": (1, 1024), "delay": (0.0, 60.0), "scan": (0.001, 60.0),
+_INTS = {"batch", "host_batch", "order", "capacity"}
+_BOUNDS = {"host_batch": (1, HOST_BATCH_MAX), "order": (0, 10), "capacity": (1, 1024),
+           "delay": (0.0, 60.0), "scan": (0.001, 60.0),
            "interval": (0.01, 60.0), "threshold": (0.0, 1.0), "change": (0.001, 1.0),
            "idle_sched": (0.0, 60.0)}
 
@@ -68,13 +76,31 @@ class StrategySpec:
         none/reporting/balloon guests run without CMMA states (everything stays STABLE)."""
         return {"unused": "unused", "cmma": "full"}.get(self.name, "off")
 
+    def host_side(self):
+        """(host_batch, submit, advice): how the host submits what this strategy picks.  kernel
+        has no keys: it submits nothing (the kernel reclaims), and any swap-out of the Host's
+        goes in HOST_BATCH_UNKEYED pages."""
+        p = self.params
+        return (p.get("host_batch", HOST_BATCH_UNKEYED), p.get("submit", SUBMIT_MODES[-1]),
+                p.get("discard", ADVICES[0]))
+
     def __str__(self):
         extra = ",".join("%s=%s" % kv for kv in sorted(self.params.items())
-                         if STRATEGY_KEYS[self.name][kv[0]] != kv[1])
+                         if _default(self.name, kv[0], self.params) != kv[1])
         return self.name + (":" + extra if extra else "")
 
     def to_dict(self):
         return {"name": self.name, "spec": str(self), "params": dict(self.params)}
+
+
+HOST_BATCH_UNKEYED = 256
+
+
+def _default(name, key, params):
+    """A key's default; host_batch's is the spec's own batch."""
+    if key == "host_batch":
+        return params["batch"]
+    return STRATEGY_KEYS[name][key]
 
 
 def _value(name, key, text):
@@ -113,7 +139,8 @@ def parse_strategy(text):
     name = name.strip().lower()
     if name not in STRATEGY_KEYS:
         raise ConfigError("unknown strategy %r (expected one of %s)" % (name, ", ".join(STRATEGIES)))
-    params = dict(STRATEGY_KEYS[name])
+    params = defaults(name)
+    given = set()
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, val = item.partition("=")
         key = key.strip()
@@ -123,7 +150,18 @@ def parse_strategy(text):
             raise ConfigError("unknown key %r for strategy %s (valid keys: %s)"
                               % (key, name, ", ".join(sorted(STRATEGY_KEYS[name]))))
         params[key] = _value(name, key, val.strip())
+        given.add(key)
+    if "host_batch" in params and "host_batch" not in given:
+        params["host_batch"] = params["batch"]
     return StrategySpec(name, params)
+
+
+def defaults(name):
+    """Every key of strategy `name` with its default (host_batch: the same as batch)."""
+    params = dict(STRATEGY_KEYS[name])
+    if "host_batch" in params:
+        params["host_batch"] = params["batch"]
+    return params
 
 
 def parse_strategies(text):
@@ -143,3 +181,37 @@ def parse_strategies(text):
         raise ConfigError("no strategies given (expected a list like none,cmma; valid: %s)"
                           % ", ".join(STRATEGIES))
     return [parse_strategy(t) for t in items]
+
+
+def share(counts, need):
+    """Split `need` pages over guests in proportion to what each can give (largest remainder)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total <= need:
+        return counts
+    quota = counts * need // total
+    rest = need - int(quota.sum())
+    order = np.argsort(-(counts * need % total), kind="stable")
+    quota[order[:rest]] += 1
+    return np.minimum(quota, counts)
+
+
+# --- the registry: strategy name -> the class that runs it -------------------------------------
+STRATEGY_CLASSES = {}
+
+
+def registers(name):
+    """Class decorator: the strategy class that runs specs named `name`."""
+    if name not in STRATEGY_KEYS:
+        raise ValueError("no spec keys for strategy %r" % name)
+
+    def register(cls):
+        STRATEGY_CLASSES[name] = cls
+        return cls
+    return register
+
+
+def make_strategy(spec, host, submission):
+    """The strategy object for a parsed spec (gphint.host.host imports every strategy module,
+    so each has registered its class by then)."""
+    return STRATEGY_CLASSES[spec.name](spec, host, submission)

@@ -8,27 +8,29 @@
                the host discards them (gphint.host.reporting), then host swap
     balloon    virtio-balloon with a MOM-like policy (gphint.host.balloon), then host swap
 
-Each strategy is fill -> submit -> drain in `batch`-sized submissions; they differ only in how
-they fill.  Host swap under a budget is the Host's, common to all.
+Each strategy fills the host's batching cycle (gphint.batching) with the pages it picks; the
+submission -- host_batch pages per call, the final flush, the counting -- is the same for all
+(gphint.host.submission).  Host swap under a budget is the Host's, common to all.
+A strategy reads the host (its guests, budget, lock) and writes only its own state and its
+guests' slots; everything it takes goes through `self.submission`.
 """
 import numpy as np
 
-from ..errors import StateError, Unsupported
+from ..errors import Unsupported
 from ..states import CONTENT_MASK, HostState, PageState, USAGE_MASK
+from .spec import registers, share
 
 
+@registers("none")
 class Strategy:
     """Base: no hints, nothing to take but by swapping."""
 
     name = "none"
 
-    def __init__(self, spec, host):
+    def __init__(self, spec, host, submission):
         self.spec = spec
         self.host = host
-        p = spec.params
-        self.batch = int(p.get("batch", 256))
-        self.submit = p.get("submit", "vectored")
-        self.advice = p.get("discard", "dontneed")
+        self.submission = submission
 
     def attach(self):
         """Called once the host knows its guests (drivers are created here)."""
@@ -53,11 +55,6 @@ class Strategy:
     def stats(self):
         return {}
 
-    def guest_driver(self, module, cls):
-        """The guest-side class a peer needs (the guest half of reporting or the balloon)."""
-        from .guests import import_layer
-        return getattr(import_layer(module, self.name, "the guest layer (issue 4) provides it"), cls)
-
     def allocator_of(self, slot):
         """A peer calls into the guest: it needs a guest with an allocator, not bare memory."""
         alloc = getattr(slot.guest, "allocator", None)
@@ -67,82 +64,12 @@ class Strategy:
                               "give the host gphint.Guest objects")
         return alloc
 
-    # --- the submit half of the batching cycle, shared by every hinting strategy -------------
     def discard(self, slot, pages, kind, raw=False):
-        """Discard pages of one guest in `batch`-sized submissions; returns pages discarded.
-        raw=True is the peers' way (no CMMA states: the host only knows the page is free)."""
-        if pages.size == 0:
-            return 0
-        mem = slot.mem
-        if raw:
-            self._drop_swapped(slot, pages)
-        n = 0
-        for first in range(0, pages.size, self.batch):
-            chunk = pages[first:first + self.batch]
-            if raw:
-                n += mem.discard_raw(chunk, self.advice, self.submit)
-            else:
-                n += self._discard_hinted(slot, chunk, kind)
-        slot.residency.forget(pages)
-        slot.count(kind, n)
-        return n
-
-    # tries per chunk before the host gives the chunk up: each failed try means a guest thread
-    # made one of its pages STABLE between the host's re-read and discard's own check
-    RACE_TRIES = 8
-
-    def _discard_hinted(self, slot, chunk, kind):
-        """Discard a chunk chosen from a snapshot of the states, which guest threads not holding
-        host.lock may have changed since: a page made STABLE meanwhile is a lost race, so it
-        is skipped (and counted), never an error.  With a fault service the state protocol
-        decides page by page (pick CAS: a page changed since is left alone), so nothing can be
-        lost; without one the host has no hold on a page, and guests must hold host.lock."""
-        mem = slot.mem
-        for _ in range(self.RACE_TRIES):
-            live = chunk[(mem.states[chunk] & USAGE_MASK) != PageState.STABLE]
-            try:
-                n = self._discard_advised(mem, live) if live.size else 0
-                break
-            except StateError:
-                continue
-        else:
-            n = 0
-        if n < chunk.size:
-            slot.count(kind, chunk.size - n, slot.skipped)
-        return n
+        """Hand picked pages of one guest to the host's submission; returns pages discarded."""
+        return self.submission.discard(slot, pages, kind, raw)
 
 
-    def _discard_advised(self, mem, pages):
-        """discard=free under a budget: a page the host lazily freed before and still finds
-        resident is taken now with MADV_DONTNEED -- the host needs the memory, and lazily freed
-        pages are what the kernel's own reclaim takes first (mm/vmscan.c: clean lazyfree folios
-        are dropped without I/O).  In proactive mode they are left to the kernel."""
-        if self.advice == "free" and self.host.budget_bytes is not None:
-            lazy = (mem.states[pages] & CONTENT_MASK) == HostState.LAZY
-            if lazy.any():
-                return (mem.discard(pages[lazy], advice="dontneed", submit=self.submit)
-                        + mem.discard(pages[~lazy], advice="free", submit=self.submit))
-        return mem.discard(pages, advice=self.advice, submit=self.submit)
-
-    def _drop_swapped(self, slot, pages):
-        """A free page the host had swapped out: the device's MADV_DONTNEED drops the swap
-        entry too (Linux frees it), so the page's next use is a zero page, not a swap-in of
-        stale content.  Hint-less guests keep every page S in the state table, so the host
-        does it by the protocol's own steps: Sp -> Uz (copy given up), free the slots,
-        Uz -> Sz.  Safe: the page is isolated (reported) or owned by the balloon meanwhile."""
-        host = self.host
-        if host.swapper is None:
-            return
-        states = slot.mem.states[pages]
-        held = pages[(states & CONTENT_MASK) == HostState.PRESERVED]
-        if held.size == 0:
-            return
-        slot.mem.set_state(held, PageState.UNUSED)
-        host.fault_service.reclaim_slots(host.swap)
-        slot.mem.set_state(held, PageState.STABLE)
-        host.swap_dropped_npages += int(held.size)
-
-
+@registers("unused")
 class HintScan(Strategy):
     """unused and cmma: the host reads the guests' page states (no call into the guest)."""
 
@@ -203,7 +130,6 @@ class HintScan(Strategy):
         return freed
 
     def _tier(self, state, need):
-        from .host import share
         slots = self.host.slots
         cands = [self._candidates(s, state) for s in slots]
         quota = share([c.size for c in cands], need)
@@ -216,6 +142,7 @@ class HintScan(Strategy):
                 None if np.isinf(self.youngest_taken_s) else round(self.youngest_taken_s, 4)}
 
 
+@registers("cmma")
 class Cmma(HintScan):
     """Full guest page hinting."""
 
@@ -227,20 +154,6 @@ class Cmma(HintScan):
         ones preserved in host swap (Pr -> Sp).  Returns pages taken either way."""
         if pages.size == 0:
             return 0
-        svc = self.host.fault_service
-        dirty = np.asarray(svc.dirty_pages(slot.mem, pages))
-        if dirty.dtype == bool and dirty.shape == pages.shape:
-            mask = dirty
-        else:
-            mask = np.isin(pages, dirty)
-        n = self.discard(slot, pages[~mask], "POT_VOLATILE")
-        return n + self.host.swap_out(slot, pages[mask], "POT_VOLATILE")
-
-
-def make_strategy(spec, host):
-    from .balloon import Balloon
-    from .kernel import KernelPeer
-    from .reporting import Reporting
-    cls = {"none": Strategy, "unused": HintScan, "cmma": Cmma, "reporting": Reporting,
-           "balloon": Balloon, "kernel": KernelPeer}[spec.name]
-    return cls(spec, host)
+        dirty = slot.mem.fault_service.dirty_pages(slot.mem, pages)
+        n = self.discard(slot, pages[~dirty], "POT_VOLATILE")
+        return n + self.submission.swap_out(slot, pages[dirty], "POT_VOLATILE")
