@@ -198,7 +198,8 @@ def test_presets_are_valid_grids():
         g = grid_mod.load(grid_mod.preset_path(name))
         assert len(g.cells) >= 10
     batching = grid_mod.load(grid_mod.preset_path("batching"))
-    assert {"cmma:batch=1,submit=per_page", "cmma:batch=4096", "none"} <= set(batching.axes["strategy"])
+    assert {"cmma:batch=1,submit=per_page", "cmma:batch=4096", "none", "cmma:host_batch=4096"} <= \
+        set(batching.axes["strategy"])
 
 
 def test_report_shows_integrity_errors_first_and_loudly(tmp_path, capsys):

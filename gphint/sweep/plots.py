@@ -95,14 +95,19 @@ def small_multiples(rep, name, path):
 
 
 def heatmap_axes(params, rows):
-    """The two parameters with the most values (batch x submit), and the rows where every other
-    varied parameter has its most common value (a host_batch line beside the grid)."""
-    count = lambda k: len({json.dumps(r["params"][k]) for r in rows})
-    p, q = sorted(params, key=lambda k: (-count(k), params.index(k)))[:2]
-    rest = [k for k in params if k not in (p, q)]
-    common = {k: max((json.dumps(r["params"][k]) for r in rows),
-                     key=[json.dumps(r["params"][k]) for r in rows].count) for k in rest}
-    return p, q, [r for r in rows if all(json.dumps(r["params"][k]) == common[k] for k in rest)]
+    """The pair of parameters that spans the fullest grid (batch x submit) when every other
+    varied parameter is held at its most common value; returns (p, q, those rows)."""
+    def held(rest):
+        values = {k: [json.dumps(r["params"][k]) for r in rows] for k in rest}
+        common = {k: max(v, key=v.count) for k, v in values.items()}
+        return [r for r in rows if all(json.dumps(r["params"][k]) == common[k] for k in rest)]
+    best = None
+    for i, p in enumerate(params):
+        for q in params[i + 1:]:
+            mine = held([k for k in params if k not in (p, q)])
+            if best is None or len(mine) > len(best[2]):
+                best = (p, q, mine)
+    return best
 
 
 def heatmap(rep, name, path):
