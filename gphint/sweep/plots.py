@@ -94,19 +94,27 @@ def small_multiples(rep, name, path):
     return _save(fig, path)
 
 
+def _mode(values):
+    values = list(values)
+    return max(values, key=values.count)
+
+
 def heatmap_axes(params, rows):
-    """The pair of parameters that spans the fullest grid (batch x submit) when every other
-    varied parameter is held at its most common value; returns (p, q, those rows)."""
-    def held(rest):
-        values = {k: [json.dumps(r["params"][k]) for r in rows] for k in rest}
-        common = {k: max(v, key=v.count) for k, v in values.items()}
-        return [r for r in rows if all(json.dumps(r["params"][k]) == common[k] for k in rest)]
+    """The pair of parameters with the most value combinations in the rows (batch x submit),
+    and one row per combination: where several differ in another parameter (host_batch), the
+    one with that parameter's most common value in its row of the grid; returns (p, q, rows)."""
+    dumps = lambda r, k: json.dumps(r["params"][k])
     best = None
     for i, p in enumerate(params):
         for q in params[i + 1:]:
-            mine = held([k for k in params if k not in (p, q)])
-            if best is None or len(mine) > len(best[2]):
-                best = (p, q, mine)
+            rest = [k for k in params if k not in (p, q)]
+            usual = {(dumps(r, p), k): _mode(dumps(o, k) for o in rows if dumps(o, p) == dumps(r, p))
+                     for r in rows for k in rest}
+            cells = {}
+            for r in sorted(rows, key=lambda r: sum(dumps(r, k) != usual[dumps(r, p), k] for k in rest)):
+                cells.setdefault((dumps(r, p), dumps(r, q)), r)
+            if best is None or len(cells) > len(best[2]):
+                best = (p, q, list(cells.values()))
     return best
 
 
