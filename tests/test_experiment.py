@@ -97,7 +97,7 @@ def test_proactive_cmma_beats_reporting_delay_and_takes_fragments():
     cfg = config(guests=1, guest_mem_bytes=32 << 20, workload="idle", probe_bytes=8 << 20,
                  probe_timeout_s=1.5)
     rep = run_one(cfg, "reporting:capacity=2,delay=0.5")["proactive_probe"]
-    cm = run_one(cfg, "cmma")["proactive_probe"]
+    cm = run_one(cfg, "cmma:delay=0")["proactive_probe"]   # hinting without a wait
     assert cm["contiguous"]["latency_s"] is not None and cm["contiguous"]["latency_s"] < 0.5
     assert cm["fragmented"]["dropped_fraction"] >= 0.9
     assert rep["contiguous"]["latency_s"] is not None and rep["contiguous"]["latency_s"] >= 0.5

@@ -247,11 +247,15 @@ def test_bench_readme_prose_quotes_no_figure():
 
 def test_bench_all_results_are_small_and_traceable():
     res = os.path.join(ROOT, "bench", "results")
-    names = sorted(os.listdir(res))
+    names = sorted(n for n in os.listdir(res) if n.endswith(".json"))
     assert names == ["balloon_latency.json", "bench.json", "demo.json", "hint_instructions.json",
-                     "lazyfree.json", "proactive.json", "scale.json", "scale.png"]
-    assert os.path.getsize(os.path.join(res, "scale.png")) < 256 << 10
-    for n in (n for n in names if n.endswith(".json")):
+                     "lazyfree.json", "proactive.json", "scale.json", "sweep.json"]
+    # besides the JSON, only the plots the README shows: scale's and the sweep step's
+    plots = [n for n in os.listdir(res) if n not in names]
+    assert all(n == "scale.png" or (n.startswith("sweep-") and n.endswith(".png")) for n in plots), plots
+    for n in plots:
+        assert os.path.getsize(os.path.join(res, n)) < 256 << 10, n
+    for n in names:
         assert os.path.getsize(os.path.join(res, n)) < 256 << 10, n
         doc = json.load(open(os.path.join(res, n)))
         m = doc["measured"]

@@ -43,7 +43,7 @@ STRATEGY_KEYS = {
     # UNUSED hint submission (dated by the guest, HintBuffer.unused_since_ns) to its discard
     "unused": dict(_HINTING, scan=0.1, delay=0.0),
     # full guest page hinting: UNUSED, VOLATILE, clean POT_VOLATILE
-    "cmma": dict(_HINTING, scan=0.1, delay=0.0),
+    "cmma": dict(_HINTING, scan=0.1, delay=0.5),
     # no hints, no gphint reclaim: a memory cgroup at the budget and the kernel's own swap
     "kernel": {},
 }

@@ -66,7 +66,7 @@ def _backend(args, tmp):
 
 
 def cmd_sweep(args):
-    from . import report, runner
+    from . import runner
     g = _grid_of(args)
     outputs.target_of(args.results, "--results")
     if args.plot:
@@ -88,7 +88,6 @@ def cmd_sweep(args):
 
 def _show_report(path, plot_dir, markdown=False):
     from . import report
-    from .. import report as compare_report  # noqa: F401  (matplotlib only when plotting)
     from . import results as results_mod
     records = results_mod.read(path)
     if not records:

@@ -1,8 +1,8 @@
 """A sweep's report as plots, each readable without a legend: per strategy, one figure of
 small multiples (a row per varied parameter, a column per metric; one line per value of the
 other parameters, named at its right end, with its spread over seeds as a band), and for a
-strategy with exactly two varied parameters (batch x submit) a heatmap per metric with the
-median written in every square.
+strategy with two or more varied parameters a heatmap per metric of the two with the most
+values (batch x submit), the median written in every square.
 """
 import json
 import math
@@ -94,14 +94,38 @@ def small_multiples(rep, name, path):
     return _save(fig, path)
 
 
+def _mode(values):
+    values = list(values)
+    return max(values, key=values.count)
+
+
+def heatmap_axes(params, rows):
+    """The pair of parameters with the most value combinations in the rows (batch x submit),
+    and one row per combination: where several differ in another parameter (host_batch), the
+    one with that parameter's most common value in its row of the grid; returns (p, q, rows)."""
+    dumps = lambda r, k: json.dumps(r["params"][k])
+    best = None
+    for i, p in enumerate(params):
+        for q in params[i + 1:]:
+            rest = [k for k in params if k not in (p, q)]
+            usual = {(dumps(r, p), k): _mode(dumps(o, k) for o in rows if dumps(o, p) == dumps(r, p))
+                     for r in rows for k in rest}
+            cells = {}
+            for r in sorted(rows, key=lambda r: sum(dumps(r, k) != usual[dumps(r, p), k] for k in rest)):
+                cells.setdefault((dumps(r, p), dumps(r, q)), r)
+            if best is None or len(cells) > len(best[2]):
+                best = (p, q, list(cells.values()))
+    return best
+
+
 def heatmap(rep, name, path):
     """Two varied parameters: a grid of squares per metric, the median written in each."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    p, q = rep["varied"][name]
     rows = [r for r in rep["rows"] if r["strategy_name"] == name]
+    p, q, rows = heatmap_axes(rep["varied"][name], rows)
     ys = sorted({r["params"][p] for r in rows}, key=lambda v: (str(type(v)), v))
     xs = sorted({r["params"][q] for r in rows}, key=lambda v: (str(type(v)), v))
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=(3.4 * len(PLOTTED), 0.5 * len(ys) + 2),
@@ -136,7 +160,7 @@ def write_all(rep, directory):
         if not params:
             continue
         written.append(small_multiples(rep, name, os.path.join(directory, "sweep-%s.png" % name)))
-        if len(params) == 2:
+        if len(params) >= 2:
             written.append(heatmap(rep, name, os.path.join(directory, "sweep-%s-heatmap.png" % name)))
     if not written:
         written.append(_overview(rep, os.path.join(directory, "sweep.png")))

@@ -70,7 +70,12 @@ def connect(address):
         return ray, False
     quiet = dict(log_to_driver=False, include_dashboard=False, configure_logging=False)
     if address is None:
-        ray.init(num_cpus=2, resources={RESOURCE: 1}, **quiet)
+        try:
+            ray.init(num_cpus=2, resources={RESOURCE: 1}, **quiet)
+        except Exception as e:          # Ray raises bare Exception when its raylet is late
+            ray.shutdown()
+            raise ConfigError("--ray: the local Ray instance did not start: %s"
+                              % (str(e).strip().splitlines() or [type(e).__name__])[-1]) from None
     else:
         check_address(address)
         _init_with_deadline(ray, address=address, **quiet)

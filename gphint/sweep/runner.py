@@ -5,6 +5,7 @@ A failed cell is recorded with its reason and queued for one more attempt after 
 not yet tried; a sweep resumed later runs every cell whose last record is a failure again.
 """
 import collections
+import json
 import time
 
 from .. import experiment
@@ -76,9 +77,9 @@ def run(grid, path, backend, quiet=False, on_record=None):
 
 def summary_line(grid, path, written, started):
     failed = [r for r in written if r.get("error") and r["sweep"]["attempt"] == ATTEMPTS]
-    cells = len({r["sweep"]["grid_digest"] + str(r["cell"]) for r in written})
-    return "sweep: %d cells run in %.0f s (%d failed twice), %d of %d in %s" % (
-        cells, time.monotonic() - started, len(failed), len(grid.cells) - len(todo_after(grid, path)),
+    ran = len({json.dumps(r["cell"], sort_keys=True) for r in written})
+    return "sweep: %d cells run in %.0f s (%d failed twice); %d of the grid's %d cells done in %s" % (
+        ran, time.monotonic() - started, len(failed), len(grid.cells) - len(todo_after(grid, path)),
         len(grid.cells), path)
 
 
