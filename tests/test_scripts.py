@@ -15,7 +15,8 @@ def script(name, *args, timeout=120, **kw):
 
 
 def test_every_script_has_a_docstring_with_sample_output():
-    for name in ("bench_tables.py", "watch.py", "balloon_latency.py", "hint_instructions.py", "bench_all"):
+    for name in ("bench_tables.py", "watch.py", "balloon_latency.py", "hint_instructions.py", "bench_all",
+                 "minor_faults.py", "thp_guests.py"):
         text = open(os.path.join(SCRIPTS, name)).read()
         assert text.startswith("#!/usr/bin/env python3\n\"\"\"") and "Sample output" in text
         assert os.access(os.path.join(SCRIPTS, name), os.X_OK)
