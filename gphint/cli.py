@@ -82,7 +82,7 @@ def config_from(args):
         idle_sched_s=args.idle_sched, discard_mode=args.discard_mode,
         probe=not args.no_probe, probe_bytes=parse_size(args.probe_mem, "--probe-mem"),
         probe_timeout_s=args.probe_timeout, status_path=args.status, cache=args.cache,
-        cgroup=not args.no_cgroup).validate()
+        cgroup=not args.no_cgroup, guest_thp=args.guest_thp).validate()
 
 
 def _print_results(doc, out=sys.stdout):
@@ -255,6 +255,9 @@ def _run_options(sp, duration, guests, guest_mem, host_mem=None, ops=None):
     sp.add_argument("--status", metavar="PATH", default=None,
                     help="keep a live per-guest snapshot here (watch it with scripts/watch.py PATH)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar (the table is still printed)")
+    sp.add_argument("--guest-thp", action="store_true",
+                    help="guests with transparent huge pages: 2 MiB anonymous allocations, split on "
+                         "partial free, bounded per-cpu lists (recorded as config.guest_thp)")
     _realhost_options(sp)
 
 

@@ -140,8 +140,9 @@ def summary(doc):
     c = doc["config"]
     work = ("%d ops per busy guest" % c["ops_per_guest"]) if c.get("ops_per_guest") else \
         "%g s" % c["duration_s"]
-    text = "%s mode, %d x %s guests, workload %s, %s" % (
-        c["mode"], c["guests"], fmt_bytes(c["guest_mem_bytes"]), c["workload"], work)
+    text = "%s mode, %d x %s %sguests, workload %s, %s" % (
+        c["mode"], c["guests"], fmt_bytes(c["guest_mem_bytes"]), "THP " if c.get("guest_thp") else "",
+        c["workload"], work)
     if c.get("host_mem_bytes"):
         text += ", host budget %s (%.1fx guest memory" % (
             fmt_bytes(c["host_mem_bytes"]), c["guests"] * c["guest_mem_bytes"] / c["host_mem_bytes"])

@@ -143,3 +143,30 @@ def test_host_discards_of_whole_huge_units_do_not_split_the_others():
         mem.set_state([5 * HUGE_PAGES + 1], PageState.UNUSED)
         mem.discard([5 * HUGE_PAGES + 1])
         assert _anon_huge_kib(mem.address) // 2048 == huge - len(units) - 1
+
+
+@pytest.mark.parametrize("strategy", ["none", "balloon", "reporting:delay=0.2", "unused", "cmma"])
+def test_every_strategy_runs_on_thp_guests_and_says_so(strategy):
+    from gphint.cli import build_parser, config_from
+    from gphint.experiment import RunConfig, results_document, run_one
+    from gphint.report import summary
+    cfg = RunConfig(workload="churn,database", guests=2, guest_mem_bytes=16 << 20, duration_s=30.0,
+                    ops_per_guest=150, seed=3, probe=False, guest_thp=True)
+    args = build_parser().parse_args(["run", "--strategy", strategy] + cfg.cli_args())
+    assert config_from(args).guest_thp is True
+    rec = run_one(cfg, strategy)
+    doc = results_document(cfg, [rec])
+    assert doc["config"]["guest_thp"] is True and "THP guests" in summary(doc)
+    assert rec["integrity_errors"] == 0 and rec["ops"] > 0
+
+
+def test_the_probes_fragmented_free_frees_nothing_on_a_thp_guest(g):
+    from gphint.host.guests import probe_alloc, probe_free
+    a = g.allocator
+    frames = probe_alloc(g, 4 * HUGE_PAGES)
+    free0 = a.free_pages
+    pieces = frames[(np.arange(frames.size) // 16) % 2 == 0]       # 64 KiB pieces
+    probe_free(g, pieces)
+    assert a.free_pages == free0 and a.pcp_pages == 0 and (usage(g, pieces) == S).all()
+    probe_free(g, np.setdiff1d(frames, pieces))                     # the rest: whole huge pages
+    assert (usage(g, frames) == U).all() and a.held_pages == 0

@@ -38,6 +38,7 @@ class RunConfig:
     status_path: str = None         # live per-guest snapshot for scripts/watch.py
     cache: str = "none"             # guest disks: "none" (O_DIRECT reads) or "host" (page cache)
     cgroup: bool = True             # under a budget: run in a memory cgroup at budget + baseline
+    guest_thp: bool = False         # guests with transparent huge pages (gphint.guest.thp)
 
     @property
     def mode(self):
@@ -137,6 +138,8 @@ class RunConfig:
             args.append("--no-probe")
         if not self.cgroup:
             args.append("--no-cgroup")
+        if self.guest_thp:
+            args.append("--guest-thp")
         if self.status_path:
             args += ["--status", self.status_path]
         if self.ops_per_guest is not None:

@@ -103,6 +103,14 @@ class ThpAllocator(BuddyAllocator):
         self._huge[units] = True
         return block_pages(firsts, HUGE_ORDER)
 
+    def mark_huge(self, firsts):
+        """Blocks allocated with alloc_block(9) become huge pages (their frees split them)."""
+        firsts = np.asarray(firsts, dtype=np.int64)
+        with self._lock:
+            if firsts.size and ((firsts % HUGE_PAGES).any() or not self._allocated[firsts].all()):
+                raise ConfigError("mark_huge: not allocated 2 MiB blocks: %r" % (firsts[:4].tolist(),))
+            self._huge[firsts >> HUGE_ORDER] = True
+
     # --- free ------------------------------------------------------------------------------
     def free(self, pages):
         arr = np.asarray(pages)

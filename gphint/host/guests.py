@@ -62,7 +62,7 @@ def make_guest(index, config, spec, svc, fileset=None):
     g = Guest(config.guest_mem_bytes, files=files, seed=config.seed + index,
               batch=spec.params.get("batch", BATCH), hinting=hints != "off",
               discard_mode=config.discard_mode, fault_service=svc,
-              workload=workload_for(index, config.workload), name=name)
+              workload=workload_for(index, config.workload), name=name, thp=config.guest_thp)
     g.workload_name = workload_for(index, config.workload)
     if hints == "unused":
         # s390 mainline: the allocator's UNUSED/STABLE hooks only; the page cache never marks
@@ -94,6 +94,8 @@ def probe_alloc(g, npages):
                 firsts.append(a.alloc_block(PROBE_ORDER))
     except (MemoryError, GphintError):
         pass            # fewer blocks: the probe frees what it got
+    if getattr(g, "thp", False):
+        a.mark_huge(firsts)     # a THP guest's buffer is huge pages: a partial free only splits
     a.flush_hints()
     frames = (np.asarray(firsts, dtype=np.int64)[:, None]
               + np.arange(1 << PROBE_ORDER, dtype=np.int64)).reshape(-1)
