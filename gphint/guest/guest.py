@@ -19,6 +19,7 @@ import functools
 
 import numpy as np
 
+from ..batching import BATCH
 from ..errors import ConfigError
 from ..memory import GuestMemory
 from ..units import parse_size
@@ -39,7 +40,7 @@ DISCARD_MODES = {"transparent": "transparent", "guest": "guest", "guest-visible"
 
 
 class Guest(StoreBudget, Reclaim):
-    """Guest("128M", files=None, seed=1, batch=32, hinting=True, discard_mode="transparent",
+    """Guest("128M", files=None, seed=1, batch=BATCH, hinting=True, discard_mode="transparent",
     fault_service=None, workload="mixed").
 
     files: None generates a deterministic file set (file_bytes, default twice the memory) in
@@ -49,7 +50,7 @@ class Guest(StoreBudget, Reclaim):
     host memory that asks for huge pages (gphint.guest.thp).
     """
 
-    def __init__(self, size="128M", files=None, seed=1, batch=32, hinting=True,
+    def __init__(self, size="128M", files=None, seed=1, batch=BATCH, hinting=True,
                  discard_mode="transparent", fault_service=None, workload="mixed", *,
                  name=None, max_order=10, file_bytes=None, swap_bytes=None, minor_fault="lazy",
                  thp=False, mem_map=False):

@@ -27,7 +27,8 @@ HUGE_PAGES = 1 << HUGE_ORDER
 
 
 class ThpAllocator(BuddyAllocator):
-    """ThpAllocator(mem, max_order=10, batch=32, hinting=True, clock=None, cpus=2, pcp_high=None):
+    """ThpAllocator(mem, max_order=10, batch=BATCH, hinting=True, clock=None, mem_map=False, cpus=2,
+    pcp_high=None):
     a BuddyAllocator whose alloc(n, huge=True) hands out 2 MiB huge pages.  pcp_high: huge
     pages per CPU list (None: 1/16 of memory's huge pages, at least 1 -- Linux sizes its pcp
     high mark from the zone's size too)."""

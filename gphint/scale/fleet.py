@@ -9,6 +9,7 @@ random (the host's FIFO, with every page equally old), struct pages among them.
 """
 import numpy as np
 
+from ..batching import BATCH
 from ..guest.files import FileSet
 from ..guest.guest import Guest
 from ..guest.pagecache import FILE
@@ -50,7 +51,8 @@ class Fleet:
     def _guest(self, i):
         cfg, hints = self.config, self.spec.hints
         busy = i in self.busy
-        g = Guest(cfg.guest_mem_bytes, files=self.files.root, seed=cfg.seed + i, batch=32,
+        g = Guest(cfg.guest_mem_bytes, files=self.files.root, seed=cfg.seed + i,
+                  batch=self.spec.params.get("batch", BATCH),
                   hinting=hints != "off", fault_service=self.svc, name="g%d" % i, mem_map=True,
                   workload=BUSY_WORKLOAD if busy else None)
         if hints == "unused":
