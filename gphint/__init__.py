@@ -25,7 +25,7 @@ from . import caps, measure
 from .faults import FaultService, ReloadError
 from .stores import FileStore, HostSwap
 from .host import Host
-from .guest.guest import Guest  # noqa: F401  (issue 4: the guest OS model)
+from .guest.guest import Guest  # noqa: F401  (the guest OS model)
 
 __all__ = ["__version__", "GuestMemory", "PageState", "HostState", "discardable", "PAGE_SIZE",
            "GphintError", "ConfigError", "StateError", "ClosedError", "Unsupported", "SyscallError",

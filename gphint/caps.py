@@ -243,7 +243,7 @@ def probe():
     feats["uffd_wp_async"] = Feature(wp_async, detail="UFFD_FEATURE_WP_ASYNC" if wp_async else "",
                                      reason="" if wp_async else "UFFD_FEATURE_WP_ASYNC not offered",
                                      remedy="" if wp_async else "Linux >= 6.7 with userfaultfd access")
-    # issue 3: what the fault service builds on, derived from the probes above
+    # what the fault service builds on, derived from the probes above
     track = wp_async and feats["pagemap_scan"].available and _mechanism.COMPILED
     feats["dirty_tracking"] = Feature(
         track, detail="host dirty bit of POT_VOLATILE pages: UFFD WP_ASYNC + PAGEMAP_SCAN" if track else "",

@@ -8,7 +8,8 @@ not offered here (caps: soft_dirty) and clear_refs is process-wide, so where WP_
 every page reads as dirty: POT_VOLATILE pages are then treated as STABLE, as the original design
 does on platforms without a usable dirty bit.
 
-Race rule (REFERENCE §1): the guest makes a page stable before it clears the page's dirty bit.
+Race rule (Schwidefsky's guest page hinting series, 2006, for potentially volatile pages): the
+guest makes a page stable before it clears the page's dirty bit.
 """
 import numpy as np
 

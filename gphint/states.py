@@ -1,6 +1,7 @@
 """The contract, read first: guest usage states, host content states, and what may follow what.
 
-Vocabulary and encodings are those of s390 ESSA (REFERENCE §1, arch/s390 page-states.h):
+Vocabulary and encodings are those of s390 ESSA (Schwidefsky's guest page hinting series, 2006;
+arch/s390/include/asm/page-states.h):
 the guest's usage state sits in bits 2-3 of a page's state byte, the host's content state in
 bits 0-1.  The pair is written as two letters, e.g. "Vz" = volatile page the host discarded.
 

@@ -1,4 +1,4 @@
-"""The host side: overcommit budget, reclaim strategies, host swap, peers (issue 5)."""
+"""The host side: overcommit budget, reclaim strategies, host swap, and the peers it is compared with."""
 from .host import Host, HostThreadDied
 from .spec import STRATEGIES, StrategySpec, parse_strategies, parse_strategy
 
