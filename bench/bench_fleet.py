@@ -42,7 +42,7 @@ import pytest
 import gphint
 from gphint import PageState, _mechanism, caps
 from gphint.faults import FaultService, FileStore
-from conftest import Placed, new_threads, placements
+from helpers import Placed, new_threads, placements
 
 PAGE = gphint.PAGE_SIZE
 GUEST_MB = int(os.environ.get("GPHINT_BENCH_FLEET_MB", "16"))

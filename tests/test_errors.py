@@ -10,7 +10,7 @@ import gphint
 from gphint import _mechanism
 from gphint.errors import ClosedError, ConfigError, MechanismError, SyscallError, translate
 from gphint.states import NEXT_TABLE, PageState
-from conftest import PAGE
+from helpers import PAGE
 
 mech = _mechanism.mech
 

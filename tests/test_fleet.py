@@ -10,7 +10,7 @@ import pytest
 import gphint
 from gphint import PageState
 from gphint import _mechanism
-from conftest import PAGE, pattern
+from helpers import PAGE, pattern
 
 GUEST = "1M"                 # small guests: the count is what is under test
 NPAGES = (1 << 20) // PAGE

@@ -11,7 +11,7 @@ from gphint import PageState, _fallback
 from gphint.host.hostswap import fault_service_available
 from gphint.states import pair_name
 
-from conftest import pattern
+from helpers import pattern
 
 SP, SZ, SR, UZ, VR = 0x02, 0x03, 0x00, 0x07, 0x0C
 
