@@ -32,7 +32,8 @@ def free_half(mem, seed):
     return free
 
 
-@pytest.mark.parametrize("strategy", ["unused", "cmma", "cmma:batch=1,submit=per_page",
+# delay=0: the scan itself is under test, not how long a page must stay UNUSED before it is ripe
+@pytest.mark.parametrize("strategy", ["unused", "cmma:delay=0", "cmma:batch=1,submit=per_page,delay=0",
                                       "unused:submit=coalesce,batch=4096"])
 def test_proactive_scan_discards_unused_and_nothing_else(guests, strategy):
     frees = [free_half(m, 10 + i) for i, m in enumerate(guests)]

@@ -254,8 +254,8 @@ def test_bench_all_results_are_small_and_traceable():
     # besides the JSON, only the plots the README shows: scale's and the sweep step's
     plots = [n for n in os.listdir(res) if n not in names]
     assert all(n == "scale.png" or (n.startswith("sweep-") and n.endswith(".png")) for n in plots), plots
-    for n in plots:
-        assert os.path.getsize(os.path.join(res, n)) < 256 << 10, n
+    for n in plots:        # a small-multiples figure is larger than a JSON, but still bounded
+        assert os.path.getsize(os.path.join(res, n)) < 512 << 10, n
     for n in names:
         assert os.path.getsize(os.path.join(res, n)) < 256 << 10, n
         doc = json.load(open(os.path.join(res, n)))

@@ -27,7 +27,7 @@ def child_command(args):
     return childproc.command("gphint.cli:child_main", ["--parent-pid", str(os.getpid())] + list(args))
 
 
-def _child_record(spec, out, returncode, err):
+def child_record(spec, out, returncode, err):
     """The record of one child: its JSON when it wrote one (a run that found integrity errors
     exits 1 but its record is the evidence), else an error record with its last stderr line."""
     rec = None
@@ -84,7 +84,7 @@ def compare(config, strategies, progress=None, debug=False):
                                 config.cli_args())
             rc, err = _run_child(cmd, os.path.join(tmp, "%d.err" % i),
                                  lambda f: progress and progress(i, spec, f), config)
-            records.append(_child_record(spec, out, rc, err))
+            records.append(child_record(spec, out, rc, err))
             if progress:
                 progress(i + 1, None, 0.0)
     return records

@@ -12,6 +12,7 @@ import subprocess
 import time
 
 from .. import experiment
+from ..experiment.comparison import child_record
 
 
 def node_info():
@@ -31,7 +32,7 @@ def finish(strategy, out, returncode, err):
     """The cell's run record (experiment's rule: its JSON, or an error with the last stderr
     line); the cell's JSON file is removed."""
     from ..host import parse_strategy
-    rec = experiment._child_record(parse_strategy(strategy), out, returncode, err)
+    rec = child_record(parse_strategy(strategy), out, returncode, err)
     try:
         os.unlink(out)
     except FileNotFoundError:
