@@ -4,6 +4,11 @@ Selected with GPHINT_PUREPYTHON=1, or automatically when the extension was not b
 mmap.madvise for per-run discards, a ctypes syscall for process_madvise and mincore, and numpy
 for state updates (the GIL makes each numpy update atomic with respect to other Python threads;
 there is no C fault thread in this mode, so nothing else writes the state bytes).
+
+One module over the usual size on purpose: it is the twin of the whole of ext/ behind one name
+(gphint._mechanism.mech), and its sections follow ext/'s files one for one (discard.c,
+lazyfree.c, protocol.c and fill.c, hostops.c, hintq.c), so a change to a C file has one place
+to be mirrored.
 """
 import ctypes
 import ctypes.util

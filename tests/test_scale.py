@@ -178,7 +178,10 @@ def test_scale_end_to_end_small_fleets(tmp_path):
     for (s, n), rec in recs.items():
         assert all(k in rec for k in REQUIRED), (s, n, rec)
         assert rec["integrity_errors"] == 0 and rec["reached_target"]
-        assert rec["taken_bytes"] >= doc["config"]["take"] * n * (4 << 20) * 0.98
+        # the target counts within 1% of the take, and taken_bytes is sampled after it, while
+        # the busy guest kept faulting pages back: at a 4-guest fleet's 1024-page take, tens of
+        # pages are a few percent
+        assert rec["taken_bytes"] >= doc["config"]["take"] * n * (4 << 20) * 0.95
         assert rec["op_latency_p99_s"] >= rec["op_latency_p50_s"] > 0
         if s == "cmma":      # the host reads states: it never calls into a guest
             assert rec["guest_calls"] == 0 and rec["guest_serve_cpu_s"] == 0

@@ -147,10 +147,13 @@ class TakeBack:
         """The strategy's own way; returns when the target was reached, or None."""
         host, name = self.host, self.spec.name
         if name in ("cmma", "unused"):
-            with host.lock:
-                need = host.sample() - target
-                if need > 0:
-                    host.strategy.reclaim(need)
+            # read states and discard until the target holds: busy guests fault pages back
+            # while a pass runs, so one pass can end just above it (as swap_rest, a few passes)
+            for _ in range(SWAP_PASSES):
+                with host.lock:
+                    need = host.sample() - target
+                    if need <= 0 or host.strategy.reclaim(need) == 0:
+                        break
         elif name == "reporting":
             wait = float(self.spec.params["delay"]) + 2 * self.fleet.config.tick_s
             return self._wait(target, t0 + wait)
