@@ -1,11 +1,23 @@
 """Guest reclaim, as Linux's kswapd does it: clean LRU cache pages first, then writeback, then
-swap -- and, in guest-visible discard mode, the service's discarded-page list before all."""
+swap -- and, in guest-visible discard mode, the discarded page list before all.
+
+The discarded page list (patch 8 of the series): the fault service lists the VOLATILE pages it
+served as discard faults (a ring in C); the guest pulls them onto its own list and acts on them
+in a batch later.  The race it closes: a listed frame is freed by the guest (truncate, eviction)
+and reused for another page before the drain -- a drain that then acted on the frame would drop
+(guest mode) or count (transparent mode) a page that was never discarded.  So every free is a
+drain point: `_free_frames` pulls the ring first and retires the freed frames from the list (their
+free is the final one), and a listed frame can never outlive its page.  Drain points that drop:
+`step` (once the list holds `discard_list_batch` entries), `reclaim` and `verify` (all of it).
+"""
 import numpy as np
 
 from ..errors import ConfigError
 from .frames import FILE, SWAPCACHE
 
 RECLAIM_CLUSTER = 32        # pages reclaimed at least per shortage (Linux SWAP_CLUSTER_MAX)
+DISCARD_LIST_BATCH = 32     # listed discarded pages dropped at once by step() (Guest(discard_list_batch=))
+_NONE = np.empty(0, dtype=np.int64)
 
 
 class Reclaim:
@@ -28,6 +40,7 @@ class Reclaim:
 
     def _free_frames(self, frames):
         frames = np.asarray(frames, dtype=np.int64)
+        self._retire_listed(frames)
         self.table.reset(frames)
         self.allocator.free(frames)
         # after the free: the page is UNUSED (or pending it), its old backing means nothing now
@@ -43,7 +56,7 @@ class Reclaim:
             raise ConfigError("reclaim npages must be an integer >= 0, got %r" % (npages,))
         npages = int(npages)
         self.stats["reclaim_calls"] += 1
-        freed = self.drain_discarded() if self.discard_mode == "guest" else 0
+        freed = self.drain_discarded()   # transparent mode: empties the list, frees nothing
         if getattr(self, "thp", False):   # the deferred-split shrinker runs with reclaim (mm/huge_memory.c)
             freed += self.allocator.split_deferred()
         if freed < npages:
@@ -75,17 +88,43 @@ class Reclaim:
         self.stats["evicted"] += freed
         return freed
 
-    def drain_discarded(self):
-        """Guest-visible discard faults: take the service's discarded-page list and drop those
-        pages that are still clean, unpinned cache pages (a frame may have been reused since:
-        only a clean cache page can be dropped without loss).  Returns frames freed."""
+    # --- the discarded page list ------------------------------------------------------------------
+    def _pull_discarded(self):
+        """Move the service's ring onto the guest's list (kept sorted and unique)."""
         svc = self.fault_service
         if svc is None:
+            return
+        got = svc.drain_discarded(self.mem)
+        if got.size == 0:
+            return
+        self.stats["drained_discarded"] += int(got.size)
+        self._dlist = np.union1d(self._dlist, got)
+        self.stats["dlist_high_water"] = max(self.stats["dlist_high_water"], int(self._dlist.size))
+
+    def _retire_listed(self, frames):
+        """The free path's drain point: frames being freed leave the list now -- their page is
+        gone, and a later drain must not act on whatever page reuses the frame."""
+        if self.fault_service is None or frames.size == 0:
+            return
+        self._pull_discarded()
+        if self._dlist.size == 0:
+            return
+        hit = np.isin(self._dlist, frames, assume_unique=True)
+        n = int(np.count_nonzero(hit))
+        if n:
+            self._dlist = self._dlist[~hit]
+            self.stats["dlist_retired_by_free"] += n
+
+    def drain_discarded(self, min_batch=0):
+        """Drain the discarded page list: pull the service's ring, and once the list holds at
+        least min_batch entries drop (guest mode) those still clean, unpinned cache pages --
+        only a clean cache page can be dropped without loss.  Transparent mode's fault service
+        already reloaded them: the drain only empties the list.  Returns frames freed."""
+        self._pull_discarded()
+        if self._dlist.size == 0 or self._dlist.size < min_batch:
             return 0
-        frames = np.unique(np.asarray(svc.drain_discarded(self.mem), dtype=np.int64))
-        if frames.size == 0:
-            return 0
-        self.stats["drained_discarded"] += int(frames.size)
+        frames, self._dlist = self._dlist, _NONE
+        self.stats["dlist_drains"] += 1
         if self.discard_mode != "guest":
             return 0
         frames = frames[self.table.reclaimable()[frames]]
