@@ -7,7 +7,12 @@ in a batch later.  The race it closes: a listed frame is freed by the guest (tru
 and reused for another page before the drain -- a drain that then acted on the frame would drop
 (guest mode) or count (transparent mode) a page that was never discarded.  So every free is a
 drain point: `_free_frames` pulls the ring first and retires the freed frames from the list (their
-free is the final one), and a listed frame can never outlive its page.  Drain points that drop:
+free is the final one), and a listed frame can never outlive its page.  A fault still in flight
+when the frame is freed is covered too: the free clears the frame's backing record before it
+drains, and the fault thread lists a page only while that record still names the file page it
+served, checked under the ring's lock (ext/serve.c ring_append) -- so the fault either lands on the
+list before the drain (and is retired) or not at all (counted as the service's ring_stale).
+Drain points that drop:
 `step` (once the list holds `discard_list_batch` entries), `reclaim` and `verify` (all of it).
 """
 import numpy as np
@@ -40,11 +45,13 @@ class Reclaim:
 
     def _free_frames(self, frames):
         frames = np.asarray(frames, dtype=np.int64)
-        self._retire_listed(frames)
         self.table.reset(frames)
         self.allocator.free(frames)
         # after the free: the page is UNUSED (or pending it), its old backing means nothing now
         self.mem.clear_backing(frames)
+        # then the list: a fault still being served lists the frame only if it finishes before
+        # this drain (the fault thread checks the backing record under the ring's lock)
+        self._retire_listed(frames)
 
     # --- reclaim --------------------------------------------------------------------------------
     def reclaim(self, npages):
