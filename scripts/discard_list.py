@@ -54,8 +54,7 @@ def window(mode, retire, args):
                 g.read(b, 0, 8 * PAGE)
                 fb = g.cache.page_frame[g.files.lookup(b)][:8]
                 hits += int(np.intersect1d(fa, fb).size)
-                g._pull_discarded()                          # what the drain is about to act on
-                stale += int(np.isin(g._dlist, fb).sum())
+                stale += int(np.isin(g.listed_frames(), fb).sum())    # what the drain acts on
                 g.drain_discarded()
                 m0 = g.cache.stats["misses"]
                 bad += g.read(b, 0, 8 * PAGE) != _file_bytes(g, b, 8)

@@ -67,12 +67,12 @@ class Guest(StoreBudget, Reclaim):
                 or discard_list_batch < 1):
             raise ConfigError("discard_list_batch must be an integer >= 1, got %r" % (discard_list_batch,))
         self.discard_list_batch = int(discard_list_batch)
-        self._dlist = np.empty(0, dtype=np.int64)
         self.discard_mode = DISCARD_MODES[discard_mode]
         self.name = name
         self._closed = True
         self.thp = bool(thp)
         self.mem = GuestMemory(size, name=name, thp=self.thp)
+        self._listed, self._nlisted = np.zeros(self.mem.npages, dtype=bool), 0   # the discarded page list
         self.fault_service = fault_service
         self._stores = {}
         self._swept_epoch = _sweep_epoch[0]

@@ -22,7 +22,6 @@ from .frames import FILE, SWAPCACHE
 
 RECLAIM_CLUSTER = 32        # pages reclaimed at least per shortage (Linux SWAP_CLUSTER_MAX)
 DISCARD_LIST_BATCH = 32     # listed discarded pages dropped at once by step() (Guest(discard_list_batch=))
-_NONE = np.empty(0, dtype=np.int64)
 
 
 class Reclaim:
@@ -97,7 +96,8 @@ class Reclaim:
 
     # --- the discarded page list ------------------------------------------------------------------
     def _pull_discarded(self):
-        """Move the service's ring onto the guest's list (kept sorted and unique)."""
+        """Move the service's ring onto the guest's list: a bit per frame (the free path tests
+        its frames against it at the cost of one gather) and a count."""
         svc = self.fault_service
         if svc is None:
             return
@@ -105,8 +105,15 @@ class Reclaim:
         if got.size == 0:
             return
         self.stats["drained_discarded"] += int(got.size)
-        self._dlist = np.union1d(self._dlist, got)
-        self.stats["dlist_high_water"] = max(self.stats["dlist_high_water"], int(self._dlist.size))
+        new = np.unique(got[~self._listed[got]])
+        self._listed[new] = True
+        self._nlisted += int(new.size)
+        self.stats["dlist_high_water"] = max(self.stats["dlist_high_water"], self._nlisted)
+
+    def listed_frames(self):
+        """The frames on the discarded page list now (after pulling the service's ring)."""
+        self._pull_discarded()
+        return np.flatnonzero(self._listed)
 
     def _retire_listed(self, frames):
         """The free path's drain point: frames being freed leave the list now -- their page is
@@ -114,13 +121,13 @@ class Reclaim:
         if self.fault_service is None or frames.size == 0:
             return
         self._pull_discarded()
-        if self._dlist.size == 0:
+        if self._nlisted == 0:
             return
-        hit = np.isin(self._dlist, frames, assume_unique=True)
-        n = int(np.count_nonzero(hit))
-        if n:
-            self._dlist = self._dlist[~hit]
-            self.stats["dlist_retired_by_free"] += n
+        hit = frames[self._listed[frames]]
+        if hit.size:
+            self._listed[hit] = False
+            self._nlisted -= int(hit.size)
+            self.stats["dlist_retired_by_free"] += int(hit.size)
 
     def drain_discarded(self, min_batch=0):
         """Drain the discarded page list: pull the service's ring, and once the list holds at
@@ -128,9 +135,11 @@ class Reclaim:
         only a clean cache page can be dropped without loss.  Transparent mode's fault service
         already reloaded them: the drain only empties the list.  Returns frames freed."""
         self._pull_discarded()
-        if self._dlist.size == 0 or self._dlist.size < min_batch:
+        if self._nlisted == 0 or self._nlisted < min_batch:
             return 0
-        frames, self._dlist = self._dlist, _NONE
+        frames = np.flatnonzero(self._listed)
+        self._listed[frames] = False
+        self._nlisted = 0
         self.stats["dlist_drains"] += 1
         if self.discard_mode != "guest":
             return 0
