@@ -14,6 +14,11 @@ and without it (the drain alone, as before: `Reclaim._retire_listed` made a no-o
 
     scripts/discard_list.py                       # markdown table on stdout
     scripts/discard_list.py --json bench/results/discard_list.json
+
+Sample output (one row of four):
+    | mode | list retires at free | window: reused frames | stale entries at drain | wrongly dropped | ...
+    |---|---|---|---|---|...
+    | guest | no (drain only) | 400 | 400 | 400 | ...
 """
 import argparse
 import json
@@ -139,6 +144,27 @@ def workload(mode, retire, args):
         return out
     finally:
         svc.stop()
+
+
+SECTION = """## The discarded page list (patch 8)
+
+`scripts/discard_list.py` (step `discard_list` of `scripts/bench_all`). The list closes a race
+between freeing a page and a discard fault on it: a frame listed as a served discard fault, then
+freed and reused for another page before the drain. Guest mode's drain then dropped the new page
+(the host never discarded it: a wasted re-read); transparent mode counted it as a discard. With
+the list, every free is a drain point that retires the freed frames (`Guest.stats`
+`dlist_retired_by_free`), and the fault thread lists a page only while its backing record still
+names the page it served (`ring_stale` in the service's stats: faults that finished after the
+free). `step()` drops the list in batches of `Guest(discard_list_batch=)` (default
+`DISCARD_LIST_BATCH` = {batch}); `reclaim` and `verify` drop all of it. "no (drain only)" is the
+code before: the same run with the retire step switched off."""
+
+
+def section(doc, stamp):
+    """The whole bench/README.md section, heading and prose included (the heading names the
+    patch by number, and the README's prose holds no typed figure)."""
+    from gphint.guest.guest_reclaim import DISCARD_LIST_BATCH
+    return "%s\n\n_%s_\n\n%s" % (SECTION.format(batch=DISCARD_LIST_BATCH), stamp, table(doc))
 
 
 def table(doc):
