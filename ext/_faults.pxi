@@ -5,7 +5,7 @@ from libc.errno cimport ENOMEM, ENOENT, EBADF
 
 FAULT_STAT_FIELDS = ("faults", "discard_faults", "zero_fills", "file_reloads", "swap_ins",
                      "pages_served", "bytes_served", "fault_around_hits", "lost_pages", "eexist",
-                     "ring_overflows", "refault_loops", "lazy_refaults")
+                     "ring_overflows", "refault_loops", "lazy_refaults", "ring_stale")
 SVC_USER_MODE_ONLY = GPH_SVC_USER_MODE_ONLY
 SVC_DIRTY = GPH_SVC_DIRTY
 SVC_MOVE = GPH_SVC_MOVE
@@ -231,7 +231,7 @@ cdef class FaultThread:
              "bytes_served": st.bytes_served, "fault_around_hits": st.fault_around_hits,
              "lost_pages": st.lost_pages, "eexist": st.eexist, "ring_overflows": st.ring_overflows,
              "refault_loops": st.refault_loops,
-             "lazy_refaults": st.lazy_refaults}
+             "lazy_refaults": st.lazy_refaults, "ring_stale": st.ring_stale}
         return d, [st.hist[i] for i in range(GPH_HIST_BUCKETS)]
 
     def error(self):

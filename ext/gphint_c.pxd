@@ -55,6 +55,7 @@ cdef extern from "gphint_internal.h" nogil:
         uint64_t ring_overflows
         uint64_t refault_loops
         uint64_t lazy_refaults
+        uint64_t ring_stale
         uint64_t hist[256]
 
     struct gph_fault_error:

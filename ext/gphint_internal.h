@@ -116,6 +116,7 @@ struct gph_fault_stats {
     uint64_t ring_overflows;     /* discarded-page list entries dropped (list full) */
     uint64_t refault_loops;      /* a page kept faulting after "already there" (EEXIST): resolved */
     uint64_t lazy_refaults;      /* faults on lazily freed pages: the kernel had reclaimed them */
+    uint64_t ring_stale;         /* served pages not listed: freed by the guest meanwhile (serve.c) */
     uint64_t hist[GPH_HIST_BUCKETS];
 };
 

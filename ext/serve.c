@@ -87,9 +87,20 @@ static int neighbour_fits(const struct gph_region *r, int64_t q, int64_t d, cons
     return 1;
 }
 
-static void ring_append(struct gph_region *r, int64_t p)
+/* List page p as a served discard fault -- only while its backing record still names the file
+ * page served (src).  The guest frees a page by clearing that record and then draining the list
+ * (gphint/guest/guest_reclaim.py): checked under ring_lock, a fault that finishes after the drain
+ * sees the cleared (or the next page's) record and lists nothing, one that finished before it is
+ * drained and retired -- so no listed frame outlives the page it was served for. */
+static void ring_append(struct gph_region *r, int64_t p, const struct source *src, int64_t off)
 {
     pthread_mutex_lock(&r->ring_lock);
+    if (__atomic_load_n(&r->d.backing_store[p], __ATOMIC_ACQUIRE) != src->store ||
+        __atomic_load_n(&r->d.backing_offset[p], __ATOMIC_ACQUIRE) != off) {
+        GPH_ADD(r->st.ring_stale, 1);   /* freed (and maybe reused) while it was being served */
+        pthread_mutex_unlock(&r->ring_lock);
+        return;
+    }
     if (!r->ring)   /* first discard fault of this region: most guests never take one */
         r->ring = malloc(r->ring_cap * sizeof *r->ring);
     if (r->ring && r->ring_head - r->ring_tail < r->ring_cap) {
@@ -253,7 +264,7 @@ static uint64_t finish_run(struct gph_region *r, const struct run *run)
             __atomic_store_n(&r->d.swap_store[q], 0, __ATOMIC_RELEASE);
         }
         if (run->src.kind == GPH_SRC_FILE && (st & GPH_USAGE_MASK) == GPH_USAGE_VOLATILE)
-            ring_append(r, q);
+            ring_append(r, q, &run->src, run->src.off + (q - run->p) * (int64_t)r->d.page_size);
         gph_mark_served_(&states[q]);
     }
     return nlazy;

@@ -16,7 +16,7 @@ def script(name, *args, timeout=120, **kw):
 
 def test_every_script_has_a_docstring_with_sample_output():
     for name in ("bench_tables.py", "watch.py", "balloon_latency.py", "hint_instructions.py", "bench_all",
-                 "scale_tables.py", "minor_faults.py", "thp_guests.py"):
+                 "scale_tables.py", "minor_faults.py", "thp_guests.py", "discard_list.py"):
         text = open(os.path.join(SCRIPTS, name)).read()
         assert text.startswith("#!/usr/bin/env python3\n\"\"\"") and "Sample output" in text
         assert os.access(os.path.join(SCRIPTS, name), os.X_OK)
@@ -248,7 +248,7 @@ def test_bench_readme_prose_quotes_no_figure():
 def test_bench_all_results_are_small_and_traceable():
     res = os.path.join(ROOT, "bench", "results")
     names = sorted(n for n in os.listdir(res) if n.endswith(".json"))
-    assert names == ["balloon_latency.json", "bench.json", "demo.json", "hint_instructions.json",
+    assert names == ["balloon_latency.json", "bench.json", "demo.json", "discard_list.json", "hint_instructions.json",
                      "lazyfree.json", "minor_faults.json", "proactive.json", "scale.json", "sweep.json",
                      "thp_guests.json"]
     # besides the JSON, only the plots the README shows: scale's and the sweep step's

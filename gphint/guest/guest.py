@@ -11,6 +11,8 @@ Two ways to take a discard fault (per guest):
   guest          the original design: the guest drains the discarded-page list and drops
                  those pages from its cache, and a cached page it finds discarded is dropped
                  and read again -- an ordinary cache miss
+Both keep the discarded page list (guest_reclaim.py): every free retires its frames from it, so
+no drain acts on a frame that was freed and reused after its discard fault.
 
 Beside it: the backing stores its discard faults reload from, within the process's fd budget
 (guest_stores.py), and its frame supply and reclaim (guest_reclaim.py).
@@ -28,7 +30,7 @@ from .anon import AnonMemory, SwapFile
 from .files import FileSet
 from .frames import (DIRTY, FILE, KIND_NAMES, LOCKED, MAPPED_WRITABLE, MLOCKED, PRIVATE, SWAPCACHE,
                      WRITEBACK, FrameTable)
-from .guest_reclaim import RECLAIM_CLUSTER, Reclaim
+from .guest_reclaim import DISCARD_LIST_BATCH, RECLAIM_CLUSTER, Reclaim
 from .guest_stores import StoreBudget, _live_guests, _release_store, _sweep_epoch
 from .hinter import Hinter
 from .mappings import ProcessMappings
@@ -47,24 +49,30 @@ class Guest(StoreBudget, Reclaim):
     a temporary directory; a directory path uses that real tree, which is never modified.
     minor_fault: "lazy" (patch 7: no state change on minor faults and munmap) or "eager"
     (gphint.guest.mappings).  thp=True: a guest with transparent huge pages on 2 MiB-aligned
-    host memory that asks for huge pages (gphint.guest.thp).
+    host memory that asks for huge pages (gphint.guest.thp).  discard_list_batch: step() drops
+    the discarded page list once it holds this many pages (DISCARD_LIST_BATCH; 1: every step).
     """
 
     def __init__(self, size="128M", files=None, seed=1, batch=BATCH, hinting=True,
                  discard_mode="transparent", fault_service=None, workload="mixed", *,
                  name=None, max_order=10, file_bytes=None, swap_bytes=None, minor_fault="lazy",
-                 thp=False, mem_map=False):
+                 thp=False, mem_map=False, discard_list_batch=DISCARD_LIST_BATCH):
         if discard_mode not in DISCARD_MODES:
             raise ConfigError("unknown discard_mode %r (expected one of: transparent, guest)"
                               % (discard_mode,))
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError("seed must be an integer >= 0, got %r" % (seed,))
         self.seed = int(seed)
+        if (isinstance(discard_list_batch, bool) or not isinstance(discard_list_batch, (int, np.integer))
+                or discard_list_batch < 1):
+            raise ConfigError("discard_list_batch must be an integer >= 1, got %r" % (discard_list_batch,))
+        self.discard_list_batch = int(discard_list_batch)
         self.discard_mode = DISCARD_MODES[discard_mode]
         self.name = name
         self._closed = True
         self.thp = bool(thp)
         self.mem = GuestMemory(size, name=name, thp=self.thp)
+        self._listed, self._nlisted = np.zeros(self.mem.npages, dtype=bool), 0   # the discarded page list
         self.fault_service = fault_service
         self._stores = {}
         self._swept_epoch = _sweep_epoch[0]
@@ -99,7 +107,8 @@ class Guest(StoreBudget, Reclaim):
             self.low_watermark = max(RECLAIM_CLUSTER, self.mem.npages // 128)
             self.high_watermark = 3 * self.low_watermark
             self.stats = {"reclaim_calls": 0, "reclaimed": 0, "evicted": 0, "swapped_out": 0,
-                          "drained_discarded": 0, "dropped_drained": 0, "ops": 0,
+                          "drained_discarded": 0, "dropped_drained": 0, "dlist_drains": 0,
+                          "dlist_high_water": 0, "dlist_retired_by_free": 0, "ops": 0,
                           "stores_refused": 0, "stores_opened": 0, "stores_closed": 0}
             self._closed = False
             self.workload = None
@@ -256,8 +265,8 @@ class Guest(StoreBudget, Reclaim):
             raise ConfigError("nops must be an integer >= 0, got %r" % (nops,))
         if self.workload is None:
             raise ConfigError("this guest has no workload (Guest(..., workload=NAME))")
-        # transparent mode drains too (and only counts): the service's ring must not overflow
-        self.drain_discarded()
+        # transparent mode drains too (and only empties the list): the ring must not overflow
+        self.drain_discarded(min_batch=self.discard_list_batch)
         done = self.workload.step(int(nops))
         self.stats["ops"] += done
         return done

@@ -121,6 +121,17 @@ def census(guests):
     return out
 
 
+def discard_list_stats(guests, svc):
+    """The discarded page list over all guests (gphint.guest.guest_reclaim), with the fault
+    service's count of served pages it did not list because the guest had freed them."""
+    keys = ("drained_discarded", "dropped_drained", "dlist_drains", "dlist_retired_by_free")
+    out = {k: int(sum(g.stats[k] for g in guests)) for k in keys}
+    out["dlist_high_water"] = max((int(g.stats["dlist_high_water"]) for g in guests), default=0)
+    out["dlist_batch"] = guests[0].discard_list_batch if guests else 0
+    out["ring_stale"] = int(svc.stats().get("ring_stale", 0)) if svc is not None else 0
+    return out
+
+
 def service_stats(svc):
     if svc is None:
         return {}
