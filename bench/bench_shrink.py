@@ -2,9 +2,10 @@
 10% of its memory by each strategy -- wall time and host CPU per GiB taken back.
 
 Method: one guest of GPHINT_SHRINK_MB (default 1024 MiB) whose buddy allocator (struct pages
-in the guest's own frames) hands out all its memory in 64-page pieces (2 MiB pieces when THP-backed, as a THP-aware guest), and then frees 90%
-of the pieces at random (seeded): the free memory is a few hundred runs of
-every size.  Each strategy shrinks a fresh copy of that guest once (the operation frees the
+in the guest's own frames) hands out all its memory in 64-page pieces (2 MiB pieces when THP-backed, as a THP-aware guest), and then frees
+pieces at random (seeded) until what it still uses, struct pages included, fits the host's target
+(10% less the host's headroom): the free memory is a few hundred runs of every size, and it is
+exactly what the host must take back -- no strategy that sees free pages needs to swap.  Each strategy shrinks a fresh copy of that guest once (the operation frees the
 memory, it cannot be repeated on the same pages), with 4 KiB-backed and THP-backed memory
 (`GuestMemory(thp=True)`):
   cmma, unused   the host reads the states and discards the UNUSED pages (cmma:batch=4096)
@@ -13,7 +14,8 @@ memory, it cannot be repeated on the same pages), with 4 KiB-backed and THP-back
                  (batch 256: virtio-balloon's PFN array, VIRTIO_BALLOON_ARRAY_PFNS_MAX)
   none           the host swaps the free memory out (it cannot tell it is free)
 The floor, measured on a fresh copy in the same test: one `madvise(MADV_DONTNEED)` per free run
-(`mem.discard_raw(runs, submit="coalesce")`).  Targets: cmma with 4 KiB pages within 1.3x of
+(`mem.discard_raw(runs, submit="coalesce")`); the floor and cmma are measured GPHINT_SHRINK_ROUNDS
+(3) times each, interleaved, and the fastest of each is compared.  Targets: cmma with 4 KiB pages within 1.3x of
 that floor's wall time; cmma with THP-backed memory under 10 us per 2 MiB taken back.
 Published anchors printed beside (HyperAlloc, EuroSys 2025, raw data of its artifact):
 virtio-balloon 4.45 us per 4 KiB page, virtio-mem 63 us per 2 MiB, HyperAlloc 6.2 us per 2 MiB.
@@ -36,6 +38,8 @@ from gphint.memory import expand_runs
 PAGE = gphint.PAGE_SIZE
 SHRINK_MB = int(os.environ.get("GPHINT_SHRINK_MB", "1024"))
 KEEP = 0.10
+HEADROOM = 0.02   # the Host's default: it reclaims to (1 - headroom) of the budget
+ROUNDS = int(os.environ.get("GPHINT_SHRINK_ROUNDS", "3"))   # floor and cmma shrinks, interleaved
 PIECE = 64
 THP_PIECE = 512
 HAS_SERVICE, WHY_NOT = fault_service_available()
@@ -48,7 +52,7 @@ pytestmark = pytest.mark.skipif(not HAS_SERVICE, reason="needs the discard-fault
 
 
 def shrunk_guest(svc, thp, hinting):
-    """A touched guest, 90% of it freed in 64-page pieces; returns a guest-like namespace."""
+    """A touched guest, ~90% of it freed in pieces; returns a guest-like namespace."""
     mem = gphint.GuestMemory("%dM" % SHRINK_MB, thp=thp, name="shrink")
     # touched before the fault service watches it: the kernel's own faults, huge pages with THP
     # (userfaultfd would serve every first touch as a 4 KiB copy)
@@ -59,8 +63,14 @@ def shrunk_guest(svc, thp, hinting):
     # THP-backed: a THP-aware guest hands out its anonymous memory in 2 MiB pieces
     piece = THP_PIECE if thp else PIECE
     pieces = [a.alloc(piece) for _ in range(a.free_pages // piece)]
+    # what the guest still uses -- its struct pages (mem_map) included -- fits the host's target
+    # (KEEP less the headroom): the shrink is then the free memory, the very pages the floor
+    # advises, and no strategy that sees free pages has to swap the guest's own (keeping 10% of
+    # the pieces on top of 1.6% of struct pages made cmma swap ~17 MiB: 4x the THP floor's time)
+    target = int(int(mem.npages * KEEP) * (1.0 - HEADROOM))
+    keep = max(0, (target - a.reserved_pages) // piece)
     rng = np.random.default_rng(11)
-    for i in rng.permutation(len(pieces))[:int(len(pieces) * (1 - KEEP))]:
+    for i in rng.permutation(len(pieces))[:len(pieces) - keep]:
         a.free(pieces[i])
     a.flush_hints()
     return types.SimpleNamespace(mem=mem, allocator=a, name="shrink", reclaim=None, huge_bytes=huge)
@@ -70,7 +80,8 @@ def _shrink(name, g):
     """Take the guest down to KEEP of its memory by strategy `name`, timing only the shrink
     (not building the host): (wall s, host CPU s, guest CPU s)."""
     budget = int(g.mem.size_bytes * KEEP)
-    host = Host([g], budget=budget, strategy=SPECS[name], fault_service=g.mem.fault_service)
+    host = Host([g], budget=budget, strategy=SPECS[name], fault_service=g.mem.fault_service,
+                headroom=HEADROOM)
     slot = host.slots[0]
     try:
         if name == "balloon":
@@ -150,10 +161,17 @@ def _floor(svc, thp):
 def test_shrink_one_guest(benchmark, svc, backing):
     thp = backing == "THP"
     benchmark.group = "shrink %d MiB guest to 10%%, %s-backed" % (SHRINK_MB, backing)
-    floor_wall, floor_cpu, floor_taken, nruns, huge = _floor(svc, thp)
-    rows = {name: _measure(svc, name, thp) for name in STRATEGIES}
+    # the floor and cmma interleaved, ROUNDS times each on fresh copies, the fastest of each
+    # compared: the machine's noise hits both alike (single shots moved the ratio 0.76-1.84x)
+    floors, cmmas = [], []
+    for _ in range(ROUNDS):
+        floors.append(_floor(svc, thp))
+        cmmas.append(_measure(svc, "cmma", thp))
+    floor_wall, floor_cpu, floor_taken, nruns, huge = min(floors, key=lambda f: f[0])
+    rows = {name: _measure(svc, name, thp) for name in STRATEGIES if name != "cmma"}
     # the timed round pytest-benchmark records: cmma's shrink of one more fresh copy
-    benchmark.pedantic(lambda: rows.__setitem__("cmma", _measure(svc, "cmma", thp)), rounds=1)
+    benchmark.pedantic(lambda: cmmas.append(_measure(svc, "cmma", thp)), rounds=1)
+    rows["cmma"] = min(cmmas, key=lambda r: r[0])
     info = {"floor_madvise_per_run_s": floor_wall, "free_runs": nruns, "anon_huge_MiB_seen": huge >> 20,
             "floor_us_per_2MiB": floor_wall / (floor_taken * PAGE / (2 << 20)) * 1e6}
     for name, (wall, host_s, guest_s, taken) in rows.items():
@@ -169,6 +187,8 @@ def test_shrink_one_guest(benchmark, svc, backing):
         print("%s %-9s wall %.4f s, %.2f us per 2 MiB, %.3f us per 4 KiB, host CPU %s s/GiB" % (
             backing, name, info["%s_wall_s" % name], info["%s_us_per_2MiB" % name] or 0,
             info["%s_us_per_4KiB" % name] or 0, info["%s_host_cpu_s_per_GiB" % name]))
+    print("%s floor (one madvise per free run) %.4f s, %.2f us per 2 MiB; cmma %.2fx the floor" % (
+        backing, floor_wall, info["floor_us_per_2MiB"], info["cmma_wall_s"] / floor_wall))
     print("anchors (HyperAlloc, EuroSys 2025): %s" % ", ".join("%s %.2f us" % kv for kv in ANCHORS_US.items()))
     cmma_wall, _, _, cmma_taken = rows["cmma"]
     assert cmma_taken >= 0.95 * floor_taken      # it really took the free memory back

@@ -346,8 +346,29 @@ def write_to_file(region, page_size, pages, fd, offsets, force_bounce=False):
     return _page_io(True, region, page_size, pages, fd, offsets)
 
 
-# --- the guest's hint queue (ext/hintq.c) -------------------------------------------------------
+# --- the host side of the state protocol (ext/hostops.c) ---------------------------------------
 SP, SZ = 0x02, 0x03   # STABLE | PRESERVED, STABLE | ZERO
+_HELD_FLAGS, _USAGE, _CONTENT = 0xF0, 0x0C, 0x03
+
+
+def host_discard_uv(states, pages, advice):
+    """The host's UNUSED/VOLATILE discard (ext/hostops.c, gph_host_discard: pick_run -> madvise
+    -> finish_run) read in Python on a state table nobody writes meanwhile: each asked page that
+    is unheld, UNUSED or VOLATILE, and resident -- or lazily freed, under advice 0
+    (MADV_DONTNEED; MADV_FREE would change nothing on those) -- is taken: content ZERO, or LAZY
+    under advice 1 (MADV_FREE).  Every other page keeps its byte exactly, whatever its
+    neighbours (the C claims 8 bytes per CAS only when all 8 are one pickable value).  The
+    madvise is not made here.  Returns the pages taken, ascending.  Nothing calls it at run
+    time (without the compiled fault service the host discards UNUSED pages only, unpicked:
+    gphint.discard.Unserved); the tests hold the C to it."""
+    pages = np.unique(np.asarray(pages, dtype=np.int64))
+    s = states[pages]
+    usage, content = s & _USAGE, s & _CONTENT
+    ok_content = (content == 0) | ((content == 1) & (advice == 0))
+    take = ((s & _HELD_FLAGS) == 0) & ((usage == 0x04) | (usage == 0x0C)) & ok_content
+    taken = pages[take]
+    states[taken] = (states[taken] & _USAGE) | (1 if advice == 1 else 3)
+    return taken
 
 
 def drop_preserved(states, pages, swap_store, swap_slot, slot_tables):
@@ -373,6 +394,7 @@ def drop_preserved(states, pages, swap_store, swap_slot, slot_tables):
     return dropped
 
 
+# --- the guest's hint queue (ext/hintq.c) -------------------------------------------------------
 NO_PENDING = 0xFF
 
 

@@ -13,7 +13,8 @@ gphint batches the same way on both sides of the guest/host boundary:
   host   the host's discard submission (gphint.host.strategies.Strategy.discard) and its swap-out
          (Host.swap_out): the strategy fills a cycle with the pages it picked; every `capacity`
          pages become one discard (or swap-out) call into ext/; the cycle's end flushes the rest.
-         Its capacity is the spec's `host_batch` (by default the same number as `batch`).
+         Its capacity is the spec's `host_batch` (by default gphint.host.spec.HOST_BATCH for
+         unused and cmma, the spec's `batch` for the others).
 
 Strategies differ only in how they fill (a state scan, a free page report, a balloon inflation).
 The rule in numbers: with n items and capacity c, a cycle makes n // c full submissions and, at
@@ -23,7 +24,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-# The guest's hint-buffer capacity, and the host's submission size unless `host_batch` is given:
+# The guest's hint-buffer capacity (and the host's submission size where `host_batch` follows it):
 # 32 transitions per state change is the follow-up proposal's order of magnitude and free page
 # reporting's capacity (PAGE_REPORTING_CAPACITY in include/linux/page_reporting.h).
 BATCH = 32

@@ -13,7 +13,7 @@ from gphint import ConfigError, GuestMemory, PageState
 from gphint.batching import BATCH, Cycle, run
 from gphint.host import Host, parse_strategy
 from gphint.host.hostswap import fault_service_available
-from gphint.host.spec import STRATEGY_KEYS
+from gphint.host.spec import HOST_BATCH, STRATEGY_KEYS
 
 
 @settings(max_examples=60, deadline=None)
@@ -57,12 +57,24 @@ def test_every_discarding_strategy_takes_host_batch(name):
     assert parse_strategy(str(spec)).params == spec.params
 
 
-def test_host_batch_follows_batch_unless_given():
-    assert parse_strategy("cmma").host_batch == BATCH
-    spec = parse_strategy("cmma:batch=4096")
-    assert spec.host_batch == 4096 and str(spec) == "cmma:batch=4096"
-    spec = parse_strategy("cmma:batch=4096,host_batch=32")
-    assert (spec.batch, spec.host_batch) == (4096, 32) and str(spec) == "cmma:batch=4096,host_batch=32"
+@pytest.mark.parametrize("name", ["cmma", "unused"])
+def test_state_reading_strategies_submit_host_batch_pages_apart_from_batch(name):
+    assert parse_strategy(name).host_batch == HOST_BATCH and parse_strategy(name).batch == BATCH
+    spec = parse_strategy("%s:batch=4096" % name)
+    assert spec.host_batch == HOST_BATCH and str(spec) == "%s:batch=4096" % name
+    spec = parse_strategy("%s:batch=4096,host_batch=32" % name)
+    assert (spec.batch, spec.host_batch) == (4096, 32) and str(spec) == "%s:batch=4096,host_batch=32" % name
+    assert parse_strategy(str(spec)).params == spec.params
+    assert parse_strategy("%s:host_batch=%d" % (name, HOST_BATCH)).params == parse_strategy(name).params
+
+
+@pytest.mark.parametrize("name", ["reporting", "balloon", "none"])
+def test_device_strategies_host_batch_follows_batch_unless_given(name):
+    assert parse_strategy(name).host_batch == STRATEGY_KEYS[name]["batch"]
+    spec = parse_strategy("%s:batch=4096" % name)
+    assert spec.host_batch == 4096 and str(spec) == "%s:batch=4096" % name
+    spec = parse_strategy("%s:batch=4096,host_batch=32" % name)
+    assert (spec.batch, spec.host_batch) == (4096, 32) and str(spec) == "%s:batch=4096,host_batch=32" % name
     assert parse_strategy(str(spec)).params == spec.params
 
 
@@ -100,10 +112,11 @@ def test_the_host_submits_host_batch_pages_per_call(host_batch):
 def test_the_shrink_script_measures_fewer_calls_with_a_larger_host_batch():
     script = os.path.join(os.path.dirname(__file__), "..", "scripts", "shrink_host_batch.py")
     r = subprocess.run([sys.executable, script, "--guest-mem", "16M", "--budget", "4M", "--repeat", "1",
-                        "cmma", "cmma:host_batch=1024"], capture_output=True, text=True, timeout=120)
+                        "cmma:host_batch=32", "cmma:host_batch=1024"], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr
     rows = {line[:32].strip(): line.split()[-4:] for line in r.stdout.splitlines()[1:]}
     calls = {k: int(v[2]) for k, v in rows.items()}
-    assert calls["cmma:host_batch=1024"] < calls["cmma"]
-    assert float(rows["cmma"][3]) == float(rows["cmma:host_batch=1024"][3]) > 0     # same MiB taken
+    assert calls["cmma:host_batch=1024"] < calls["cmma:host_batch=32"]
+    assert float(rows["cmma:host_batch=32"][3]) == float(rows["cmma:host_batch=1024"][3]) > 0   # same MiB
     assert any(k.startswith("one madvise") for k in rows)
