@@ -17,6 +17,7 @@
  * the detach shows up as a difference and the page is preserved instead (Pr -> Sp, never lost).
  * Drop: a preserved page whose content nobody needs any more gives its swap copy up (Sp -> Sz). */
 #include "faults_internal.h"
+#include "statelock.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -27,7 +28,7 @@
 #define C_LAZY (1u << GPH_CONTENT_LAZY)
 #define C_PRESERVED (1u << GPH_CONTENT_PRESERVED)
 
-static int pick(uint8_t *b, uint8_t usage_mask_ok, uint8_t content_mask_ok)
+static int pick_bit(uint8_t *b, uint8_t usage_mask_ok, uint8_t content_mask_ok)
 {
     uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE);
     for (;;) {
@@ -50,7 +51,7 @@ static int pick(uint8_t *b, uint8_t usage_mask_ok, uint8_t content_mask_ok)
 
 /* Release a page: new usage (or keep with 0xff), new content; FILLED means the fault thread
  * already gave it back, so it is RESIDENT whatever we meant to set. */
-static void finish(uint8_t *b, uint8_t usage, uint8_t content)
+static void finish_bit(uint8_t *b, uint8_t usage, uint8_t content)
 {
     uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE), want;
     do {
@@ -58,6 +59,30 @@ static void finish(uint8_t *b, uint8_t usage, uint8_t content)
         uint8_t c = (old & GPH_FLAG_FILLED) ? GPH_CONTENT_RESIDENT : content;
         want = (uint8_t)(u | c);
     } while (!__atomic_compare_exchange_n(b, &old, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+}
+
+/* The hashed lock (statelock.h) instead of BUSY: pick tries the page's lock (never waits: a
+ * page whose lock is taken is skipped, as a held page is) and keeps it until finish.  Only the
+ * lock is held, so the byte is checked under it, and finish_bit's write then releases nothing. */
+static int pick(int hashed, uint8_t *b, uint8_t usage_mask_ok, uint8_t content_mask_ok)
+{
+    if (!hashed)
+        return pick_bit(b, usage_mask_ok, content_mask_ok);
+    if (!gph_statelock_try(b))
+        return 0;
+    uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE);
+    if (!(old & GPH_FLAG_MASK) && (content_mask_ok & (1u << (old & GPH_CONTENT_MASK))) &&
+        (usage_mask_ok & (1u << ((old & GPH_USAGE_MASK) >> 2))))
+        return 1;
+    gph_statelock_unlock(b);
+    return 0;
+}
+
+static void finish(int hashed, uint8_t *b, uint8_t usage, uint8_t content)
+{
+    finish_bit(b, usage, content);
+    if (hashed)
+        gph_statelock_unlock(b);
 }
 
 /* Move [first, first+npg) of the region into scratch.  Returns pages moved from the start of the
@@ -170,7 +195,7 @@ static void preserve_run(struct run_ctx *c, int64_t first, int64_t npg, const ui
             }
             c->nerr++;
             reattach(s, r, first, i, resident);
-            finish(&r->d.states[p], 0xff, GPH_CONTENT_RESIDENT);
+            finish(s->hashed, &r->d.states[p], 0xff, GPH_CONTENT_RESIDENT);
             continue;
         }
         c->slot_next++;
@@ -178,7 +203,7 @@ static void preserve_run(struct run_ctx *c, int64_t first, int64_t npg, const ui
         /* record before the state says PRESERVED */
         __atomic_store_n(&r->d.swap_slot[p], c->slots[j], __ATOMIC_RELEASE);
         __atomic_store_n(&r->d.swap_store[p], c->swap_id, __ATOMIC_RELEASE);
-        finish(&r->d.states[p], GPH_USAGE_STABLE, GPH_CONTENT_PRESERVED);
+        finish(s->hashed, &r->d.states[p], GPH_USAGE_STABLE, GPH_CONTENT_PRESERVED);
         c->swapped++;
     }
 }
@@ -207,7 +232,7 @@ static void detach_and_place(struct run_ctx *c, int64_t first, int64_t npg, int 
     }
     gph_race_delay_(s);   /* detached, not yet written: a test widens this window too */
     for (int64_t i = moved; i < npg; i++)   /* not detached: left as they were */
-        finish(&r->d.states[first + i], 0xff, GPH_CONTENT_RESIDENT);
+        finish(s->hashed, &r->d.states[first + i], 0xff, GPH_CONTENT_RESIDENT);
     if (moved == 0)
         return;
     if (mincore(s->scratch, (size_t)moved * ps, resident) != 0 ||
@@ -223,7 +248,7 @@ static void detach_and_place(struct run_ctx *c, int64_t first, int64_t npg, int 
                 gph_read_full(fd, s->host_buf, ps, __atomic_load_n(&r->d.backing_offset[p], __ATOMIC_ACQUIRE)) >= 0 &&
                 memcmp(s->host_buf, scratch_page(s, resident, i, ps), ps) == 0) {
                 which[i] = 0;   /* clean and equal to its file: the discard is safe */
-                finish(&r->d.states[p], GPH_USAGE_VOLATILE, GPH_CONTENT_ZERO);
+                finish(s->hashed, &r->d.states[p], GPH_USAGE_VOLATILE, GPH_CONTENT_ZERO);
                 c->discarded++;
                 if (c->st) {   /* freed by the scratch madvise below */
                     c->st->pages++;
@@ -303,7 +328,7 @@ long gph_host_swap_out(struct gph_service *s, int rid, const int64_t *pages, siz
     if (!r)
         goto out;
     for (size_t i = 0; i < n; i++)
-        picked[i] = (uint8_t)pick(&r->d.states[pages[i]], OK_S | OK_P, C_RESIDENT);
+        picked[i] = (uint8_t)pick(s->hashed, &r->d.states[pages[i]], OK_S | OK_P, C_RESIDENT);
     gph_race_delay_(s);   /* holding BUSY: a test widens this window */
     struct run_ctx c = {.s = s, .r = r, .swap_id = swap_id, .slots = slots, .nslots = nslots, .used_slots = used_slots,
                         .dirty_ok = 0, .err = err};
@@ -343,9 +368,9 @@ long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size
     uint8_t gone = advice == GPH_ADVICE_FREE ? GPH_CONTENT_LAZY : GPH_CONTENT_ZERO;
     for (size_t i = 0; i < n; i++) {
         uint8_t *b = &r->d.states[pages[i]];
-        if (pick(b, OK_U | OK_V, vu_content)) {
+        if (pick(s->hashed, b, OK_U | OK_V, vu_content)) {
             vu[nvu++] = pages[i];
-        } else if (take_p && pick(b, OK_P, C_RESIDENT)) {
+        } else if (take_p && pick(s->hashed, b, OK_P, C_RESIDENT)) {
             ppicked[i] = 1;
             np++;
         }
@@ -359,8 +384,11 @@ long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size
          * guest's next transition asks the kernel (lazyfree.c), and a fault on one that is gone
          * is served from its state as ever */
         for (size_t i = 0; i < nvu; i++)
-            finish(&r->d.states[vu[i]], 0xff, d < 0 ? GPH_CONTENT_LAZY : gone);
+            finish(s->hashed, &r->d.states[vu[i]], 0xff, d < 0 ? GPH_CONTENT_LAZY : gone);
         if (d < 0) {
+            for (size_t i = 0; i < n; i++)   /* the P pages picked too: released untouched */
+                if (ppicked[i])
+                    finish(s->hashed, &r->d.states[pages[i]], 0xff, GPH_CONTENT_RESIDENT);
             rc = d;
             goto out;
         }
@@ -394,14 +422,14 @@ long gph_host_drop_preserved(struct gph_service *s, int rid, const int64_t *page
     struct gph_region *r = begin_host_op(s, rid, pages, n, &rc, err);
     for (size_t i = 0; r && i < n; i++) {
         uint8_t *b = &r->d.states[pages[i]];
-        if (!pick(b, OK_S, C_PRESERVED))
+        if (!pick(s->hashed, b, OK_S, C_PRESERVED))
             continue;
         int32_t swap_id = __atomic_load_n(&r->d.swap_store[pages[i]], __ATOMIC_ACQUIRE);
         if (swap_id != 0) {
             gph_store_free_slots_(swap_id, __atomic_load_n(&r->d.swap_slot[pages[i]], __ATOMIC_ACQUIRE), 1);
             __atomic_store_n(&r->d.swap_store[pages[i]], 0, __ATOMIC_RELEASE);
         }
-        finish(b, GPH_USAGE_STABLE, GPH_CONTENT_ZERO);
+        finish(s->hashed, b, GPH_USAGE_STABLE, GPH_CONTENT_ZERO);
         rc++;
     }
     end_host_op(s);
