@@ -18,6 +18,20 @@ def page_lock_taken(const uint8_t[::1] states not None, int64_t page):
     if page < 0 or page >= states.shape[0]:
         raise IndexError("page index %d outside [0, %d)" % (page, states.shape[0]))
     return gph_statelock_taken(&states[page]) != 0
+
+
+def page_lock_hold(const uint8_t[::1] states not None, int64_t page, double seconds):
+    """Tests: hold the hashed lock of states[page] for seconds, GIL released, as a host or fault
+    thread would across one C call; the calling thread waits for it like any guest.  Returns the
+    page's state byte when the lock was taken and when it was released."""
+    if page < 0 or page >= states.shape[0]:
+        raise IndexError("page index %d outside [0, %d)" % (page, states.shape[0]))
+    cdef const uint8_t *b = &states[page]
+    cdef uint64_t ns = <uint64_t>(seconds * 1e9)
+    cdef uint8_t first = 0, last = 0
+    with nogil:
+        gph_statelock_hold_test(b, ns, &first, &last)
+    return first, last
 MAX_STORES = GPH_MAX_STORES
 
 

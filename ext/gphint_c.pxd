@@ -150,3 +150,4 @@ cdef extern from "gphint_internal.h" nogil:
 
 cdef extern from "statelock.h" nogil:
     int gph_statelock_taken(const uint8_t *b)
+    void gph_statelock_hold_test(const uint8_t *b, uint64_t ns, uint8_t *first, uint8_t *last)

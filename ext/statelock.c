@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stddef.h>
+#include <time.h>
 
 struct statelock {
     uintptr_t owner;   /* the owning thread's token (&me_), 0: free */
@@ -63,6 +64,17 @@ void gph_statelock_unlock(const uint8_t *b)
 int gph_statelock_taken(const uint8_t *b)
 {
     return __atomic_load_n(&bucket(b)->owner, __ATOMIC_ACQUIRE) != 0;
+}
+
+void gph_statelock_hold_test(const uint8_t *b, uint64_t ns, uint8_t *first, uint8_t *last)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
+    gph_statelock_lock(b);
+    *first = __atomic_load_n(b, __ATOMIC_ACQUIRE);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    *last = __atomic_load_n(b, __ATOMIC_ACQUIRE);
+    gph_statelock_unlock(b);
 }
 
 /* --- the registry: open addressing over table addresses; a removed entry becomes GONE so later

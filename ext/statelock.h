@@ -24,6 +24,8 @@ int gph_statelock_try(const uint8_t *b);     /* 1: taken (or already this thread
 void gph_statelock_lock(const uint8_t *b);   /* spin, then sched_yield, until taken */
 void gph_statelock_unlock(const uint8_t *b);
 int gph_statelock_taken(const uint8_t *b);   /* tests: is the page's lock held by anyone */
+/* Tests: hold b's lock for ns, reading the byte just after taking it and just before release. */
+void gph_statelock_hold_test(const uint8_t *b, uint64_t ns, uint8_t *first, uint8_t *last);
 /* Tables in hashed mode (registered by the fault service for its regions).  A lookup is one
  * probe sequence without a lock; changes are rare (register / unregister). */
 long gph_statelock_register(const uint8_t *states);
