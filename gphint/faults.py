@@ -447,5 +447,5 @@ class FaultService:
         self.stop()
 
     def __repr__(self):
-        return "<FaultService %s %s window=%d guests=%d%s>" % (self.mode, self.locking, self.window_bytes, len(self._regs),
-                                                             " stopped" if self._stopped else "")
+        return "<FaultService %s %s window=%d guests=%d%s>" % (
+            self.mode, self.locking, self.window_bytes, len(self._regs), " stopped" if self._stopped else "")

@@ -74,7 +74,8 @@ class RunConfig:
             raise ConfigError("--probe-timeout must be > 0 seconds, got %r" % self.probe_timeout_s)
         from ..faults import LOCKINGS
         if self.locking not in LOCKINGS:
-            raise ConfigError("--locking %r is not valid (expected one of %s)" % (self.locking, ", ".join(LOCKINGS)))
+            raise ConfigError("--locking %r is not valid (expected one of %s)"
+                              % (self.locking, ", ".join(LOCKINGS)))
         if self.guest_mem_bytes < MIN_GUEST_MEM_BYTES:
             raise ConfigError("--guest-mem %s is too small: a guest needs at least %s"
                               % (fmt_bytes(self.guest_mem_bytes), fmt_bytes(MIN_GUEST_MEM_BYTES)))
