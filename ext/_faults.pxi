@@ -9,6 +9,29 @@ FAULT_STAT_FIELDS = ("faults", "discard_faults", "zero_fills", "file_reloads", "
 SVC_USER_MODE_ONLY = GPH_SVC_USER_MODE_ONLY
 SVC_DIRTY = GPH_SVC_DIRTY
 SVC_MOVE = GPH_SVC_MOVE
+LOCKING_HOLDBITS = GPH_LOCKING_HOLDBITS
+LOCKING_HASHED = GPH_LOCKING_HASHED
+
+
+def page_lock_taken(const uint8_t[::1] states not None, int64_t page):
+    """Tests: is the hashed lock of states[page] held by any thread (ext/statelock.h)."""
+    if page < 0 or page >= states.shape[0]:
+        raise IndexError("page index %d outside [0, %d)" % (page, states.shape[0]))
+    return gph_statelock_taken(&states[page]) != 0
+
+
+def page_lock_hold(const uint8_t[::1] states not None, int64_t page, double seconds):
+    """Tests: hold the hashed lock of states[page] for seconds, GIL released, as a host or fault
+    thread would across one C call; the calling thread waits for it like any guest.  Returns the
+    page's state byte when the lock was taken and when it was released."""
+    if page < 0 or page >= states.shape[0]:
+        raise IndexError("page index %d outside [0, %d)" % (page, states.shape[0]))
+    cdef const uint8_t *b = &states[page]
+    cdef uint64_t ns = <uint64_t>(seconds * 1e9)
+    cdef uint8_t first = 0, last = 0
+    with nogil:
+        gph_statelock_hold_test(b, ns, &first, &last)
+    return first, last
 MAX_STORES = GPH_MAX_STORES
 
 
@@ -175,6 +198,14 @@ cdef class FaultThread:
     def set_race_delay(self, uint64_t ns):
         """Tests only: sleep ns inside every hold (widens the protocol's race windows)."""
         gph_service_set_race_delay(self._svc(), ns)
+
+    def set_locking(self, int locking):
+        """LOCKING_HOLDBITS or LOCKING_HASHED (ext/statelock.h), before the first register."""
+        cdef gph_err err = _NO_ERR
+        cdef long rc = gph_service_set_locking(self._svc(), locking)
+        if rc < 0:
+            err.what = "locking (a known mode, set before the first register)"
+            raise_mech(rc, &err, "choosing the fault service's locking")
 
     def register(self, unsigned char[::1] region not None, size_t page_size, uint8_t[::1] states not None,
                  int32_t[::1] backing_store not None, int64_t[::1] backing_offset not None,

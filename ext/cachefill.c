@@ -1,6 +1,7 @@
 /* cachefill.c -- the guest's page-cache read into frames of a served region, installing
  * missing frames without a fault. */
 #include "faults_internal.h"
+#include "statelock.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -27,15 +28,23 @@ static void read_in_place(struct fill *f, size_t i, size_t k)
     }
 }
 
-/* Hold (SERVING) every frame that is missing (content ZERO, nobody holding it). */
-static void take_missing(struct gph_region *r, struct fill *f)
+/* Hold (SERVING) every frame that is missing (content ZERO, nobody holding it).  Hashed mode:
+ * the bit is set under the frame's lock, only tried (a frame whose lock is taken is read into in
+ * place, like a held one), so a host checking the byte under that lock sees it. */
+static void take_missing(struct gph_region *r, struct fill *f, int hashed)
 {
     for (size_t i = 0; i < f->n; i++) {
         uint8_t *b = &r->d.states[f->pages[i]];
+        if (hashed && !gph_statelock_try(b)) {
+            f->take[i] = 0;
+            continue;
+        }
         uint8_t st = __atomic_load_n(b, __ATOMIC_ACQUIRE);
         f->take[i] = !(st & GPH_FLAG_MASK) && (st & GPH_CONTENT_MASK) == GPH_CONTENT_ZERO &&
                      __atomic_compare_exchange_n(b, &st, (uint8_t)(st | GPH_FLAG_SERVING), 0,
                                                  __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        if (hashed)
+            gph_statelock_unlock(b);
     }
 }
 
@@ -136,7 +145,7 @@ long gph_service_fill(struct gph_service *s, int rid, const int64_t *pages, size
             rc = gph_err_range(err, "page index", pages[i], 1, r->d.npages);
     if (rc < 0)
         goto out;
-    take_missing(r, &f);
+    take_missing(r, &f, s->hashed);
     rc = install_held(s, r, &f, fd, buf, installed, err);
     if (rc == 0 && f.nrest) {
         int64_t bounced = 0;

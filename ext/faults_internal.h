@@ -59,6 +59,7 @@ struct gph_service {
     uint8_t *scratch;             /* registered with our uffd: UFFDIO_MOVE destination */
     uint8_t *host_buf;            /* host's compare buffer (GPH_SCRATCH_BYTES) */
     uint64_t race_delay_ns;       /* tests only: sleep inside each hold to widen race windows */
+    int hashed;                   /* GPH_LOCKING_HASHED: holds are hashed locks (statelock.h), set before any region */
     struct gph_refault {          /* fault thread only: pages answered "already there" (EEXIST) */
         uint64_t page;            /* page address */
         uint32_t count;           /* consecutive such answers */

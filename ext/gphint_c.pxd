@@ -87,6 +87,10 @@ cdef extern from "gphint_internal.h" nogil:
     long gph_service_start(gph_service *s, gph_err *err)
     long gph_service_set_window(gph_service *s, size_t window_bytes)
     long gph_service_set_race_delay(gph_service *s, uint64_t ns)
+    long gph_service_set_locking(gph_service *s, int locking)
+    enum:
+        GPH_LOCKING_HOLDBITS
+        GPH_LOCKING_HASHED
     long gph_service_register(gph_service *s, const gph_region_desc *d, gph_err *err)
     long gph_service_unregister(gph_service *s, int region, int materialize, gph_err *err)
     long gph_service_stop(gph_service *s)
@@ -144,3 +148,7 @@ cdef extern from "gphint_internal.h" nogil:
     long gph_frames_stats(uint8_t *states, gph_lazy_stats *out)
     long gph_resolve_lazy(uint8_t *states, int64_t npages, const int64_t *pages, size_t n,
                           int keep_present, gph_err *err)
+
+cdef extern from "statelock.h" nogil:
+    int gph_statelock_taken(const uint8_t *b)
+    void gph_statelock_hold_test(const uint8_t *b, uint64_t ns, uint8_t *first, uint8_t *last)

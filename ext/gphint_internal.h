@@ -138,6 +138,10 @@ long gph_service_start(struct gph_service *s, struct gph_err *err);
 long gph_service_set_window(struct gph_service *s, size_t window_bytes);
 /* Tests only: sleep ns inside every host/fault-thread hold, to widen race windows. */
 long gph_service_set_race_delay(struct gph_service *s, uint64_t ns);
+/* How the protocol's holds are taken (docs/state-protocol.md): hold bits in the state byte, or
+ * the hashed lock on the page index (statelock.h).  Before the first register only. */
+enum { GPH_LOCKING_HOLDBITS = 0, GPH_LOCKING_HASHED = 1 };
+long gph_service_set_locking(struct gph_service *s, int locking);
 /* gph_service_register returns the region id (>= 0).  gph_service_unregister first closes the
  * region to the host (discard / swap-out then fail with -ENOENT, and none is still running),
  * then, with materialize, reloads every page whose content lives elsewhere (file/swap), so the

@@ -18,6 +18,7 @@
  * the detach shows up as a difference and the page is preserved instead (Pr -> Sp, never lost).
  * Drop: a preserved page whose content nobody needs any more gives its swap copy up (Sp -> Sz). */
 #include "faults_internal.h"
+#include "statelock.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -28,7 +29,7 @@
 #define C_LAZY (1u << GPH_CONTENT_LAZY)
 #define C_PRESERVED (1u << GPH_CONTENT_PRESERVED)
 
-static int pick(uint8_t *b, uint8_t usage_mask_ok, uint8_t content_mask_ok)
+static int pick_bit(uint8_t *b, uint8_t usage_mask_ok, uint8_t content_mask_ok)
 {
     uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE);
     for (;;) {
@@ -51,7 +52,7 @@ static int pick(uint8_t *b, uint8_t usage_mask_ok, uint8_t content_mask_ok)
 
 /* Release a page: new usage (or keep with 0xff), new content; FILLED means the fault thread
  * already gave it back, so it is RESIDENT whatever we meant to set. */
-static void finish(uint8_t *b, uint8_t usage, uint8_t content)
+static void finish_bit(uint8_t *b, uint8_t usage, uint8_t content)
 {
     uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE), want;
     do {
@@ -61,9 +62,34 @@ static void finish(uint8_t *b, uint8_t usage, uint8_t content)
     } while (!__atomic_compare_exchange_n(b, &old, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
 }
 
+/* The hashed lock (statelock.h) instead of BUSY: pick tries the page's lock (never waits: a
+ * page whose lock is taken is skipped, as a held page is) and keeps it until finish.  Only the
+ * lock is held, so the byte is checked under it, and finish_bit's write then releases nothing. */
+static int pick(int hashed, uint8_t *b, uint8_t usage_mask_ok, uint8_t content_mask_ok)
+{
+    if (!hashed)
+        return pick_bit(b, usage_mask_ok, content_mask_ok);
+    if (!gph_statelock_try(b))
+        return 0;
+    uint8_t old = __atomic_load_n(b, __ATOMIC_ACQUIRE);
+    if (!(old & GPH_FLAG_MASK) && (content_mask_ok & (1u << (old & GPH_CONTENT_MASK))) &&
+        (usage_mask_ok & (1u << ((old & GPH_USAGE_MASK) >> 2))))
+        return 1;
+    gph_statelock_unlock(b);
+    return 0;
+}
+
+static void finish(int hashed, uint8_t *b, uint8_t usage, uint8_t content)
+{
+    finish_bit(b, usage, content);
+    if (hashed)
+        gph_statelock_unlock(b);
+}
+
 /* Whole-run pick and finish: the same two transitions as pick/finish, on the state bytes of
- * pages [first, first+len), 8 bytes per 64-bit CAS where the run covers an aligned word.  At
- * ~290 ns a page the per-page pair cost the host more than the madvise of a 2 MiB run itself.
+ * pages [first, first+len), 8 bytes per 64-bit CAS where the run covers an aligned word: a
+ * 2 MiB run is 64 claims instead of 512 (with THP the madvise of a run is cheap enough for the
+ * per-page pair to show).  With the hashed lock every page goes through pick/finish.
  * A word is claimed only when its 8 bytes are one pickable value (a run of free pages is one
  * value); a mixed word, a CAS that lost to a guest or fault-thread change, and the run's
  * unaligned edges go page by page.  Each byte's transition is exactly pick's/finish's, and the
@@ -83,13 +109,14 @@ static int word_aligned(const uint8_t *b, int64_t left)
 /* Claims of one pick_run: picked[k] = 1 for each page first+k claimed (Xr -> Xr|BUSY), and the
  * claimed pages as (first, npages) runs appended to runs[] (*nruns of them, room for len). */
 static int64_t pick_run(uint8_t *states, int64_t first, int64_t len, uint8_t usage_mask_ok,
-                        uint8_t content_mask_ok, uint8_t *picked, int64_t *runs, size_t *nruns)
+                        uint8_t content_mask_ok, uint8_t *picked, int64_t *runs, size_t *nruns,
+                        int hashed)
 {
     int64_t got = 0, k = 0, open_end = -1;   /* open_end: where the last run appended ends */
     while (k < len) {
         uint8_t *b = &states[first + k];
         int64_t took = 0;
-        if (word_aligned(b, len - k)) {
+        if (!hashed && word_aligned(b, len - k)) {
             state_word *w = (state_word *)b;
             uint64_t old = __atomic_load_n(w, __ATOMIC_ACQUIRE);
             while (old == BYTES8(old) && !(old & GPH_FLAG_MASK) &&
@@ -105,7 +132,7 @@ static int64_t pick_run(uint8_t *states, int64_t first, int64_t len, uint8_t usa
         if (took) {
             memset(&picked[k], 1, 8);
         } else {
-            picked[k] = (uint8_t)pick(b, usage_mask_ok, content_mask_ok);
+            picked[k] = (uint8_t)pick(hashed, b, usage_mask_ok, content_mask_ok);
             if (!picked[k]) {
                 k++;
                 continue;
@@ -129,13 +156,14 @@ static int64_t pick_run(uint8_t *states, int64_t first, int64_t len, uint8_t usa
 /* finish() on every page of [first, first+len), all of which this host operation holds: while
  * BUSY is ours the only other change a byte can see is the fault thread's FILLED (serve.c,
  * gph_mark_served_), which the word CAS either sees or retries on. */
-static void finish_run(uint8_t *states, int64_t first, int64_t len, uint8_t usage, uint8_t content)
+static void finish_run(uint8_t *states, int64_t first, int64_t len, uint8_t usage, uint8_t content,
+                       int hashed)
 {
     int64_t k = 0;
     while (k < len) {
         uint8_t *b = &states[first + k];
-        if (!word_aligned(b, len - k)) {
-            finish(b, usage, content);
+        if (hashed || !word_aligned(b, len - k)) {
+            finish(hashed, b, usage, content);
             k++;
             continue;
         }
@@ -260,7 +288,7 @@ static void preserve_run(struct run_ctx *c, int64_t first, int64_t npg, const ui
             }
             c->nerr++;
             reattach(s, r, first, i, resident);
-            finish(&r->d.states[p], 0xff, GPH_CONTENT_RESIDENT);
+            finish(s->hashed, &r->d.states[p], 0xff, GPH_CONTENT_RESIDENT);
             continue;
         }
         c->slot_next++;
@@ -268,7 +296,7 @@ static void preserve_run(struct run_ctx *c, int64_t first, int64_t npg, const ui
         /* record before the state says PRESERVED */
         __atomic_store_n(&r->d.swap_slot[p], c->slots[j], __ATOMIC_RELEASE);
         __atomic_store_n(&r->d.swap_store[p], c->swap_id, __ATOMIC_RELEASE);
-        finish(&r->d.states[p], GPH_USAGE_STABLE, GPH_CONTENT_PRESERVED);
+        finish(s->hashed, &r->d.states[p], GPH_USAGE_STABLE, GPH_CONTENT_PRESERVED);
         c->swapped++;
     }
 }
@@ -297,7 +325,7 @@ static void detach_and_place(struct run_ctx *c, int64_t first, int64_t npg, int 
     }
     gph_race_delay_(s);   /* detached, not yet written: a test widens this window too */
     for (int64_t i = moved; i < npg; i++)   /* not detached: left as they were */
-        finish(&r->d.states[first + i], 0xff, GPH_CONTENT_RESIDENT);
+        finish(s->hashed, &r->d.states[first + i], 0xff, GPH_CONTENT_RESIDENT);
     if (moved == 0)
         return;
     if (mincore(s->scratch, (size_t)moved * ps, resident) != 0 ||
@@ -313,7 +341,7 @@ static void detach_and_place(struct run_ctx *c, int64_t first, int64_t npg, int 
                 gph_read_full(fd, s->host_buf, ps, __atomic_load_n(&r->d.backing_offset[p], __ATOMIC_ACQUIRE)) >= 0 &&
                 memcmp(s->host_buf, scratch_page(s, resident, i, ps), ps) == 0) {
                 which[i] = 0;   /* clean and equal to its file: the discard is safe */
-                finish(&r->d.states[p], GPH_USAGE_VOLATILE, GPH_CONTENT_ZERO);
+                finish(s->hashed, &r->d.states[p], GPH_USAGE_VOLATILE, GPH_CONTENT_ZERO);
                 c->discarded++;
                 if (c->st) {   /* freed by the scratch madvise below */
                     c->st->pages++;
@@ -393,7 +421,7 @@ long gph_host_swap_out(struct gph_service *s, int rid, const int64_t *pages, siz
     if (!r)
         goto out;
     for (size_t i = 0; i < n; i++)
-        picked[i] = (uint8_t)pick(&r->d.states[pages[i]], OK_S | OK_P, C_RESIDENT);
+        picked[i] = (uint8_t)pick(s->hashed, &r->d.states[pages[i]], OK_S | OK_P, C_RESIDENT);
     gph_race_delay_(s);   /* holding BUSY: a test widens this window */
     struct run_ctx c = {.s = s, .r = r, .swap_id = swap_id, .slots = slots, .nslots = nslots, .used_slots = used_slots,
                         .dirty_ok = 0, .err = err};
@@ -439,10 +467,10 @@ long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size
         while (j < n && pages[j] == pages[j - 1] + 1)
             j++;
         int64_t got = pick_run(r->d.states, pages[i], (int64_t)(j - i), OK_U | OK_V, vu_content,
-                               &picked[i], vu, &nvu);
+                               &picked[i], vu, &nvu, s->hashed);
         vpages += got;
         for (size_t k = i; take_p && got < (int64_t)(j - i) && k < j; k++) {
-            if (!picked[k] && pick(&r->d.states[pages[k]], OK_P, C_RESIDENT)) {
+            if (!picked[k] && pick(s->hashed, &r->d.states[pages[k]], OK_P, C_RESIDENT)) {
                 ppicked[k] = 1;
                 np++;
             }
@@ -458,8 +486,12 @@ long gph_host_discard(struct gph_service *s, int rid, const int64_t *pages, size
          * guest's next transition asks the kernel (lazyfree.c), and a fault on one that is gone
          * is served from its state as ever */
         for (size_t i = 0; i < nvu; i++)
-            finish_run(r->d.states, vu[2 * i], vu[2 * i + 1], 0xff, d < 0 ? GPH_CONTENT_LAZY : gone);
+            finish_run(r->d.states, vu[2 * i], vu[2 * i + 1], 0xff, d < 0 ? GPH_CONTENT_LAZY : gone,
+                       s->hashed);
         if (d < 0) {
+            for (size_t i = 0; i < n; i++)   /* the P pages picked too: released untouched */
+                if (ppicked[i])
+                    finish(s->hashed, &r->d.states[pages[i]], 0xff, GPH_CONTENT_RESIDENT);
             rc = d;
             goto out;
         }
@@ -493,14 +525,14 @@ long gph_host_drop_preserved(struct gph_service *s, int rid, const int64_t *page
     struct gph_region *r = begin_host_op(s, rid, pages, n, &rc, err);
     for (size_t i = 0; r && i < n; i++) {
         uint8_t *b = &r->d.states[pages[i]];
-        if (!pick(b, OK_S, C_PRESERVED))
+        if (!pick(s->hashed, b, OK_S, C_PRESERVED))
             continue;
         int32_t swap_id = __atomic_load_n(&r->d.swap_store[pages[i]], __ATOMIC_ACQUIRE);
         if (swap_id != 0) {
             gph_store_free_slots_(swap_id, __atomic_load_n(&r->d.swap_slot[pages[i]], __ATOMIC_ACQUIRE), 1);
             __atomic_store_n(&r->d.swap_store[pages[i]], 0, __ATOMIC_RELEASE);
         }
-        finish(b, GPH_USAGE_STABLE, GPH_CONTENT_ZERO);
+        finish(s->hashed, b, GPH_USAGE_STABLE, GPH_CONTENT_ZERO);
         rc++;
     }
     end_host_op(s);

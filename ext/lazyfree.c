@@ -23,6 +23,7 @@
  * table) find a memory's frames by its state table here.  GuestMemory registers at creation and
  * unregisters at close; a lookup happens only for a lazily freed page. */
 #include "gphint_internal.h"
+#include "statelock.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -119,15 +120,24 @@ int gph_resolve_lazy_page(uint8_t *b, uint8_t *addr, size_t page_size, int keep_
 {
     uint8_t old;
     for (;;) {
+        /* the page's hashed lock around the check and the CAS: in a hashed table (statelock.h)
+         * the host and the fault thread hold the lock, not a bit.  Taken in either mode (the
+         * table is not known here; unused locks cost one uncontended CAS on this rare path), and
+         * never held across the store below, which may fault */
+        gph_statelock_lock(b);
         old = __atomic_load_n(b, __ATOMIC_ACQUIRE);
-        if (old & GPH_FLAG_HELD) {   /* the host or the fault thread: one C call of theirs */
+        int held = (old & GPH_FLAG_HELD) != 0, taken = 0;
+        if (!held && (old & GPH_CONTENT_MASK) == GPH_CONTENT_LAZY)
+            taken = __atomic_compare_exchange_n(b, &old, (uint8_t)(old | GPH_FLAG_BUSY), 0,
+                                                __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        gph_statelock_unlock(b);
+        if (held) {   /* the host or the fault thread: one C call of theirs */
             sched_yield();
             continue;
         }
         if ((old & GPH_CONTENT_MASK) != GPH_CONTENT_LAZY)
             return GPH_LAZY_NOT;
-        if (__atomic_compare_exchange_n(b, &old, (uint8_t)(old | GPH_FLAG_BUSY), 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE))
+        if (taken)
             break;
     }
     unsigned char vec = 1;   /* mincore failing: take it as present -- the write is always safe */

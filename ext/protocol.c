@@ -27,6 +27,7 @@
  */
 #include "cpu_relax.h"
 #include "gphint_internal.h"
+#include "statelock.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -43,6 +44,29 @@ static uint8_t wait_unheld(uint8_t *b)
             sched_yield();
     }
     return s;
+}
+
+/* Hashed mode (statelock.h): take the page's lock, then wait out any bit hold still on it (a
+ * multi-page hold or a lazy resolution) with the lock released.  Returns the state seen; the
+ * caller's CAS and unlock follow.  Hold-bit mode: wait_unheld. */
+static uint8_t enter(uint8_t *b, int hashed)
+{
+    for (;;) {
+        if (!hashed)
+            return wait_unheld(b);
+        gph_statelock_lock(b);
+        uint8_t s = __atomic_load_n(b, __ATOMIC_ACQUIRE);
+        if (!(s & GPH_FLAG_HELD))
+            return s;
+        gph_statelock_unlock(b);
+        wait_unheld(b);
+    }
+}
+
+static void leave(uint8_t *b, int hashed)
+{
+    if (hashed)
+        gph_statelock_unlock(b);
 }
 
 static long refuse(struct gph_err *err, const char *what, size_t i, uint8_t *old_out, uint8_t old, long rc)
@@ -64,23 +88,30 @@ long gph_set_usage(uint8_t *states, int64_t npages, const int64_t *pages, size_t
         if (next[((old & GPH_PAIR_MASK) << 2) | u] == 0xff)
             return refuse(err, "set_usage", i, old_out, old, -EPERM);
     }
+    int hashed = gph_statelock_hashed(states);
     for (size_t i = 0; i < n; i++) {   /* pass 2: apply, waiting out held pages */
         uint8_t *b = &states[pages[i]];
         for (;;) {
-            uint8_t old = wait_unheld(b);
+            uint8_t old = enter(b, hashed);
             uint8_t nx = next[((old & GPH_PAIR_MASK) << 2) | u];
+            if (nx != GPH_NEXT_RESOLVE && nx != 0xff) {
+                /* the CAS expects an unheld byte: a hold taken since the wait makes it fail */
+                uint8_t want = (uint8_t)((old & GPH_FLAG_MASK & ~GPH_FLAG_HELD) | nx);
+                int done = __atomic_compare_exchange_n(b, &old, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+                leave(b, hashed);
+                if (done)
+                    break;
+                continue;
+            }
+            leave(b, hashed);   /* never across the resolver: its store may fault */
             if (nx == GPH_NEXT_RESOLVE) {   /* lazily freed: ask the kernel, then look again */
                 if (gph_resolve_lazy_one_(states, pages[i]) < 0)
                     return refuse(err, "set_usage: lazily freed page of unregistered frames", i,
                                   old_out, old, -EPERM);
                 continue;
             }
-            if (nx == 0xff)   /* a concurrent change made it forbidden */
-                return refuse(err, "set_usage", i, old_out, old, -EAGAIN);
-            /* the CAS expects an unheld byte: a hold taken since the wait makes it fail */
-            uint8_t want = (uint8_t)((old & GPH_FLAG_MASK & ~GPH_FLAG_HELD) | nx);
-            if (__atomic_compare_exchange_n(b, &old, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-                break;
+            /* a concurrent change made it forbidden */
+            return refuse(err, "set_usage", i, old_out, old, -EAGAIN);
         }
     }
     return (long)n;
@@ -96,11 +127,14 @@ long gph_make_stable(uint8_t *states, int64_t npages, const int64_t *pages, size
             return gph_err_range(err, "page index", p, 1, npages);
         }
     }
+    int hashed = gph_statelock_hashed(states);
     for (size_t i = 0; i < n; i++) {
         uint8_t *b = &states[pages[i]];
         for (;;) {
-            uint8_t old = wait_unheld(b);
+            uint8_t old = enter(b, hashed);
             uint8_t usage = old & GPH_USAGE_MASK, content = old & GPH_CONTENT_MASK;
+            if (content == GPH_CONTENT_LAZY || (usage == GPH_USAGE_VOLATILE && content == GPH_CONTENT_ZERO))
+                leave(b, hashed);   /* never across the resolver: its store may fault */
             if (content == GPH_CONTENT_LAZY) {   /* Uf/Vf: present -> kept (Xr), missing -> Xz */
                 if (gph_resolve_lazy_one_(states, pages[i]) < 0) {
                     gph_err_set(err, "make_stable: lazily freed page of unregistered frames", NULL, pages[i], 1);
@@ -116,7 +150,9 @@ long gph_make_stable(uint8_t *states, int64_t npages, const int64_t *pages, size
             uint8_t want = (uint8_t)((old & GPH_FLAG_MASK & ~GPH_FLAG_HELD) | GPH_USAGE_STABLE | content);
             if (usage == GPH_USAGE_POTVOL && content != GPH_CONTENT_RESIDENT)
                 want = (uint8_t)(GPH_USAGE_STABLE | GPH_CONTENT_RESIDENT);   /* invalid Pp/Pz: never made */
-            if (__atomic_compare_exchange_n(b, &old, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            int done = __atomic_compare_exchange_n(b, &old, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+            leave(b, hashed);
+            if (done)
                 break;
         }
     }

@@ -3,6 +3,7 @@
  * elsewhere, UFFDIO_UNREGISTER), and what Python reads of a region: counters, errors, the
  * discarded-page list, swap slots given up. */
 #include "faults_internal.h"
+#include "statelock.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -44,8 +45,15 @@ long gph_service_register(struct gph_service *s, const struct gph_region_desc *d
      * complete before the first fault on it can be served */
     pthread_rwlock_wrlock(&s->lock);
     gph_race_delay_(s);   /* tests: a concurrent registration waits here, at the lock */
-    long rc = gph_regions_add_(&s->regions, r);
-    if (rc == -ENOSPC)
+    /* hashed: the guest's transitions must take the locks before the first host or fault-thread
+     * hold on this table, so the table is marked before the region can be found */
+    long rc = s->hashed ? gph_statelock_register(d->states) : 0;
+    int table_full = rc == -ENOSPC;
+    if (table_full)
+        gph_err_set(err, "register: hashed-lock table registry full (8192 tables)", NULL, 0, 0);
+    else
+        rc = gph_regions_add_(&s->regions, r);
+    if (rc == -ENOSPC && !table_full)
         gph_err_set(err, "register: region table full (1048576 regions)", NULL, 0, 0);
     else if (rc < 0)
         gph_err_set(err, NULL, "realloc", 0, 0);
@@ -54,6 +62,8 @@ long gph_service_register(struct gph_service *s, const struct gph_region_desc *d
         gph_err_set(err, NULL, "ioctl(UFFDIO_REGISTER)", 0, d->npages);
         gph_regions_remove_(&s->regions, r->rid);
     }
+    if (rc < 0 && s->hashed)
+        gph_statelock_unregister(d->states);
     pthread_rwlock_unlock(&s->lock);
     if (rc < 0) {
         pthread_mutex_destroy(&r->ring_lock);
@@ -115,6 +125,8 @@ long gph_service_unregister(struct gph_service *s, int rid, int materialize, str
         gph_err_set(err, NULL, "ioctl(UFFDIO_UNREGISTER)", 0, r->d.npages);
     }
     gph_regions_remove_(&s->regions, rid);
+    if (s->hashed)   /* last: no host or fault-thread hold on the table can follow */
+        gph_statelock_unregister(r->d.states);
     pthread_rwlock_unlock(&s->lock);
     pthread_mutex_destroy(&r->ring_lock);
     free(r->ring);
@@ -167,11 +179,19 @@ long gph_service_reclaim_slots(struct gph_service *s, int rid, int32_t swap_id)
             continue;
         uint8_t st = __atomic_load_n(&r->d.states[p], __ATOMIC_ACQUIRE);
         /* a preserved page still needs its slot; a held one is the host's or the fault
-         * thread's business (they free or set records only while holding the page) */
+         * thread's business (they free or set records only while holding the page).  Hashed
+         * mode: they hold its lock instead, so the bit is taken under it (only tried) */
         if ((st & GPH_FLAG_MASK) || (st & GPH_CONTENT_MASK) == GPH_CONTENT_PRESERVED)
             continue;
-        if (!__atomic_compare_exchange_n(&r->d.states[p], &st, (uint8_t)(st | GPH_FLAG_SERVING), 0,
-                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        if (s->hashed && !gph_statelock_try(&r->d.states[p]))
+            continue;
+        st = __atomic_load_n(&r->d.states[p], __ATOMIC_ACQUIRE);
+        int taken = !(st & GPH_FLAG_MASK) && (st & GPH_CONTENT_MASK) != GPH_CONTENT_PRESERVED &&
+                    __atomic_compare_exchange_n(&r->d.states[p], &st, (uint8_t)(st | GPH_FLAG_SERVING), 0,
+                                                __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        if (s->hashed)
+            gph_statelock_unlock(&r->d.states[p]);
+        if (!taken)
             continue;
         if (__atomic_load_n(&r->d.swap_store[p], __ATOMIC_ACQUIRE) == swap_id) {
             gph_store_free_slots_(swap_id, __atomic_load_n(&r->d.swap_slot[p], __ATOMIC_ACQUIRE), 1);
@@ -200,3 +220,17 @@ long gph_service_drain(struct gph_service *s, int rid, int64_t *out, size_t cap)
     return r ? (long)n : -ENOENT;
 }
 
+
+/* Choose the holds (GPH_LOCKING_*) before the first region: a table's mode is fixed while it is
+ * served.  -EBUSY once a region was registered, -EINVAL for an unknown mode. */
+long gph_service_set_locking(struct gph_service *s, int locking)
+{
+    if (locking != GPH_LOCKING_HOLDBITS && locking != GPH_LOCKING_HASHED)
+        return -EINVAL;
+    pthread_rwlock_wrlock(&s->lock);
+    long rc = s->regions.nslot ? -EBUSY : 0;
+    if (rc == 0)
+        s->hashed = locking == GPH_LOCKING_HASHED;
+    pthread_rwlock_unlock(&s->lock);
+    return rc;
+}

@@ -1,6 +1,7 @@
 /* serve.c -- serving one missing page: decide its source from the C-owned tables, hold it and
  * its fitting neighbours (fault-around), copy, mark resident, count, wake. */
 #include "faults_internal.h"
+#include "statelock.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -144,7 +145,7 @@ enum { TAKE_SERVE, TAKE_WAKE, TAKE_NOTHING };
 /* Decide page p's source and hold it (SERVING), or see that it needs no fill: TAKE_WAKE, served
  * already while the host held it; TAKE_NOTHING, a materialize step (write < 0) of a zero page.
  * A page the host holds is served without a hold of ours (the host's finish sees FILLED). */
-static int take_page(struct gph_region *r, struct run *run, int write)
+static int take_page_bits(struct gph_region *r, struct run *run, int write, int hashed)
 {
     uint8_t *b = &r->d.states[run->p];
     unsigned spins = 0;
@@ -171,19 +172,44 @@ static int take_page(struct gph_region *r, struct run *run, int write)
         run->src = page_source(r, run->p, st);
         if (write < 0 && run->src.kind == GPH_SRC_ZERO)
             return TAKE_NOTHING;   /* materialize: zeros need no filling */
+        if (hashed)   /* the page's lock is the hold: nobody else changes the byte meanwhile */
+            return TAKE_SERVE;
         if (__atomic_compare_exchange_n(b, &st, (uint8_t)(st | GPH_FLAG_SERVING), 0,
                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             return TAKE_SERVE;
     }
 }
 
-/* Hold neighbour q for the run if it fits (same kind of source, contiguous): 1 if taken. */
-static int take_neighbour(struct gph_region *r, const struct run *run, int64_t q)
+/* Hashed mode (statelock.h): the fault thread holds nothing else, so it waits for the page's
+ * lock -- a host working on the page ends its one C call first, then the page is served from
+ * its new state (FILLED is left for a lazily freed page the guest holds with BUSY).  The lock
+ * stays held until the run is finished (TAKE_SERVE) and is released otherwise.  In a bit wait
+ * inside take_page_bits the lock stays held: bit holders release without taking it. */
+static int take_page(struct gph_region *r, struct run *run, int write, int hashed)
 {
-    uint8_t seen;
-    return neighbour_fits(r, q, q - run->p, &run->src, &seen) &&
-           __atomic_compare_exchange_n(&r->d.states[q], &seen, (uint8_t)(seen | GPH_FLAG_SERVING), 0,
-                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    uint8_t *b = &r->d.states[run->p];
+    if (hashed)
+        gph_statelock_lock(b);
+    int taken = take_page_bits(r, run, write, hashed);
+    if (hashed && taken != TAKE_SERVE)
+        gph_statelock_unlock(b);
+    return taken;
+}
+
+/* Hold neighbour q for the run if it fits (same kind of source, contiguous): 1 if taken. */
+static int take_neighbour(struct gph_region *r, const struct run *run, int64_t q, int hashed)
+{
+    uint8_t seen, *b = &r->d.states[q];
+    /* hashed: the bit is set under the page's lock (only tried: we hold our own page's), so a
+     * host that checks the byte under that lock sees it */
+    if (hashed && !gph_statelock_try(b))
+        return 0;
+    int taken = neighbour_fits(r, q, q - run->p, &run->src, &seen) &&
+                __atomic_compare_exchange_n(b, &seen, (uint8_t)(seen | GPH_FLAG_SERVING), 0,
+                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    if (hashed)
+        gph_statelock_unlock(b);
+    return taken;
 }
 
 /* Fault-around within the aligned window: grow [lo, hi) while the neighbours fit.  Not around a
@@ -197,9 +223,9 @@ static void fault_around(struct gph_service *s, struct gph_region *r, struct run
     int64_t wstart = p - p % wpages, wend = wstart + wpages;
     if (wend > r->d.npages)
         wend = r->d.npages;
-    for (int64_t q = p + 1; q < wend && take_neighbour(r, run, q); q++)
+    for (int64_t q = p + 1; q < wend && take_neighbour(r, run, q, s->hashed); q++)
         run->hi = q + 1;
-    for (int64_t q = p - 1; q >= wstart && take_neighbour(r, run, q); q--)
+    for (int64_t q = p - 1; q >= wstart && take_neighbour(r, run, q, s->hashed); q--)
         run->lo = q;
 }
 
@@ -304,7 +330,8 @@ void gph_serve_page_(struct gph_service *s, struct gph_region *r, int64_t p, int
 {
     size_t ps = r->d.page_size;
     struct run run = {.p = p, .lo = p, .hi = p + 1};
-    int taken = take_page(r, &run, write);
+    int hashed = s->hashed;
+    int taken = take_page(r, &run, write, hashed);
     if (taken == TAKE_NOTHING)
         return;
     if (taken == TAKE_WAKE) {
@@ -314,7 +341,7 @@ void gph_serve_page_(struct gph_service *s, struct gph_region *r, int64_t p, int
     fault_around(s, r, &run);
     size_t len = (size_t)(run.hi - run.lo) * ps;
     uint8_t *dst = r->d.base + (size_t)run.lo * ps;
-    gph_race_delay_(s);   /* holding SERVING: a test widens this window */
+    gph_race_delay_(s);   /* holding SERVING (or the page's lock): a test widens this window */
     long rc;
     int64_t lost = 0;   /* pages served as zeros because their source failed */
     if (run.src.kind != GPH_SRC_ZERO)
@@ -327,6 +354,8 @@ void gph_serve_page_(struct gph_service *s, struct gph_region *r, int64_t p, int
         gph_record_error_(s, (int)-rc, run.src.kind == GPH_SRC_ZERO ? "UFFDIO_ZEROPAGE" : "UFFDIO_COPY",
                           r->rid, p);
     uint64_t nlazy = finish_run(r, &run);
+    if (hashed)
+        gph_statelock_unlock(&r->d.states[p]);
     count_fault(s, r, &run, lost, nlazy, gph_now_ns_() - t0);
     gph_uffd_wake_(s, dst, len);   /* tables and counters first, then the waiters */
 }

@@ -82,7 +82,7 @@ def config_from(args):
         idle_sched_s=args.idle_sched, discard_mode=args.discard_mode,
         probe=not args.no_probe, probe_bytes=parse_size(args.probe_mem, "--probe-mem"),
         probe_timeout_s=args.probe_timeout, status_path=args.status, cache=args.cache,
-        cgroup=not args.no_cgroup, guest_thp=args.guest_thp).validate()
+        cgroup=not args.no_cgroup, guest_thp=args.guest_thp, locking=args.locking).validate()
 
 
 def _print_results(doc, out=sys.stdout):
@@ -258,6 +258,10 @@ def _run_options(sp, duration, guests, guest_mem, host_mem=None, ops=None):
     sp.add_argument("--guest-thp", action="store_true",
                     help="guests with transparent huge pages: 2 MiB anonymous allocations, split on "
                          "partial free, bounded per-cpu lists (recorded as config.guest_thp)")
+    sp.add_argument("--locking", default="holdbits", choices=("holdbits", "hashed"),
+                    help="how the fault service holds a page: hold bits in its state byte, or a "
+                         "hashed lock on the page index (docs/state-protocol.md; recorded as "
+                         "config.locking; default: %(default)s)")
     _realhost_options(sp)
 
 

@@ -27,8 +27,14 @@ from .stores import FileStore, HostSwap, SwapFull  # noqa: F401  (re-exported: g
 from .units import parse_size
 
 MODES = ("auto", "full", "user_mode_only")
+# How the state protocol's holds are taken (docs/state-protocol.md): the per-page hold bits of
+# the state byte, or the hashed lock on the page index (ext/statelock.h, the series' 2006
+# follow-up).  The first is the default: see "Hold bits vs hashed lock" there for the numbers.
+LOCKINGS = ("holdbits", "hashed")
+DEFAULT_LOCKING = "holdbits"
 WINDOW_MAX = 2 << 20
 _POT_VOLATILE = int(PageState.POT_VOLATILE)
+_HOLD_BITS = 0x10 | 0x40   # GPH_FLAG_BUSY | GPH_FLAG_SERVING (ext/gphint.h)
 _NO_SLOTS = np.zeros(0, dtype=np.int64)
 _NO_USED = np.zeros(0, dtype=np.uint8)
 
@@ -129,6 +135,13 @@ def _percentile_ns(hist, q):
     return 0
 
 
+def check_locking(locking):
+    """The locking name, or ConfigError naming the bad value."""
+    if locking not in LOCKINGS:
+        raise ConfigError("unknown locking %r (expected one of %s)" % (locking, ", ".join(LOCKINGS)))
+    return locking
+
+
 class FaultService:
     """One userfaultfd and one C pthread serving every registered GuestMemory.
 
@@ -138,9 +151,15 @@ class FaultService:
             'auto' (full if available, else user_mode_only).
     swap:   default HostSwap for swap_out and for POT_VOLATILE pages found written at discard.
     dirty:  use kernel write tracking for POT_VOLATILE pages when available (gphint.dirty).
+    locking: 'holdbits' (BUSY / SERVING / FILLED bits in the state byte) or 'hashed' (a table
+            of locks indexed by a hash of (region, page)); fixed for the service's life.  The
+            pure-Python mechanism has no fault thread, so no service and nothing to lock: there
+            the value is checked, then the service is refused as a whole (Unsupported).
     """
 
-    def __init__(self, window="64K", mode="auto", swap=None, dirty_tracking=True):
+    def __init__(self, window="64K", mode="auto", swap=None, dirty_tracking=True,
+                 locking=DEFAULT_LOCKING):
+        self.locking = check_locking(locking)
         if not COMPILED:
             raise Unsupported("the discard-fault service",
                               "it needs the compiled mechanism (a C fault thread that never takes "
@@ -157,6 +176,8 @@ class FaultService:
         if self.can_swap:
             flags |= mech.SVC_MOVE
         self._thread = mech.FaultThread(flags, self.window_bytes)
+        if self.locking == "hashed":
+            self._thread.set_locking(mech.LOCKING_HASHED)
         self._thread.start()
         self._regs = {}
         self._lock = threading.Lock()
@@ -206,6 +227,13 @@ class FaultService:
         """Tests only: make every host and fault-thread hold last ns longer, so concurrent
         guest transitions land inside the windows the protocol must make safe."""
         self._thread.set_race_delay(int(ns))
+
+    def is_held(self, mem, page):
+        """Tests only: does the host or the fault thread hold mem's page now -- a hold bit
+        (BUSY / SERVING) or, with locking='hashed', the page's lock."""
+        if self.locking == "hashed":
+            return mech.page_lock_taken(mem.states, int(page))
+        return bool(mem.states[int(page)] & _HOLD_BITS)
 
     def _check_running(self):
         if self._stopped:
@@ -419,5 +447,5 @@ class FaultService:
         self.stop()
 
     def __repr__(self):
-        return "<FaultService %s window=%d guests=%d%s>" % (self.mode, self.window_bytes, len(self._regs),
-                                                             " stopped" if self._stopped else "")
+        return "<FaultService %s %s window=%d guests=%d%s>" % (
+            self.mode, self.locking, self.window_bytes, len(self._regs), " stopped" if self._stopped else "")

@@ -143,16 +143,17 @@ def host_loop(mem, svc, swap, deadline, seed, counts, errors, advice="dontneed")
 
 
 @contextlib.contextmanager
-def served_memory(tmp_path, npages, seed, race_delay_ns, name=None):
+def served_memory(tmp_path, npages, seed, race_delay_ns, name=None, locking="holdbits"):
     """A served GuestMemory whose every page is backed by a random file; yields (data, mem,
-    svc, fd, swap) and closes all of it however the test ends."""
+    svc, fd, swap) and closes all of it however the test ends.  locking: the service's holds
+    (hold bits or the hashed lock, docs/state-protocol.md)."""
     data = np.random.default_rng(seed).integers(0, 256, size=(npages, PAGE), dtype=np.uint8)
     path = tmp_path / "backing"
     data.tofile(path)
     store = FileStore(path)
     fd = os.open(path, os.O_RDONLY)
     swap = HostSwap(npages * PAGE)
-    svc = FaultService(window="64K", swap=swap)
+    svc = FaultService(window="64K", swap=swap, locking=locking)
     svc.set_race_delay(race_delay_ns)
     mem = gphint.GuestMemory(npages * PAGE, name=name)
     try:
@@ -179,8 +180,8 @@ def verify_nothing_lost(guests, svc, mem):
     return st
 
 
-def run_stress(tmp_path, seconds, npages=4096, race_delay_ns=0, advice="dontneed"):
-    with served_memory(tmp_path, npages, 99, race_delay_ns) as (data, mem, svc, fd, swap):
+def run_stress(tmp_path, seconds, npages=4096, race_delay_ns=0, advice="dontneed", locking="holdbits"):
+    with served_memory(tmp_path, npages, 99, race_delay_ns, locking=locking) as (data, mem, svc, fd, swap):
         return _stress(mem, svc, fd, swap, data, npages, seconds, advice)
 
 
@@ -211,9 +212,11 @@ def _stress(mem, svc, fd, swap, data, npages, seconds, advice):
 @needs_move
 @pytest.mark.parametrize("advice", ["dontneed", "free"])
 @pytest.mark.parametrize("race_delay_ns", [0, 200_000], ids=["natural", "widened-windows"])
-def test_concurrent_guest_and_host_never_lose_a_page(compiled_only, tmp_path, stress, race_delay_ns, advice):
+@pytest.mark.parametrize("locking", ["holdbits", "hashed"])
+def test_concurrent_guest_and_host_never_lose_a_page(compiled_only, tmp_path, stress, race_delay_ns, advice,
+                                                     locking):
     if advice == "free" and not gphint.caps.has("madv_free"):
         pytest.skip(gphint.caps.probe().features["madv_free"].reason)
     counts, st, ops = run_stress(tmp_path, 60.0 if stress else 2.5, race_delay_ns=race_delay_ns,
-                                 advice=advice)
+                                 advice=advice, locking=locking)
     print("stress: %d guest ops, %s, faults %d" % (ops, counts, st["faults"]))

@@ -39,6 +39,7 @@ class RunConfig:
     cache: str = "none"             # guest disks: "none" (O_DIRECT reads) or "host" (page cache)
     cgroup: bool = True             # under a budget: run in a memory cgroup at budget + baseline
     guest_thp: bool = False         # guests with transparent huge pages (gphint.guest.thp)
+    locking: str = "holdbits"       # the fault service's holds: "holdbits" or "hashed" (gphint.faults)
 
     @property
     def mode(self):
@@ -71,6 +72,10 @@ class RunConfig:
             raise ConfigError("--seed must be an integer in [0, 2**63 - guests], got %r" % (self.seed,))
         if self.probe_timeout_s is not None and not 0 < self.probe_timeout_s < float("inf"):
             raise ConfigError("--probe-timeout must be > 0 seconds, got %r" % self.probe_timeout_s)
+        from ..faults import LOCKINGS
+        if self.locking not in LOCKINGS:
+            raise ConfigError("--locking %r is not valid (expected one of %s)"
+                              % (self.locking, ", ".join(LOCKINGS)))
         if self.guest_mem_bytes < MIN_GUEST_MEM_BYTES:
             raise ConfigError("--guest-mem %s is too small: a guest needs at least %s"
                               % (fmt_bytes(self.guest_mem_bytes), fmt_bytes(MIN_GUEST_MEM_BYTES)))
@@ -140,6 +145,8 @@ class RunConfig:
             args.append("--no-cgroup")
         if self.guest_thp:
             args.append("--guest-thp")
+        if self.locking != "holdbits":
+            args += ["--locking", self.locking]
         if self.status_path:
             args += ["--status", self.status_path]
         if self.ops_per_guest is not None:

@@ -47,7 +47,7 @@ class Runner:
         self.rss_baseline_bytes = measure.rss_bytes()
         self.realhost = _real_host(cfg, self.spec)
         if fault_service_available()[0]:
-            self.svc = self.api.fault_service()
+            self.svc = self.api.fault_service(locking=cfg.locking)
         self.fileset = self.api.shared_files(cfg)
         self.realhost.before_guests(self.fileset)
         self.guests = [self.api.make_guest(i, cfg, self.spec, self.svc, self.fileset)

@@ -37,8 +37,8 @@ def workload_for(index, workload):
     return names[index % len(names)]
 
 
-def fault_service():
-    return FaultService()
+def fault_service(locking="holdbits"):
+    return FaultService(locking=locking)
 
 
 PROBE_ORDER = 9           # the probe frees whole 2 MiB blocks (free page reporting's unit)
