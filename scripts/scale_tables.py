@@ -48,13 +48,31 @@ def findings(doc):
         if g is not None:
             parts.append("%s %.2f×" % (what, g))
     calls = [rec[("balloon", n)]["guest_calls"] for n in (lo, hi) if ("balloon", n) in rec]
-    text = "From N = %d to N = %d guests: %s." % (lo, hi, ", ".join(parts))
+    text = "From N = %d to N = %d guests: %s." % (lo, hi, ", ".join(parts)) + _fallbacks(rec)
     if len(calls) == 2:
         text += (" The balloon called into guests %d and %d times (cmma: never); its guests took "
                  "%d and %d swap-ins of their own struct pages before they could answer." % (
                      calls[0], calls[1], rec[("balloon", lo)]["guest_serve_swap_ins"],
                      rec[("balloon", hi)]["guest_serve_swap_ins"]))
     return text
+
+
+def _fallbacks(rec):
+    """A sentence per strategy whose own mechanism did not reach the target at some N: its time
+    to target there is the host swap's (or a timeout's), not the mechanism's."""
+    out = []
+    for name in sorted({s for s, _ in rec if s != "none"}):
+        swapped = [n for (s, n), r in sorted(rec.items()) if s == name and r.get("reached_by") != "strategy"
+                   and "reached_by" in r]
+        if not swapped:
+            continue
+        late = [n for n in swapped if rec[(name, n)].get("timed_out")]
+        text = " At N = %s, %s did not reach the target by itself" % (", ".join(map(str, swapped)), name)
+        if late:
+            text += " (given up on after %gs at N = %s)" % (rec[(name, late[0])]["timeout_s"],
+                                                           ", ".join(map(str, late)))
+        out.append(text + ": the host swapped the rest, and its time to target is that swap's.")
+    return "".join(out)
 
 
 def render(doc, stamp_text):

@@ -10,6 +10,10 @@ resort is:
                  the host discards them; the host waits `delay` + two guest ticks, then swaps
   balloon        the host posts an inflate request to every guest (its share of what is still
                  needed) and waits for the answers, up to BALLOON_ROUNDS rounds
+A mechanism that has not reached the target after the config's timeout_s is given up on
+(`timed_out`), and the record says who reached the target (`reached_by`): the strategy's own
+mechanism, or the host swap it fell back on -- so a time to target reached by swapping is
+never read as the mechanism's.
 """
 import os
 import time
@@ -50,6 +54,7 @@ class TakeBack:
         self.host = Host(fleet.guests, budget=fleet_bytes, strategy=host_spec, fault_service=svc)
         self.fleet_bytes = fleet_bytes
         self.requests = []
+        self.timed_out = False
         self.device_cpu_s = 0.0
         timer = self._timer if spec.name == "reporting" else None
         device = self._device if spec.name == "balloon" else None
@@ -92,8 +97,11 @@ class TakeBack:
         target = start - take + int(TOLERANCE * take)
         cpu0, t0 = _process_cpu_s(), time.monotonic()
         reached = self._mechanism(target, t0)
+        mechanism_s = time.monotonic() - t0
+        reached_by = None if reached is None else self._own_name()
         if reached is None:
             reached = self._swap_rest(target)
+            reached_by = None if reached is None else "host swap"
         t_end = time.monotonic()
         cpu_s = _process_cpu_s() - cpu0
         guest_s = sum(v.cpu_s - c for v, c in zip(fleet.vcpus, guest0))
@@ -111,6 +119,10 @@ class TakeBack:
         return {
             "time_to_target_s": None if reached is None else round(reached - t0, 4),
             "reached_target": reached is not None,
+            "reached_by": reached_by,
+            "timed_out": self.timed_out,
+            "timeout_s": cfg.timeout_s,
+            "mechanism_s": round(mechanism_s, 4),
             "wall_s": round(t_end - t0, 4),
             "host_cpu_s": round(host_cpu, 4),
             "host_cpu_s_per_mib": round(host_cpu / taken_mib, 6) if taken_mib else None,
@@ -143,22 +155,34 @@ class TakeBack:
     def _swap_ins(self):
         return int(self.svc.stats().get("swap_ins", 0)) if self.svc is not None else 0
 
+    def _own_name(self):
+        """Who reached the target when the mechanism did: 'none' has no mechanism but swap."""
+        return "host swap" if self.spec.name == "none" else "strategy"
+
+    def _past(self, deadline):
+        if time.monotonic() < deadline:
+            return False
+        self.timed_out = True
+        return True
+
     def _mechanism(self, target, t0):
-        """The strategy's own way; returns when the target was reached, or None."""
+        """The strategy's own way; returns when the target was reached, or None (it gave what
+        it could, or timeout_s passed: self.timed_out)."""
         host, name = self.host, self.spec.name
+        deadline = t0 + self.fleet.config.timeout_s
         if name in ("cmma", "unused"):
             # read states and discard until the target holds: busy guests fault pages back
             # while a pass runs, so one pass can end just above it (as swap_rest, a few passes)
             for _ in range(SWAP_PASSES):
                 with host.lock:
                     need = host.sample() - target
-                    if need <= 0 or host.strategy.reclaim(need) == 0:
+                    if need <= 0 or self._past(deadline) or host.strategy.reclaim(need) == 0:
                         break
         elif name == "reporting":
             wait = float(self.spec.params["delay"]) + 2 * self.fleet.config.tick_s
-            return self._wait(target, t0 + wait)
+            return self._wait(target, min(t0 + wait, deadline))
         elif name == "balloon":
-            return self._balloon(target, t0)
+            return self._balloon(target, deadline)
         return time.monotonic() if self.resident() <= target else None
 
     def _swap_rest(self, target):
@@ -194,13 +218,14 @@ class TakeBack:
             time.sleep(POLL_S)
         return None
 
-    def _balloon(self, target, t0):
+    def _balloon(self, target, deadline):
         vcpus = self.fleet.vcpus
-        deadline = t0 + self.fleet.config.timeout_s
         for _ in range(BALLOON_ROUNDS):
             need = self.resident() - target
             if need <= 0:
                 return time.monotonic()
+            if self._past(deadline):
+                break               # no more requests into guests still serving the last ones
             share = np.full(len(vcpus), need // len(vcpus), dtype=np.int64)
             share[:need % len(vcpus)] += 1
             posted = [v.post("inflate", int(q)) for v, q in zip(vcpus, share) if q]
