@@ -35,7 +35,9 @@ def _time_cell(rec):
     if v is None:
         return "not reached" + late if "reached_by" in rec else "-"
     if by == "host swap" and rec.get("strategy_name") != "none":
-        return "%.3f by host swap%s" % (v, late)
+        share = rec.get("mechanism_share")
+        own = "" if share is None else ", %.0f%% by %s" % (100 * share, rec.get("strategy_name"))
+        return "%.3f by host swap%s%s" % (v, own, late)
     return "%.3f" % v
 
 
