@@ -11,11 +11,12 @@ strategy's hint batch, so a fallback costs the same whoever falls back):
                  the host discards them; the host waits `delay` + two guest ticks, then swaps
   balloon        the host posts an inflate request to every guest (its share of what is still
                  needed) and waits for the answers, up to BALLOON_ROUNDS rounds
-A mechanism that has not reached the target after the config's timeout_s is given up on
-(`timed_out`), and the record says who reached the target (`reached_by`): the strategy's own
-mechanism, or the host swap it fell back on (which took more than MIN_OWN_SHARE of what
-was taken: a few pages the busy guests faulted back during the last pass do not count) -- so a
-time to target reached by swapping is never read as the mechanism's.
+The balloon's wait for answers ends at the config's timeout_s (`timed_out`; cmma's and
+unused's passes call no guest and are bounded by SWAP_PASSES, reporting's wait by its delay).
+The record says who reached the target (`reached_by`): the strategy's own mechanism, or the
+host swap it fell back on (when that took more than 1 - MIN_OWN_SHARE of what was taken: a
+few pages the busy guests faulted back during the last pass do not count) -- so a time to
+target reached by swapping is never read as the mechanism's.
 """
 import os
 import time
@@ -175,7 +176,7 @@ class TakeBack:
 
     def _mechanism(self, target, t0):
         """The strategy's own way; returns when the target was reached, or None (it gave what
-        it could, or timeout_s passed: self.timed_out)."""
+        it could, or the balloon's timeout_s passed: self.timed_out)."""
         host, name = self.host, self.spec.name
         deadline = t0 + self.fleet.config.timeout_s
         if name in ("cmma", "unused"):
@@ -184,7 +185,7 @@ class TakeBack:
             for _ in range(SWAP_PASSES):
                 with host.lock:
                     need = host.sample() - target
-                    if need <= 0 or self._past(deadline) or host.strategy.reclaim(need) == 0:
+                    if need <= 0 or host.strategy.reclaim(need) == 0:
                         break
         elif name == "reporting":
             wait = float(self.spec.params["delay"]) + 2 * self.fleet.config.tick_s
