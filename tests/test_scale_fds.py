@@ -170,3 +170,32 @@ def test_a_fleet_too_large_for_the_limit_is_refused_up_front(tmp_path, command):
     assert "1100" in line and "RLIMIT_NOFILE is %d" % NOFILE in line and "ulimit -n" in line, line
     assert "Traceback" not in p.stderr and "Too many open files" not in p.stderr
     assert not os.listdir(tmp_path)           # refused before it wrote anything
+
+
+def test_closing_guests_of_a_users_tree_leaves_none_of_its_fds_open(tmp_path):
+    """A tree the user gave (files=DIR) outlives its guests: closing them still closes every fd
+    the pool opened for it."""
+    from gphint.guest.fdpool import POOL
+    from gphint.guest.guest import Guest
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(8):
+        (tree / ("f%d" % i)).write_bytes(bytes([i]) * (64 << 10))
+
+    def tree_fds():
+        out = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                out += os.readlink("/proc/self/fd/" + fd).startswith(str(tree))
+            except OSError:
+                pass
+        return out
+
+    guests = [Guest("2M", files=str(tree), seed=i, workload="fileserver") for i in range(3)]
+    for g in guests:
+        g.step(40)
+    assert POOL.stats["opened"] > 0
+    for g in guests:
+        assert g.verify() == 0
+        g.close()
+    assert tree_fds() == 0

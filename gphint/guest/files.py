@@ -249,7 +249,10 @@ class FileSet:
             self.size_bytes[fid] = end_bytes
 
     def close(self):
-        POOL.forget(self._tmp)          # the fds of its files go with them
+        # the fds of its files go with them; those of a shared tree too (other guests reading
+        # it reopen theirs on demand), so that nothing of a closed guest stays open
+        POOL.forget(self._tmp)
+        POOL.forget(self.root)
         self._cleanup()
 
 
