@@ -8,7 +8,7 @@ the page cache.  A round discards them all through the service (outside the time
 thread touches each once, in an order shuffled across guests, timing every touch from the
 faulting thread (time.perf_counter_ns around a one-byte load: the kernel's round trip to the
 fault thread, the region lookup, the pread and the UFFDIO_COPY).  The touching thread and both
-fault threads are pinned to one CPU (conftest.placements: a round trip across CPUs on this VM
+fault threads are pinned to one CPU (benchlib.placements: a round trip across CPUs on this VM
 costs ten times more and the scheduler's choice would decide the result).
 
 After the rounds every page is compared byte for byte with its file and the service's counters
@@ -42,7 +42,7 @@ import pytest
 import gphint
 from gphint import PageState, _mechanism, caps
 from gphint.faults import FaultService, FileStore
-from helpers import Placed, new_threads, placements
+from benchlib import Placed, new_threads, placements
 
 PAGE = gphint.PAGE_SIZE
 GUEST_MB = int(os.environ.get("GPHINT_BENCH_FLEET_MB", "16"))

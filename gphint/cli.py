@@ -74,7 +74,7 @@ def config_from(args):
     if args.idle_sched < 0:
         raise ConfigError("--idle-sched must be >= 0 seconds, got %r" % args.idle_sched)
     check_outputs(args)
-    return RunConfig(
+    cfg = RunConfig(
         workload=args.workload, guests=args.guests,
         guest_mem_bytes=parse_size(args.guest_mem, "--guest-mem"),
         host_mem_bytes=None if args.host_mem is None else parse_size(args.host_mem, "--host-mem"),
@@ -83,6 +83,9 @@ def config_from(args):
         probe=not args.no_probe, probe_bytes=parse_size(args.probe_mem, "--probe-mem"),
         probe_timeout_s=args.probe_timeout, status_path=args.status, cache=args.cache,
         cgroup=not args.no_cgroup, guest_thp=args.guest_thp, locking=args.locking).validate()
+    from .guest.guest_stores import check_fd_limit
+    check_fd_limit(cfg.guests)          # the open-file limit, before anything runs
+    return cfg
 
 
 def _print_results(doc, out=sys.stdout):

@@ -60,7 +60,9 @@ def open_fds():
     """Open file descriptors of this process now (the kernel's count, /proc/self/fd)."""
     try:
         return len(os.listdir("/proc/self/fd")) - 1    # less the one listdir itself holds
-    except OSError:
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE):    # not even one more: all are open
+            return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         return 0
 
 

@@ -178,6 +178,10 @@ def test_scale_end_to_end_small_fleets(tmp_path):
     for (s, n), rec in recs.items():
         assert all(k in rec for k in REQUIRED), (s, n, rec)
         assert rec["integrity_errors"] == 0 and rec["reached_target"]
+        # who reached it is said, well within the timeout: each by itself (the few pages the
+        # busy guest faulted back during the last pass, swapped, do not make it the swap's)
+        assert not rec["timed_out"] and 0 <= rec["mechanism_s"] <= rec["timeout_s"], rec
+        assert rec["reached_by"] == "strategy" and rec["mechanism_share"] >= 0.9, rec
         # the target counts within 1% of the take, and taken_bytes is sampled after it, while
         # the busy guest kept faulting pages back: at a 4-guest fleet's 1024-page take, tens of
         # pages are a few percent
@@ -209,3 +213,20 @@ def test_scale_runs_a_hundred_guests(tmp_path):
     rec = json.loads(out.read_text())["results"][0]
     assert rec["guests"] == 100 and rec["integrity_errors"] == 0 and rec["reached_target"]
     assert rec["discard_faults"] > 0 and rec["guest_calls"] == 0
+
+
+def test_the_table_names_a_target_reached_by_host_swap_or_not_at_all():
+    from gphint.scale.report import markdown_table
+    base = {"guests": 512, "timeout_s": 120.0, "timed_out": False}
+    rows = markdown_table([
+        dict(base, strategy="balloon", strategy_name="balloon", time_to_target_s=150.2,
+             reached_by="host swap", timed_out=True, mechanism_share=0.6),
+        dict(base, strategy="reporting", strategy_name="reporting", time_to_target_s=40.2, reached_by="host swap",
+             mechanism_share=0.0),
+        dict(base, strategy="none", strategy_name="none", time_to_target_s=40.2, reached_by="host swap"),
+        dict(base, strategy="cmma", strategy_name="cmma", time_to_target_s=None, reached_by=None, timed_out=True),
+    ]).splitlines()[2:]
+    assert rows[0].startswith("| balloon | 512 | 150.200 by host swap, 60% by balloon after the 120s timeout |")
+    assert rows[1].startswith("| reporting | 512 | 40.200 by host swap, 0% by reporting |")
+    assert rows[2].startswith("| none | 512 | 40.200 |")             # swap is none's own way
+    assert rows[3].startswith("| cmma | 512 | not reached after the 120s timeout |")

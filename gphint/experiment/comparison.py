@@ -28,8 +28,10 @@ def child_command(args):
 
 
 def child_record(spec, out, returncode, err):
-    """The record of one child: its JSON when it wrote one (a run that found integrity errors
-    exits 1 but its record is the evidence), else an error record with its last stderr line."""
+    """The record of one child (`gphint run` or a scale shape: a document whose `results` holds
+    it): its JSON when it wrote one (a run that found integrity errors, or that wrote why it
+    failed in `error`, exits 1 but its record is the evidence), else an error record with its
+    last stderr line."""
     rec = None
     if os.path.exists(out):
         try:
@@ -37,7 +39,7 @@ def child_record(spec, out, returncode, err):
                 rec = json.load(f)["results"][0]
         except (OSError, ValueError, KeyError, IndexError):
             rec = None
-    if rec is not None and (returncode == 0 or rec.get("integrity_errors")):
+    if rec is not None and (returncode == 0 or rec.get("integrity_errors") or rec.get("error")):
         return rec
     last = err.splitlines()[-1] if err else "exit status %d" % returncode
     return {"strategy": str(spec), "strategy_name": spec.name,
@@ -49,10 +51,11 @@ def child_record(spec, out, returncode, err):
 STDERR_TAIL_BYTES = 64 << 10
 
 
-def _run_child(cmd, err_path, progress, config):
-    """Run one strategy's child to its end; (exit status, the tail of its stderr).  The child's
-    stderr goes to a file, not a pipe: a pipe read only after the child exits blocks the child
-    for good once it has written a pipe's capacity (64 KiB on Linux, fs/pipe.c)."""
+def run_child(cmd, err_path, on_poll=None):
+    """Run one child to its end; (exit status, the tail of its stderr).  on_poll(elapsed_s) is
+    called while it runs.  The child's stderr goes to a file, not a pipe: a pipe read only
+    after the child exits blocks the child for good once it has written a pipe's capacity
+    (64 KiB on Linux, fs/pipe.c)."""
     with open(err_path, "w+b") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         t0 = time.monotonic()
@@ -61,7 +64,8 @@ def _run_child(cmd, err_path, progress, config):
                 proc.terminate()
                 proc.wait()
                 raise Stopped()
-            progress(_child_fraction(config, time.monotonic() - t0))
+            if on_poll is not None:
+                on_poll(time.monotonic() - t0)
             time.sleep(0.1)
         size = err.seek(0, os.SEEK_END)
         err.seek(max(0, size - STDERR_TAIL_BYTES))
@@ -82,8 +86,8 @@ def compare(config, strategies, progress=None, debug=False):
             cmd = child_command((["--debug"] if debug else []) +
                                 ["run", "--strategy", str(spec), "--json", out, "--quiet"] +
                                 config.cli_args())
-            rc, err = _run_child(cmd, os.path.join(tmp, "%d.err" % i),
-                                 lambda f: progress and progress(i, spec, f), config)
+            rc, err = run_child(cmd, os.path.join(tmp, "%d.err" % i),
+                                lambda s: progress and progress(i, spec, _child_fraction(config, s)))
             records.append(child_record(spec, out, rc, err))
             if progress:
                 progress(i + 1, None, 0.0)

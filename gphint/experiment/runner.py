@@ -43,6 +43,8 @@ class Runner:
 
     def setup(self):
         cfg = self.config
+        from ..guest.guest_stores import check_fd_limit
+        check_fd_limit(cfg.guests)  # the open-file limit now, not EMFILE half-way
         tmpfiles.sweep()            # what killed runs left in the temp dir
         self.rss_baseline_bytes = measure.rss_bytes()
         self.realhost = _real_host(cfg, self.spec)

@@ -21,6 +21,7 @@ from .. import tmpfiles
 from ..errors import ConfigError, GphintError
 from . import content
 from .content import ANON_KEY_BASE, PAGE_SIZE
+from .fdpool import POOL
 from .files import pread_into
 from .frames import ANON, FLAG_DTYPE, MLOCKED, SWAPCACHE, UPTODATE
 from .guestpart import GuestPart, mark_touched, set_backing
@@ -40,19 +41,23 @@ def _unlink(path):
 CONTENT_CHUNK_PAGES = 256
 
 class SwapFile:
-    """The guest's swap device: a real file of nslots page slots and a slot bitmap."""
+    """The guest's swap device: a real file of nslots page slots and a slot bitmap.  It holds no
+    fd between swap I/Os: `with swap.opened() as fd` leases one (gphint.guest.fdpool)."""
 
     def __init__(self, nslots, path=None):
         if path is None:
             fd, path = tempfile.mkstemp(prefix=tmpfiles.prefix("gswap"))
-            os.close(fd)
             # dropped without close() (or at exit): the temporary swap file still goes away
             self._cleanup = weakref.finalize(self, _unlink, path)
         else:
             self._cleanup = None
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, nslots * PAGE_SIZE)
+        finally:
+            os.close(fd)
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.ftruncate(self.fd, nslots * PAGE_SIZE)
+        self._open = True
         self.used = np.zeros(nslots, dtype=bool)
         self.stats = {"slots_allocated": 0, "slots_freed": 0}
 
@@ -80,10 +85,15 @@ class SwapFile:
         self.used[slots] = False
         self.stats["slots_freed"] += int(slots.size)
 
+    def opened(self):
+        if not self._open:
+            raise GphintError("guest swap file %s is closed" % self.path)
+        return POOL.lease(self.path, os.O_RDWR)
+
     def close(self):
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self._open:
+            self._open = False
+            POOL.forget(self.path)
         if self._cleanup is not None:
             self._cleanup()
 
@@ -229,7 +239,8 @@ class AnonMemory(GuestPart):
         if n == 0:
             return 0
         slots = self.swap.alloc(n)
-        self.mem.write_to_file(frames, self.swap.fd, slots * PAGE_SIZE)
+        with self.swap.opened() as fd:
+            self.mem.write_to_file(frames, fd, slots * PAGE_SIZE)
         pids, v = self.table.owner[frames], self.table.index[frames]
         for pid in np.unique(pids).tolist():
             sel = pids == pid
@@ -278,7 +289,8 @@ class AnonMemory(GuestPart):
                 finally:
                     held = pr["frame"][v]
                     self.table.refs[held[held >= 0]] -= 1
-                self.mem.fill_from_file(new, self.swap.fd, slots * PAGE_SIZE)
+                with self.swap.opened() as fd:
+                    self.mem.fill_from_file(new, fd, slots * PAGE_SIZE)
                 mark_touched(self.mem, new)
                 self.table.claim(new, ANON, pid, missing, UPTODATE)
                 pr["frame"][missing] = new
@@ -334,8 +346,9 @@ class AnonMemory(GuestPart):
         if out.any():
             slots = pr["slot"][v[out]]
             disk = np.zeros((slots.size, PAGE_SIZE), dtype=np.uint8)
-            for lo, hi in _slot_runs(slots):
-                pread_into(self.swap.fd, disk[lo:hi], int(slots[lo]) * PAGE_SIZE)
+            with self.swap.opened() as fd:
+                for lo, hi in _slot_runs(slots):
+                    pread_into(fd, disk[lo:hi], int(slots[lo]) * PAGE_SIZE)
             bad += int(content.mismatching(disk, expected[out]).sum())
         return bad
 

@@ -8,11 +8,11 @@ original stays untouched.  The copy notes the digest of each page it took (copy_
 reference for verify() of version-0 pages the guest never read; a page it did read is checked
 against what it read (the page cache's record), not against today's file.
 
-File descriptors are opened when needed and kept in a small LRU (FD_CACHE_MAX per file set):
-a read or a writeback uses one at once, so a guest holds a handful however many files it has
-(the fds the fault thread needs belong to the backing stores, gphint.stores).
+File descriptors are leased from the process-wide pool (gphint.guest.fdpool) for one read,
+writeback or copy at a time: a guest holds none between operations, however many files it has,
+and guests reading one tree share its fds (the fds the fault thread needs belong to the
+backing stores, gphint.stores).
 """
-import collections
 import os
 import shutil
 import stat
@@ -25,9 +25,9 @@ from .. import tmpfiles
 from ..errors import ConfigError
 from . import content
 from .content import PAGE_SIZE, page_digest
+from .fdpool import POOL
 
 DEFAULT_FILE_BYTES = (4 << 10, 1 << 20)   # size range of generated files: small sources to blobs
-FD_CACHE_MAX = 4                          # open fds kept per file set: a read or writeback uses one
 _COPY_CHUNK_BYTES = 8 << 20               # overlay copy: read, digest and write this much at once
 ZERO_PAGE_DIGEST = page_digest(np.zeros(PAGE_SIZE, dtype=np.uint8))[0]
 
@@ -139,7 +139,6 @@ class FileSet:
         self.size_bytes = np.array([os.stat(os.path.join(self.root, p)).st_size for p in self.paths],
                                    dtype=np.int64)
         self.copied = np.zeros(len(self.paths), dtype=bool)   # has an overlay copy
-        self._fds = collections.OrderedDict()   # fid -> fd of path(fid), least recently used first
         self._copy_digests = {}                  # fid -> uint64 digest per page the copy took
         self.stats = {"overlay_copies": 0, "bytes_read": 0, "bytes_written": 0}
 
@@ -178,49 +177,41 @@ class FileSet:
     def original_path(self, fid):
         return os.path.join(self.root, self.paths[fid])
 
-    def _fd(self, fid):
-        """fd of path(fid) (read-write for an overlay copy), from the LRU or opened now; use it at
-        once -- a later call may close it."""
-        fd = self._fds.get(fid)
-        if fd is not None:
-            self._fds.move_to_end(fid)
-            return fd
-        while len(self._fds) >= FD_CACHE_MAX:
-            os.close(self._fds.popitem(last=False)[1])
+    def _flags(self, fid):
         # an original is only read: O_DIRECT under --cache none (the host keeps no second copy)
-        flags = os.O_RDWR if self.copied[fid] else os.O_RDONLY | _cache_read_flags()
-        try:
-            fd = os.open(self.path(fid), flags | os.O_CLOEXEC)
-        except OSError as e:
-            raise _file_error(e, self.path(fid)) from None
-        self._fds[fid] = fd
-        return fd
+        return os.O_RDWR if self.copied[fid] else os.O_RDONLY | _cache_read_flags()
 
-    def read_fd(self, fid):
-        return self._fd(fid)
+    def open_read(self, fid):
+        """`with files.open_read(fid) as fd:` an fd of path(fid) (read-write for an overlay
+        copy), valid inside the block only."""
+        return POOL.lease(self.path(fid), self._flags(fid))
 
-    def write_fd(self, fid):
-        """fd of the overlay copy, made on the first write (copy-on-write of the whole file)."""
+    def open_write(self, fid):
+        """`with files.open_write(fid) as fd:` the overlay copy's fd, the copy made on the
+        first write (copy-on-write of the whole file)."""
         if not self.copied[fid]:
             dst = os.path.join(self.overlay_root, self.paths[fid])
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             self._copy_digests[fid] = self._copy(fid, dst)
-            old = self._fds.pop(fid, None)
-            if old is not None:
-                os.close(old)
             self.copied[fid] = True
             self.stats["overlay_copies"] += 1
-        return self._fd(fid)
+        return self.open_read(fid)
 
     def _copy(self, fid, dst):
         """Copy the original to dst with real reads and writes; returns the digest of every page
         copied (what the overlay holds before the guest writes it)."""
-        src_fd = self._fd(fid)
+        with self.open_read(fid) as src_fd:
+            return self._copy_from(src_fd, fid, dst)
+
+    def _copy_from(self, src_fd, fid, dst):
         npages = self.npages(fid)
         # pages past the original's end read as zeros in the copy (a hole, or not there at all)
         digests = np.full(max(npages, 1), ZERO_PAGE_DIGEST, dtype=np.uint64)
         chunk = np.zeros((min(max(npages, 1), _COPY_CHUNK_BYTES // PAGE_SIZE), PAGE_SIZE), dtype=np.uint8)
-        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise _file_error(e, dst) from None
         try:
             first = 0
             while True:
@@ -258,12 +249,10 @@ class FileSet:
             self.size_bytes[fid] = end_bytes
 
     def close(self):
-        for fd in self._fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._fds.clear()
+        # the fds of its files go with them; those of a shared tree too (other guests reading
+        # it reopen theirs on demand), so that nothing of a closed guest stays open
+        POOL.forget(self._tmp)
+        POOL.forget(self.root)
         self._cleanup()
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..stores import FileStore, fd_room, raise_nofile_limit
-from .files import FD_CACHE_MAX
+from .fdpool import POOL
 
 MAX_STORES_PER_GUEST = 2048  # backing files a guest may reference (the C store table is shared)
 
@@ -20,6 +20,12 @@ MAX_STORES_PER_GUEST = 2048  # backing files a guest may reference (the C store 
 # is the same whichever guest reloads from it.  path -> [store, references]
 _SHARED_STORES = {}
 _SHARED_LOCK = threading.Lock()
+
+
+def _store_is_open(path):
+    """Another guest already holds this file's store: sharing it costs no fd."""
+    with _SHARED_LOCK:
+        return path in _SHARED_STORES
 
 
 def _shared_store(path):
@@ -49,10 +55,32 @@ def _release_store(path):
 # closed once none does.  When the process runs short of fds (gphint.stores.fd_room) the epoch
 # goes up and every guest, at its next store look-up, closes the stores none of its frames
 # records (each guest only its own: another guest's thread may be between look-up and record).
+# A guest holds no other fd of its own between operations: its file and swap I/O lease theirs
+# from one process-wide pool (gphint.guest.fdpool), whose capacity is reserved here.
 _FD_RESERVE = 64                 # fds kept free for the process itself (uffd, /proc reads, ...)
-_FDS_PER_GUEST = 4               # a guest's own fds besides its file set's: swap file, its store
+FDS_PER_GUEST = 1                # what a guest needs at least: one store of its own (its swap
+#                                  file's or an overlay copy's), or its hints are all refused
 _sweep_epoch = [0]
 _live_guests = [0]
+
+
+def fds_needed(nguests):
+    """Open files a process of nguests guests needs at least (check_fd_limit)."""
+    return _FD_RESERVE + POOL.capacity + FDS_PER_GUEST * int(nguests)
+
+
+def check_fd_limit(nguests, option="--guests"):
+    """Before a run: ConfigError (one line: the guests, the fds needed, the limit, the remedy)
+    when nguests guests cannot fit in RLIMIT_NOFILE even after gphint raises the soft limit
+    to the hard one -- so that a run never meets EMFILE half-way."""
+    soft = raise_nofile_limit()
+    if soft == RLIM_INFINITY:
+        return
+    need = fds_needed(nguests)
+    if need > soft:
+        raise ConfigError("%s %d needs at least %d open files, but RLIMIT_NOFILE is %d: raise it "
+                          "(ulimit -n %d) or run fewer guests" % (option, nguests, need, soft,
+                                                                  max(need, 2 * soft)))
 
 
 class StoreBudget:
@@ -69,17 +97,7 @@ class StoreBudget:
             self._release_unrecorded()
         store = self._stores.get(path)
         if store is None:
-            limit = self._store_share()
-            if len(self._stores) >= limit:
-                self._release_unrecorded()
-            reserve = _FD_RESERVE + (FD_CACHE_MAX + _FDS_PER_GUEST) * _live_guests[0]
-            if len(self._stores) < limit and not fd_room(reserve):
-                _sweep_epoch[0] += 1
-                self._release_unrecorded()
-                if not fd_room(reserve):
-                    self.stats["stores_refused"] += 1
-                    return None
-            if len(self._stores) >= limit:
+            if not (_store_is_open(path) or self._room_for_store()):
                 self.stats["stores_refused"] += 1
                 return None
             store = _shared_store(path)
@@ -90,16 +108,36 @@ class StoreBudget:
             self.stats["stores_opened"] += 1
         return store
 
+    def _own_stores(self):
+        """Stores only this guest holds: the fds its share is counted in."""
+        return sum(1 for st in self._stores.values() if st.sharers <= 1)
+
+    def _room_for_store(self):
+        """May this guest open a store (one more fd) now?  Within its share, after closing
+        its unrecorded stores if needed, and while the process keeps its reserve free."""
+        limit = self._store_share()
+        if self._own_stores() >= limit:
+            self._release_unrecorded()
+            if self._own_stores() >= limit:
+                return False
+        reserve = _FD_RESERVE + POOL.capacity
+        if not fd_room(reserve):
+            _sweep_epoch[0] += 1
+            self._release_unrecorded()
+            if not fd_room(reserve):
+                return False
+        return True
+
     @staticmethod
     def _store_share():
-        """Stores one guest may hold: an equal share of the fds the process may open, so the
-        first guest to fill its cache does not leave the others without any."""
+        """Stores one guest may hold alone: an equal share of the fds the process may open, so
+        the first guest to fill its cache does not leave the others without any."""
         soft = raise_nofile_limit()
         if soft == RLIM_INFINITY:
             return MAX_STORES_PER_GUEST
         guests = max(_live_guests[0], 1)
-        share = (soft - _FD_RESERVE) // guests - FD_CACHE_MAX - _FDS_PER_GUEST
-        return max(min(share, MAX_STORES_PER_GUEST), 1)
+        share = (soft - _FD_RESERVE - POOL.capacity) // guests
+        return max(min(share, MAX_STORES_PER_GUEST), FDS_PER_GUEST)
 
     def _release_unrecorded(self):
         """Close (release) this guest's stores that no frame's backing record names."""

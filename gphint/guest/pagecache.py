@@ -103,7 +103,8 @@ class PageCache(Writeback, StableConditions, WritableMappings, ExpectedContent, 
             self.table.claim(new, FILE, fid, mpages, 0)
             pf[mpages] = new
             store = self.store_for(self.files.path(fid))
-            self.mem.fill_from_file(new, self.files.read_fd(fid), mpages * PAGE_SIZE)
+            with self.files.open_read(fid) as fd:
+                self.mem.fill_from_file(new, fd, mpages * PAGE_SIZE)
             mark_touched(self.mem, new)
             self.table.flags[new] |= UPTODATE
             # what the guest read is its truth from now on, whatever the file says later

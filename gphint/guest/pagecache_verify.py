@@ -51,7 +51,8 @@ class ExpectedContent:
             if not on_disk.any():
                 continue
             disk = np.zeros((npages, PAGE_SIZE), dtype=np.uint8)
-            pread_into(self.files.read_fd(fid), disk, 0)
+            with self.files.open_read(fid) as fd:
+                pread_into(fd, disk, 0)
             want = self.expected_digests(fid, pages[on_disk], on_disk=True)
             bad += int(np.count_nonzero(page_digest(disk[on_disk]) != want))
         return bad

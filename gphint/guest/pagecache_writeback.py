@@ -55,11 +55,11 @@ class Writeback:
         fids = self.table.owner[frames]
         for fid_ in np.unique(fids).tolist():
             sel = frames[fids == fid_]
-            fd = self.files.write_fd(fid_)
-            self.mem.write_to_file(sel, fd, self.table.index[sel] * PAGE_SIZE)
-            size = int(self.files.size_bytes[fid_])
-            if size % PAGE_SIZE and os.fstat(fd).st_size > size:
-                os.ftruncate(fd, size)       # whole-page writes must not lengthen the file
+            with self.files.open_write(fid_) as fd:
+                self.mem.write_to_file(sel, fd, self.table.index[sel] * PAGE_SIZE)
+                size = int(self.files.size_bytes[fid_])
+                if size % PAGE_SIZE and os.fstat(fd).st_size > size:
+                    os.ftruncate(fd, size)       # whole-page writes must not lengthen the file
         self.end_writeback(frames)
         self.stats["writeback_pages"] += int(frames.size)
         return int(frames.size)

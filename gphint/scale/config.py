@@ -86,6 +86,8 @@ class ScaleConfig:
                               % self.guest_mem_bytes)
         self.take = parse_take(self.take)
         self.check_fits_machine()
+        from ..guest.guest_stores import check_fd_limit
+        check_fd_limit(max(self.guests))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 1 << 62:
             raise ConfigError("--seed must be an integer in [0, 2**62), got %r" % (self.seed,))
         return self

@@ -27,7 +27,23 @@ PLOTTED = [("time_to_target_s", "time to target (s)"),
            ("host_swap_out_bytes", "host swap out (MiB)")]
 
 
+def _time_cell(rec):
+    """Time to target, and who reached it when it was not the strategy's own mechanism: a time
+    the host swap reached after the mechanism gave up is never shown as the mechanism's."""
+    v, by = rec.get("time_to_target_s"), rec.get("reached_by")
+    late = " after the %gs timeout" % rec["timeout_s"] if rec.get("timed_out") else ""
+    if v is None:
+        return "not reached" + late if "reached_by" in rec else "-"
+    if by == "host swap" and rec.get("strategy_name") != "none":
+        share = rec.get("mechanism_share")
+        own = "" if share is None else ", %.0f%% by %s" % (100 * share, rec.get("strategy_name"))
+        return "%.3f by host swap%s%s" % (v, own, late)
+    return "%.3f" % v
+
+
 def _cell(rec, key, fmt):
+    if key == "time_to_target_s":
+        return _time_cell(rec)
     v = rec.get(key)
     if v is None:
         return "-"

@@ -8,7 +8,6 @@ gives an error record and the others still run.
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,7 +15,8 @@ import time
 import numpy as np
 
 from .. import childproc, tmpfiles
-from ..experiment import STOP, Stopped, environment, write_json
+from ..experiment import environment, write_json
+from ..experiment.comparison import child_record, run_child
 from ..host.spec import parse_strategy
 from .config import ScaleConfig
 from .fleet import Fleet, make_service
@@ -80,19 +80,14 @@ def child_main(argv=None):
         rec = {"strategy": a.strategy, "strategy_name": parse_strategy(a.strategy).name,
                "guests": int(a.guests), "error": "%s: %s" % (type(e).__name__, e)}
     with open(a.json, "w") as f:
-        json.dump(rec, f)
+        json.dump({"results": [rec]}, f)     # compare's child document: one child_record reads both
     return 0 if not rec.get("error") and not rec.get("integrity_errors") else 1
 
 
 def _child_record(spec, n, out, rc, err):
-    if os.path.exists(out):
-        try:
-            with open(out) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            pass
-    last = err.strip().splitlines()[-1] if err.strip() else "exit status %d" % rc
-    return {"strategy": str(spec), "strategy_name": spec.name, "guests": n, "error": last}
+    rec = child_record(spec, out, rc, err)
+    rec.setdefault("guests", n)
+    return rec
 
 
 def run_scale(config, progress=None):
@@ -109,16 +104,8 @@ def run_scale(config, progress=None):
             out = os.path.join(tmp, "%d.json" % i)
             cmd = childproc.command("gphint.scale.run:child_main",
                                     ["--parent-pid", str(os.getpid())] + child_args(config, spec, n, out))
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            while proc.poll() is None:
-                if STOP.is_set():
-                    proc.terminate()
-                    proc.wait()
-                    raise Stopped()
-                time.sleep(0.05)
-            err = proc.stderr.read()
-            proc.stderr.close()
-            records.append(_child_record(spec, n, out, proc.returncode, err))
+            rc, err = run_child(cmd, os.path.join(tmp, "%d.err" % i))
+            records.append(_child_record(spec, n, out, rc, err))
     if progress:
         progress(len(shapes), len(shapes), None, None)
     return records

@@ -3,13 +3,20 @@
 The demand is a resident target (what the guests hold, by mincore, minus take x the fleet's
 memory).  Each strategy first uses its own mechanism, then host-swaps whatever is still over
 the target, oldest resident first (gphint.host.Host.swap_oldest), as every strategy's last
-resort is:
+resort is -- in the same submissions as `none` (SWAP_BATCH pages: the host's swap, not the
+strategy's hint batch, so a fallback costs the same whoever falls back):
   cmma, unused   the host reads page states and discards (Host.strategy.reclaim): no guest runs
   none           host swap only
   reporting      the guests' own reporting work items (their vCPU timers) report free blocks,
                  the host discards them; the host waits `delay` + two guest ticks, then swaps
   balloon        the host posts an inflate request to every guest (its share of what is still
                  needed) and waits for the answers, up to BALLOON_ROUNDS rounds
+The balloon's wait for answers ends at the config's timeout_s (`timed_out`; cmma's and
+unused's passes call no guest and are bounded by SWAP_PASSES, reporting's wait by its delay).
+The record says who reached the target (`reached_by`): the strategy's own mechanism, or the
+host swap it fell back on (when that took more than 1 - MIN_OWN_SHARE of what was taken: a
+few pages the busy guests faulted back during the last pass do not count) -- so a time to
+target reached by swapping is never read as the mechanism's.
 """
 import os
 import time
@@ -17,6 +24,7 @@ import time
 import numpy as np
 
 from ..host import Host
+from ..host.spec import parse_strategy
 from ..memory import PAGE_SIZE
 
 BALLOON_ROUNDS = 4
@@ -25,6 +33,8 @@ SWAP_PASSES = 8
 # this fraction of what the host takes back
 TOLERANCE = 0.01
 POLL_S = 0.01
+SWAP_BATCH = parse_strategy("none").host_side()[0]     # pages per host swap-out submission
+MIN_OWN_SHARE = 0.9     # of the taken memory, the mechanism's own for it to have reached the target
 
 
 def _process_cpu_s():
@@ -50,6 +60,7 @@ class TakeBack:
         self.host = Host(fleet.guests, budget=fleet_bytes, strategy=host_spec, fault_service=svc)
         self.fleet_bytes = fleet_bytes
         self.requests = []
+        self.timed_out = False
         self.device_cpu_s = 0.0
         timer = self._timer if spec.name == "reporting" else None
         device = self._device if spec.name == "balloon" else None
@@ -92,12 +103,17 @@ class TakeBack:
         target = start - take + int(TOLERANCE * take)
         cpu0, t0 = _process_cpu_s(), time.monotonic()
         reached = self._mechanism(target, t0)
+        mechanism_s = time.monotonic() - t0
+        after_mechanism = self.resident()
         if reached is None:
             reached = self._swap_rest(target)
         t_end = time.monotonic()
         cpu_s = _process_cpu_s() - cpu0
         guest_s = sum(v.cpu_s - c for v, c in zip(fleet.vcpus, guest0))
         end = self.resident()
+        own = max(start - after_mechanism, 0) / max(start - end, 1)
+        reached_by = None if reached is None else \
+            self._own_name() if own >= MIN_OWN_SHARE else "host swap"
         time.sleep(cfg.settle_s)        # the stall window: ops just after the target count too
         lat = [x for v, n in zip(fleet.vcpus, lat0) for x in v.op_latencies_s[n:]]
         for v in fleet.vcpus:
@@ -111,6 +127,11 @@ class TakeBack:
         return {
             "time_to_target_s": None if reached is None else round(reached - t0, 4),
             "reached_target": reached is not None,
+            "reached_by": reached_by,
+            "timed_out": self.timed_out,
+            "timeout_s": cfg.timeout_s,
+            "mechanism_s": round(mechanism_s, 4),
+            "mechanism_share": round(min(own, 1.0), 4),
             "wall_s": round(t_end - t0, 4),
             "host_cpu_s": round(host_cpu, 4),
             "host_cpu_s_per_mib": round(host_cpu / taken_mib, 6) if taken_mib else None,
@@ -126,7 +147,7 @@ class TakeBack:
             "cold_swapped_bytes": int(cold) * PAGE_SIZE,
             "fleet_bytes": self.fleet_bytes,
             "resident_start_bytes": start * PAGE_SIZE, "resident_end_bytes": end * PAGE_SIZE,
-            "target_tolerance": TOLERANCE,
+            "target_tolerance": TOLERANCE, "swap_batch": SWAP_BATCH,
             "target_bytes": target * PAGE_SIZE, "taken_bytes": max(start - end, 0) * PAGE_SIZE,
             "discarded_bytes": sum(sum(s.discarded.values()) for s in host.slots) * PAGE_SIZE,
         }
@@ -143,9 +164,21 @@ class TakeBack:
     def _swap_ins(self):
         return int(self.svc.stats().get("swap_ins", 0)) if self.svc is not None else 0
 
+    def _own_name(self):
+        """Who reached the target when the mechanism did: 'none' has no mechanism but swap."""
+        return "host swap" if self.spec.name == "none" else "strategy"
+
+    def _past(self, deadline):
+        if time.monotonic() < deadline:
+            return False
+        self.timed_out = True
+        return True
+
     def _mechanism(self, target, t0):
-        """The strategy's own way; returns when the target was reached, or None."""
+        """The strategy's own way; returns when the target was reached, or None (it gave what
+        it could, or the balloon's timeout_s passed: self.timed_out)."""
         host, name = self.host, self.spec.name
+        deadline = t0 + self.fleet.config.timeout_s
         if name in ("cmma", "unused"):
             # read states and discard until the target holds: busy guests fault pages back
             # while a pass runs, so one pass can end just above it (as swap_rest, a few passes)
@@ -156,9 +189,9 @@ class TakeBack:
                         break
         elif name == "reporting":
             wait = float(self.spec.params["delay"]) + 2 * self.fleet.config.tick_s
-            return self._wait(target, t0 + wait)
+            return self._wait(target, min(t0 + wait, deadline))
         elif name == "balloon":
-            return self._balloon(target, t0)
+            return self._balloon(target, deadline)
         return time.monotonic() if self.resident() <= target else None
 
     def _swap_rest(self, target):
@@ -171,9 +204,20 @@ class TakeBack:
                     return time.monotonic()
                 # after the first pass, twice what is still over: what the busy guests fault
                 # back during a pass is of that order
-                if self.host.swap_oldest(over if i == 0 else 2 * over) == 0:
+                if self._swap_oldest(over if i == 0 else 2 * over) == 0:
                     return None
         return time.monotonic() if self.resident() <= target else None
+
+    def _swap_oldest(self, npages):
+        """Host.swap_oldest in SWAP_BATCH-page submissions (host.lock held): the strategy's own
+        host_batch (32 for reporting and the balloon's device) made their fallback swap 3-4x
+        slower than none's for the same pages."""
+        sub = self.host.submission
+        own, sub.host_batch = sub.host_batch, SWAP_BATCH
+        try:
+            return self.host.swap_oldest(npages)
+        finally:
+            sub.host_batch = own
 
     def _progress(self):
         """What the guests have handed over so far (answers, reports): the host re-reads
@@ -194,13 +238,14 @@ class TakeBack:
             time.sleep(POLL_S)
         return None
 
-    def _balloon(self, target, t0):
+    def _balloon(self, target, deadline):
         vcpus = self.fleet.vcpus
-        deadline = t0 + self.fleet.config.timeout_s
         for _ in range(BALLOON_ROUNDS):
             need = self.resident() - target
             if need <= 0:
                 return time.monotonic()
+            if self._past(deadline):
+                break               # no more requests into guests still serving the last ones
             share = np.full(len(vcpus), need // len(vcpus), dtype=np.int64)
             share[:need % len(vcpus)] += 1
             posted = [v.post("inflate", int(q)) for v, q in zip(vcpus, share) if q]
