@@ -12,6 +12,7 @@
 /* Region ids in use at once: far above what fits in one process (each region is a mapping, and
  * vm.max_map_count defaults to 65530); the table itself grows as guests are registered. */
 #define GPH_MAX_REGIONS 1048576   /* named in the "region table full" message (faults.c) */
+#define GPH_FAULT_THREAD_NAME "gphint-faults"   /* its comm: gphint.faults.FAULT_THREAD_NAME */
 #define GPH_WINDOW_MAX (2u << 20)    /* fault-around cap: 2 MiB, one UFFDIO_COPY */
 #define GPH_SCRATCH_BYTES (2u << 20) /* host's detach area for UFFDIO_MOVE */
 #define GPH_REFAULT_SLOTS 64         /* pages the fault thread watches for a refault loop */

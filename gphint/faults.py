@@ -13,6 +13,7 @@ protocol is in docs/state-protocol.md and at the top of ext/protocol.c.
 """
 import errno
 import mmap
+import os
 import threading
 
 import numpy as np
@@ -33,6 +34,9 @@ MODES = ("auto", "full", "user_mode_only")
 LOCKINGS = ("holdbits", "hashed")
 DEFAULT_LOCKING = "holdbits"
 WINDOW_MAX = 2 << 20
+# the C fault thread's name (GPH_FAULT_THREAD_NAME, ext/faults_internal.h): its CPU time can be
+# told apart in /proc/self/task (fault_thread_cpu_s)
+FAULT_THREAD_NAME = "gphint-faults"
 _POT_VOLATILE = int(PageState.POT_VOLATILE)
 _HOLD_BITS = 0x10 | 0x40   # GPH_FLAG_BUSY | GPH_FLAG_SERVING (ext/gphint.h)
 _NO_SLOTS = np.zeros(0, dtype=np.int64)
@@ -449,3 +453,25 @@ class FaultService:
     def __repr__(self):
         return "<FaultService %s %s window=%d guests=%d%s>" % (
             self.mode, self.locking, self.window_bytes, len(self._regs), " stopped" if self._stopped else "")
+
+
+def fault_thread_cpu_s():
+    """CPU seconds (user + system) of this process's fault threads so far, or None where
+    /proc/self/task cannot be read.  The kernel counts in clock ticks (10 ms at USER_HZ=100)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in tids:
+        try:
+            with open("/proc/self/task/%s/stat" % tid) as f:
+                stat = f.read()
+        except OSError:
+            continue             # the thread ended meanwhile
+        # comm is in parentheses and may hold spaces; utime and stime are fields 14 and 15
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if comm == FAULT_THREAD_NAME:
+            total += int(rest[11]) + int(rest[12])
+    return total / tick
