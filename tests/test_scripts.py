@@ -170,12 +170,13 @@ def test_hint_instructions_counts_a_real_guest_under_callgrind(tmp_path):
 
 
 # --- scripts/bench_all: every number of the READMEs rendered from bench/results ---------------
-DOCS = ("README.md", os.path.join("bench", "README.md"))
+DOCS = ("README.md", os.path.join("bench", "README.md"), os.path.join("docs", "state-protocol.md"))
 
 
 def copy_docs(dst):
     import shutil
     (dst / "bench").mkdir(parents=True, exist_ok=True)
+    (dst / "docs").mkdir(parents=True, exist_ok=True)
     for d in DOCS:
         shutil.copy(os.path.join(ROOT, d), dst / d)
 
