@@ -22,6 +22,7 @@ from . import caps, dirty
 from ._mechanism import COMPILED, WHY_PURE, mech
 from .discard import Discarded
 from .errors import ClosedError, ConfigError, SyscallError, Unsupported
+from .measure import proc_stat
 from .memory import PAGE_SIZE, GuestMemory
 from .states import PAIR_MASK, USAGE_MASK, HostState, PageState
 from .stores import FileStore, HostSwap, SwapFull  # noqa: F401  (re-exported: gphint.faults.HostSwap)
@@ -466,12 +467,9 @@ def fault_thread_cpu_s():
     total = 0
     for tid in tids:
         try:
-            with open("/proc/self/task/%s/stat" % tid) as f:
-                stat = f.read()
+            comm, fields = proc_stat("/proc/self/task/%s/stat" % tid)
         except OSError:
             continue             # the thread ended meanwhile
-        # comm is in parentheses and may hold spaces; utime and stime are fields 14 and 15
-        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
         if comm == FAULT_THREAD_NAME:
-            total += int(rest[11]) + int(rest[12])
+            total += int(fields[11]) + int(fields[12])     # utime, stime: proc(5) fields 14, 15
     return total / tick

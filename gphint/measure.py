@@ -73,3 +73,13 @@ def pagemap(address, npages, pid="self"):
 def pagemap_present(address, npages, pid="self"):
     """Boolean array: which pages the kernel's page tables say are present in RAM."""
     return (pagemap(address, npages, pid) & np.uint64(PAGEMAP_PRESENT)) != 0
+
+
+def proc_stat(path):
+    """(comm, fields) of a proc(5) stat file (/proc/PID/stat, /proc/self/task/TID/stat): comm
+    is in parentheses and may itself hold spaces and ')', so the fields start after the last
+    ')'; fields[0] is proc(5)'s field 3.  OSError (the process or thread is gone) passes."""
+    with open(path, "rb") as f:
+        stat = f.read()
+    end = stat.rindex(b")")
+    return stat[stat.index(b"(") + 1:end].decode(errors="replace"), stat[end + 2:].split()

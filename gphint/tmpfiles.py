@@ -13,6 +13,8 @@ import re
 import shutil
 import tempfile
 
+from .measure import proc_stat
+
 PREFIX = "gphint-"
 # gphint-<kind>-<pid>-<start ticks>-<random suffix from tempfile>
 _NAME_RE = re.compile(r"^gphint-([a-z]+)-(\d+)-(\d+)-")
@@ -21,14 +23,9 @@ _NAME_RE = re.compile(r"^gphint-([a-z]+)-(\d+)-(\d+)-")
 def start_ticks(pid):
     """Start time of process `pid` in clock ticks since boot, or None if it does not exist."""
     try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+        _, fields = proc_stat("/proc/%d/stat" % pid)
     except OSError:
         return None
-    # the command name (field 2) is in parentheses and may itself contain spaces and ')'
-    fields = stat[stat.rindex(b")") + 2:].split()
     return int(fields[19])          # field 22 of proc(5); fields[0] is field 3
 
 
