@@ -311,6 +311,44 @@ def test_enospc_is_blamed_on_tmpdir_only_when_it_is_full(small_tmpfs, tmp_path):
         os.unlink(small_tmpfs / "fill")
 
 
+def test_a_full_tmpdir_met_first_by_the_host_thread_names_the_place(small_tmpfs, tmp_path,
+                                                                    monkeypatch):
+    """Which thread meets the full disk first is timing: when the host thread's swap-out does,
+    its death (HostThreadDied from the pwrite's ENOSPC) still names TMPDIR."""
+    import errno
+    import tempfile
+    from gphint.errors import SyscallError
+    from gphint.experiment import runner
+    from gphint.experiment.config import RunConfig
+    from gphint.host import HostThreadDied
+
+    def host_meets_it_first(self):
+        try:
+            raise SyscallError(errno.ENOSPC, "pwrite(host swap)", "swap-out: pages 1..1")
+        except SyscallError as e:
+            raise HostThreadDied("the host thread died at step 6 (%s): the budget is no longer "
+                                 "enforced" % e) from e
+
+    with open(small_tmpfs / "fill", "wb") as f:                      # really fill the tmpfs
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+        except OSError:
+            pass
+    monkeypatch.setattr(tempfile, "tempdir", str(small_tmpfs))
+    monkeypatch.setattr(runner.Runner, "setup", lambda self: None)
+    monkeypatch.setattr(runner.Runner, "close", lambda self: None)
+    monkeypatch.setattr(runner.Runner, "run", host_meets_it_first)
+    try:
+        with pytest.raises(HostThreadDied) as died:
+            runner.run_one(RunConfig(guests=1, guest_mem_bytes=4 << 20, files=str(tmp_path)), "none")
+        line = str(died.value)
+        assert "TMPDIR=%s" % small_tmpfs in line and "[Errno 28]" in line, line
+        assert "host swap" in line and "No space left on device" in line, line
+    finally:
+        os.unlink(small_tmpfs / "fill")
+
+
 # --- what a killed run leaves -----------------------------------------------------------------
 def _wait_for(pred, timeout_s=60.0):
     end = time.monotonic() + timeout_s

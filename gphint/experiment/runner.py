@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from .. import measure, tmpfiles
-from ..host import Host, parse_strategy
+from ..host import Host, HostThreadDied, parse_strategy
 from ..host.hostswap import fault_service_available
 from ..memory import PAGE_SIZE, discard_counters
 from ..units import fmt_bytes
@@ -295,6 +295,14 @@ def run_one(config, strategy, progress=None):
         if explained is e:
             raise
         raise explained from e
+    except HostThreadDied as e:
+        # the same full TMPDIR, met first by the host thread's swap-out rather than by this
+        # thread's own write: which one meets it depends on timing, the place named must not
+        cause = e.__cause__
+        explained = explain_full_tmpdir(cause) if isinstance(cause, OSError) else cause
+        if explained is cause:
+            raise
+        raise HostThreadDied("the host thread died: %s" % explained) from e
     finally:
         r.close()
 
