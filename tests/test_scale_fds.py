@@ -199,3 +199,29 @@ def test_closing_guests_of_a_users_tree_leaves_none_of_its_fds_open(tmp_path):
         assert g.verify() == 0
         g.close()
     assert tree_fds() == 0
+
+
+def test_a_path_deleted_and_created_again_is_read_as_the_new_file(tmp_path):
+    """The pool keys fds by path: reusing one after the path was replaced would read the old,
+    unlinked inode.  The new file's bytes come back, idle or leased meanwhile."""
+    from gphint.guest.fdpool import FdPool
+    pool = FdPool(capacity=8)
+    p = tmp_path / "f"
+    p.write_bytes(b"old" * 1000)
+    with pool.lease(p, os.O_RDONLY) as fd:
+        assert os.pread(fd, 3, 0) == b"old"
+    os.unlink(p)
+    p.write_bytes(b"new" * 1000)
+    with pool.lease(p, os.O_RDONLY) as fd:
+        assert os.pread(fd, 3, 0) == b"new"
+        os.unlink(p)                                   # replaced while this lease holds the old
+        p.write_bytes(b"3rd" * 1000)
+        with pool.lease(p, os.O_RDONLY) as fd2:
+            assert fd2 != fd and os.pread(fd2, 3, 0) == b"3rd"
+        assert os.pread(fd, 3, 0) == b"new"            # the lease's own fd stays valid
+    assert pool.stats["stale"] == 2 and pool.open_count() == 1
+    os.unlink(p)
+    with pytest.raises(OSError):                       # gone: an error, not the old bytes
+        with pool.lease(p, os.O_RDONLY):
+            pass
+    assert pool.open_count() == 0
