@@ -22,6 +22,7 @@ import numpy as np
 from ._version import __version__  # noqa: F401  (same API: the version check passes)
 from .batching import batches, whole_batches
 from .errors import mechanism_error
+from .states import CONTENT_MASK, FLAG_MASK, USAGE_MASK
 
 COMPILED = False
 IOV_MAX = 1024
@@ -348,7 +349,6 @@ def write_to_file(region, page_size, pages, fd, offsets, force_bounce=False):
 
 # --- the host side of the state protocol (ext/hostops.c) ---------------------------------------
 SP, SZ = 0x02, 0x03   # STABLE | PRESERVED, STABLE | ZERO
-_HELD_FLAGS, _USAGE, _CONTENT = 0xF0, 0x0C, 0x03
 
 
 def host_discard_uv(states, pages, advice):
@@ -363,11 +363,11 @@ def host_discard_uv(states, pages, advice):
     gphint.discard.Unserved); the tests hold the C to it."""
     pages = np.unique(np.asarray(pages, dtype=np.int64))
     s = states[pages]
-    usage, content = s & _USAGE, s & _CONTENT
+    usage, content = s & USAGE_MASK, s & CONTENT_MASK
     ok_content = (content == 0) | ((content == 1) & (advice == 0))
-    take = ((s & _HELD_FLAGS) == 0) & ((usage == 0x04) | (usage == 0x0C)) & ok_content
+    take = ((s & FLAG_MASK) == 0) & ((usage == 0x04) | (usage == 0x0C)) & ok_content
     taken = pages[take]
-    states[taken] = (states[taken] & _USAGE) | (1 if advice == 1 else 3)
+    states[taken] = (states[taken] & USAGE_MASK) | (1 if advice == 1 else 3)
     return taken
 
 

@@ -24,7 +24,7 @@ from .discard import Discarded
 from .errors import ClosedError, ConfigError, SyscallError, Unsupported
 from .measure import proc_stat
 from .memory import PAGE_SIZE, GuestMemory
-from .states import PAIR_MASK, USAGE_MASK, HostState, PageState
+from .states import FLAG_BUSY, FLAG_SERVING, PAIR_MASK, USAGE_MASK, HostState, PageState
 from .stores import FileStore, HostSwap, SwapFull  # noqa: F401  (re-exported: gphint.faults.HostSwap)
 from .units import parse_size
 
@@ -39,7 +39,7 @@ WINDOW_MAX = 2 << 20
 # told apart in /proc/self/task (fault_thread_cpu_s)
 FAULT_THREAD_NAME = "gphint-faults"
 _POT_VOLATILE = int(PageState.POT_VOLATILE)
-_HOLD_BITS = 0x10 | 0x40   # GPH_FLAG_BUSY | GPH_FLAG_SERVING (ext/gphint.h)
+_HOLD_BITS = FLAG_BUSY | FLAG_SERVING
 _NO_SLOTS = np.zeros(0, dtype=np.int64)
 _NO_USED = np.zeros(0, dtype=np.uint8)
 

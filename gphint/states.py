@@ -30,6 +30,10 @@ USAGE_MASK = 0x0C
 CONTENT_MASK = 0x03
 PAIR_MASK = 0x0F
 FLAG_MASK = 0xF0
+# the state protocol's holds (ext/protocol.c; docs/state-protocol.md), inside FLAG_MASK
+FLAG_BUSY = 0x10        # the host holds the page (discard / swap-out)
+FLAG_FILLED = 0x20      # the fault thread served it while the host held it
+FLAG_SERVING = 0x40     # the fault thread (or a fill) holds it
 
 
 class PageState(enum.IntEnum):

@@ -39,6 +39,8 @@ def test_protocol_flags_are_distinct_bits_inside_the_flag_mask():
     for f in flags:
         assert f & c["GPH_FLAG_MASK"] == f and bin(f).count("1") == 1
     assert len(set(flags)) == len(flags)
+    for name in ("BUSY", "FILLED", "SERVING"):              # the Python side reads the same holds
+        assert c["GPH_FLAG_" + name] == getattr(states, "FLAG_" + name), name
 
 
 def test_the_public_header_is_one_screen():
