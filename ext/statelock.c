@@ -92,14 +92,24 @@ static size_t home(const uint8_t *states)
 long gph_statelock_register(const uint8_t *states)
 {
     long rc = -ENOSPC;
+    size_t free_slot = SLOTS;   /* the first NULL or GONE on the probe path */
     pthread_mutex_lock(&tables_lock);
     for (size_t i = 0, j = home(states); i < SLOTS; i++, j = (j + 1) % SLOTS) {
         const uint8_t *t = __atomic_load_n(&tables[j], __ATOMIC_RELAXED);
-        if (t == NULL || t == GONE || t == states) {
-            __atomic_store_n(&tables[j], states, __ATOMIC_RELEASE);
+        if (t == states) {       /* already registered: one entry per table, or an unregister
+                                  * would leave a second one saying "hashed" */
+            free_slot = SLOTS;
             rc = 0;
             break;
         }
+        if ((t == NULL || t == GONE) && free_slot == SLOTS)
+            free_slot = j;
+        if (t == NULL)
+            break;
+    }
+    if (free_slot != SLOTS) {
+        __atomic_store_n(&tables[free_slot], states, __ATOMIC_RELEASE);
+        rc = 0;
     }
     pthread_mutex_unlock(&tables_lock);
     return rc;
@@ -114,6 +124,13 @@ void gph_statelock_unregister(const uint8_t *states)
             break;
         if (t == states) {
             __atomic_store_n(&tables[j], GONE, __ATOMIC_RELEASE);
+            /* GONE entries that end a probe chain (a NULL follows) are passed by no probe:
+             * clear them, backwards, so that guests registered and closed over a long run
+             * do not leave every lookup (one per state change) scanning the whole table */
+            for (size_t k = j; __atomic_load_n(&tables[(k + 1) % SLOTS], __ATOMIC_RELAXED) == NULL
+                               && __atomic_load_n(&tables[k], __ATOMIC_RELAXED) == GONE;
+                 k = (k + SLOTS - 1) % SLOTS)
+                __atomic_store_n(&tables[k], NULL, __ATOMIC_RELEASE);
             break;
         }
     }
