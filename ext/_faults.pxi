@@ -2,6 +2,7 @@
 # No policy here: gphint.faults decides what to register, discard and swap; ext/faults.c serves.
 from libc.stdint cimport int32_t
 from libc.errno cimport ENOMEM, ENOENT, EBADF
+from libc.stdlib cimport malloc, free
 
 FAULT_STAT_FIELDS = ("faults", "discard_faults", "zero_fills", "file_reloads", "swap_ins",
                      "pages_served", "bytes_served", "fault_around_hits", "lost_pages", "eexist",
@@ -331,6 +332,61 @@ cdef class FaultThread:
         if rc < 0:
             raise_mech(rc, &err, "discard")
         return (rc, preserved, st.calls, st.runs, st.resident, st.lazy)
+
+    def host_take(self, int region, int usage_mask_ok, uint8_t[::1] resident not None, int64_t need,
+                  int64_t host_batch, int advice, int submit, int pidfd):
+        """One reclaim tier on one guest (ext/hostops.c, gph_host_take): up to need candidates
+        of resident (the host's sample; chosen pages are cleared in it) picked, discarded and
+        finished, host_batch per submission.  Returns (discarded, chosen, calls, runs, resident,
+        lazy)."""
+        cdef gph_err err = _NO_ERR
+        cdef long rc
+        cdef int64_t chosen = 0
+        cdef gph_discard_stats st
+        st.calls = st.runs = st.pages = st.resident = st.lazy = 0
+        cdef gph_service *s = self._svc()
+        cdef int64_t rlen = resident.shape[0]
+        if need <= 0 or rlen == 0:
+            return (0, 0, 0, 0, 0, 0)
+        with nogil:
+            rc = gph_host_take(s, region, usage_mask_ok, &resident[0], rlen, need, host_batch, advice,
+                               submit, pidfd, &chosen, &st, &err)
+        if rc < 0:
+            raise_mech(rc, &err, "discard")
+        return (rc, chosen, st.calls, st.runs, st.resident, st.lazy)
+
+    def host_count(self, const int32_t[::1] rids not None, int usage_mask_ok, int advice, residents,
+                   int64_t[::1] counts not None):
+        """counts[i] = candidates gph_host_take would choose in region rids[i] against the
+        residency sample residents[i] (a sequence of uint8 arrays).  Returns their sum."""
+        cdef size_t n = rids.shape[0], i
+        cdef gph_err err = _NO_ERR
+        cdef long rc
+        cdef uint8_t[::1] mv
+        cdef gph_service *s = self._svc()
+        if counts.shape[0] < <Py_ssize_t>n or len(residents) < <Py_ssize_t>n:
+            raise ValueError("counts and residents need one entry per region")
+        if n == 0:
+            return 0
+        cdef uint8_t **ptrs = <uint8_t **>malloc(n * sizeof(uint8_t *))
+        cdef int64_t *lens = <int64_t *>malloc(n * sizeof(int64_t))
+        if ptrs == NULL or lens == NULL:
+            free(ptrs)
+            free(lens)
+            raise MemoryError()
+        try:
+            for i in range(n):
+                mv = residents[i]
+                lens[i] = mv.shape[0]
+                ptrs[i] = &mv[0] if lens[i] else NULL
+            # the arrays stay referenced by residents (the caller's) for the call
+            with nogil:
+                rc = gph_host_count(s, &rids[0], n, usage_mask_ok, advice, ptrs, lens,
+                                    &counts[0], &err)
+        finally:
+            free(ptrs)
+            free(lens)
+        return rc
 
     def host_swap_out(self, int region, const int64_t[::1] pages, int32_t swap_id,
                       const int64_t[::1] slots, uint8_t[::1] used_slots):

@@ -64,6 +64,10 @@ def _table(dtype, n):
     return m, np.frombuffer(m, dtype=dtype, count=n)
 
 
+def usage_mask(states):
+    """The C host calls' set of usage states: bit (code >> 2) per PageState (ext/hostops.c OK_*)."""
+    return sum(1 << (int(s) >> 2) for s in states)
+
 class _Registration:
     """What the service keeps per guest: the C region id and the host swap record tables."""
 
@@ -308,6 +312,39 @@ class FaultService:
         self._check_running()
         self._reg(mem)
         return mem.discard(pages, advice, submit, skip_stable=True)
+
+    def take(self, mem, states, resident, need, host_batch, advice="dontneed", submit="vectored"):
+        """A reclaim tier's discard of a served memory in one C call (ext/hostops.c,
+        gph_host_take): up to `need` pages whose usage is one of `states` (UNUSED, VOLATILE)
+        and that `resident` (the host's residency sample, bool per page) shows resident, chosen
+        in page order and cleared in `resident`, then picked, discarded and finished under the
+        protocol exactly as discard() does, host_batch pages per submission.  The memory's
+        counters get the system calls made.  Returns (discarded, chosen)."""
+        from . import discard as _discard
+        self._check_running()
+        reg = self._reg(mem)
+        advice_code = _discard.advice_code(advice)
+        mode, pidfd, fell_back = _discard.submission(submit)
+        mem._stats["vectored_fallbacks"] += fell_back
+        n, chosen, calls, runs, res, lazy = self._host_op(
+            reg, (0, 0, 0, 0, 0, 0), self._thread.host_take, reg.rid, usage_mask(states),
+            resident.view(np.uint8), int(need), int(host_batch), advice_code, mode, pidfd)
+        mem.count_discard(n, calls, runs, res, lazy)
+        return n, chosen
+
+    def count_candidates(self, mems, states, residents, advice="dontneed"):
+        """int64 per memory: how many pages take() would choose in it now (usage in `states`,
+        content the advice takes, unheld, resident in residents[i]) -- one C call for all."""
+        from . import discard as _discard
+        self._check_running()
+        rids = np.empty(len(mems), dtype=np.int32)
+        for i, m in enumerate(mems):
+            reg = self._regs.get(id(m))
+            rids[i] = reg.rid if reg is not None and reg.mem is m else -1
+        counts = np.zeros(len(mems), dtype=np.int64)
+        self._thread.host_count(rids, usage_mask(states), _discard.advice_code(advice),
+                                [r.view(np.uint8) for r in residents], counts)
+        return counts
 
     def swap_out(self, mem, pages, swap=None):
         """Host preserves pages in swap: detach atomically, write to slots, record (Sr -> Sp, dirty

@@ -39,6 +39,37 @@ class Submission:
         slot.count(kind, n)
         return n
 
+    def service_of(self, slots):
+        """The fault service through which a reclaim tier over `slots` is one C call per guest
+        (take/count), or None: every guest served by that one service, and an advice the C
+        choice makes as this module would -- under a budget with discard=free, lazily freed
+        pages are taken with MADV_DONTNEED instead (_discard_advised), which stays in Python."""
+        if self.advice == "free" and self.under_budget:
+            return None
+        svc = slots[0].mem.fault_service if slots else None
+        if svc is None or any(s.mem.fault_service is not svc for s in slots):
+            return None
+        return svc
+
+    def count(self, svc, slots, states):
+        """int64 per slot: the pages take() would choose now (one C call for all guests)."""
+        return svc.count_candidates([s.mem for s in slots], states,
+                                    [s.residency.resident for s in slots], self.advice)
+
+    def take(self, svc, slot, states, need, kind):
+        """Up to `need` resident pages of one guest whose usage is one of `states`, chosen,
+        picked, discarded and finished in one C call, host_batch pages per submission (the
+        same cycle discard() makes); chosen pages are forgotten in the residency sample.
+        Returns pages discarded; the chosen ones the protocol skipped are counted as such."""
+        if need <= 0:
+            return 0
+        n, chosen = svc.take(slot.mem, states, slot.residency.resident, need, self.host_batch,
+                             self.advice, self.submit)
+        slot.count(kind, n)
+        if chosen > n:
+            slot.count(kind, chosen - n, slot.skipped)
+        return n
+
     def swap_out(self, slot, pages, kind="STABLE"):
         """Write pages to host swap, host_batch pages per submission; returns pages written."""
         if self.swapper is None or pages.size == 0:
