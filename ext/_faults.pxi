@@ -2,7 +2,6 @@
 # No policy here: gphint.faults decides what to register, discard and swap; ext/faults.c serves.
 from libc.stdint cimport int32_t
 from libc.errno cimport ENOMEM, ENOENT, EBADF
-from libc.stdlib cimport malloc, free
 
 FAULT_STAT_FIELDS = ("faults", "discard_faults", "zero_fills", "file_reloads", "swap_ins",
                      "pages_served", "bytes_served", "fault_around_hits", "lost_pages", "eexist",
@@ -355,37 +354,70 @@ cdef class FaultThread:
             raise_mech(rc, &err, "discard")
         return (rc, chosen, st.calls, st.runs, st.resident, st.lazy)
 
-    def host_count(self, const int32_t[::1] rids not None, int usage_mask_ok, int advice, residents,
+    def host_count(self, const int32_t[::1] rids not None, const int64_t[::1] offsets not None,
+                   const uint8_t[::1] resident not None, int usage_mask_ok, int advice,
                    int64_t[::1] counts not None):
-        """counts[i] = candidates gph_host_take would choose in region rids[i] against the
-        residency sample residents[i] (a sequence of uint8 arrays).  Returns their sum."""
-        cdef size_t n = rids.shape[0], i
+        """The fleet's count (ext/hostops.c, gph_host_count): counts[i] = candidates
+        gph_host_take would choose in region rids[i], whose residency sample is at offsets[i]
+        of resident.  Returns their sum."""
+        cdef size_t n = rids.shape[0]
         cdef gph_err err = _NO_ERR
         cdef long rc
-        cdef uint8_t[::1] mv
         cdef gph_service *s = self._svc()
-        if counts.shape[0] < <Py_ssize_t>n or len(residents) < <Py_ssize_t>n:
-            raise ValueError("counts and residents need one entry per region")
-        if n == 0:
+        if offsets.shape[0] < <Py_ssize_t>n or counts.shape[0] < <Py_ssize_t>n:
+            raise ValueError("offsets and counts need one entry per region")
+        if n == 0 or resident.shape[0] == 0:
             return 0
-        cdef uint8_t **ptrs = <uint8_t **>malloc(n * sizeof(uint8_t *))
-        cdef int64_t *lens = <int64_t *>malloc(n * sizeof(int64_t))
-        if ptrs == NULL or lens == NULL:
-            free(ptrs)
-            free(lens)
-            raise MemoryError()
-        try:
-            for i in range(n):
-                mv = residents[i]
-                lens[i] = mv.shape[0]
-                ptrs[i] = &mv[0] if lens[i] else NULL
-            # the arrays stay referenced by residents (the caller's) for the call
-            with nogil:
-                rc = gph_host_count(s, &rids[0], n, usage_mask_ok, advice, ptrs, lens,
-                                    &counts[0], &err)
-        finally:
-            free(ptrs)
-            free(lens)
+        with nogil:
+            rc = gph_host_count(s, &rids[0], n, &offsets[0], &resident[0], resident.shape[0],
+                                usage_mask_ok, advice, &counts[0], &err)
+        return rc
+
+    def host_take_fleet(self, const int32_t[::1] rids not None, const int64_t[::1] offsets not None,
+                        const int64_t[::1] quota not None, uint8_t[::1] resident not None,
+                        int usage_mask_ok, int64_t host_batch, int advice, int submit, int pidfd,
+                        int64_t[:, ::1] out not None):
+        """gph_host_take on every guest with quota[i] > 0, in one call (gph_host_take_fleet);
+        out[i] = (discarded, chosen, calls, runs, resident, lazy).  Returns pages discarded."""
+        cdef size_t n = rids.shape[0]
+        cdef gph_err err = _NO_ERR
+        cdef long rc
+        cdef gph_service *s = self._svc()
+        if offsets.shape[0] < <Py_ssize_t>n or quota.shape[0] < <Py_ssize_t>n or \
+                out.shape[0] < <Py_ssize_t>n or out.shape[1] != 6:
+            raise ValueError("offsets, quota and out (n, 6) need one entry per region")
+        if n == 0 or resident.shape[0] == 0:
+            return 0
+        with nogil:
+            rc = gph_host_take_fleet(s, &rids[0], n, &offsets[0], &quota[0], &resident[0],
+                                     resident.shape[0], usage_mask_ok, host_batch, advice, submit,
+                                     pidfd, &out[0, 0], &err)
+        if rc < 0:
+            raise_mech(rc, &err, "discard")
+        return rc
+
+    def host_sample(self, const int32_t[::1] rids not None, const int64_t[::1] offsets not None,
+                    uint8_t[::1] vec not None, uint8_t[::1] resident not None,
+                    int64_t[::1] since_tick not None, uint8_t[::1] ever not None, int64_t tick,
+                    int64_t[::1] counts not None):
+        """The fleet's residency sample (gph_host_sample); counts[i] = guest i's resident
+        pages.  Returns resident pages in all."""
+        cdef size_t n = rids.shape[0]
+        cdef gph_err err = _NO_ERR
+        cdef long rc
+        cdef gph_service *s = self._svc()
+        cdef int64_t total = resident.shape[0]
+        if offsets.shape[0] < <Py_ssize_t>n or counts.shape[0] < <Py_ssize_t>n:
+            raise ValueError("offsets and counts need one entry per region")
+        if vec.shape[0] < total or since_tick.shape[0] < total or ever.shape[0] < total:
+            raise ValueError("the fleet's residency tables differ in length")
+        if n == 0 or total == 0:
+            return 0
+        with nogil:
+            rc = gph_host_sample(s, &rids[0], n, &offsets[0], &vec[0], &resident[0], &since_tick[0],
+                                 &ever[0], total, tick, &counts[0], &err)
+        if rc < 0:
+            raise_mech(rc, &err, "residency")
         return rc
 
     def host_swap_out(self, int region, const int64_t[::1] pages, int32_t swap_id,

@@ -181,10 +181,21 @@ long gph_host_swap_out(struct gph_service *s, int region, const int64_t *pages, 
 long gph_host_take(struct gph_service *s, int rid, int usage_mask_ok, uint8_t *resident,
                    int64_t resident_len, int64_t need, int64_t host_batch, int advice, int submit,
                    int pidfd, int64_t *chosen, struct gph_discard_stats *st, struct gph_err *err);
-/* counts[i]: the candidates gph_host_take would choose in region rids[i]; returns their sum. */
-long gph_host_count(struct gph_service *s, const int32_t *rids, size_t n, int usage_mask_ok, int advice,
-                    uint8_t *const *resident, const int64_t *resident_len, int64_t *counts,
-                    struct gph_err *err);
+/* The fleet's calls (one for all of a host's guests; tables at offsets[i] of arrays of `total`):
+ * counts[i] = the candidates gph_host_take would choose in region rids[i] (returns their sum);
+ * gph_host_take on each guest with quota[i] > 0 (out: 6 per guest, discarded, chosen, calls,
+ * runs, resident, lazy; returns discarded); the residency sample of every guest (returns
+ * resident pages, counts[i] per guest; -ENOENT if a region is gone). */
+long gph_host_count(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                    const uint8_t *resident, int64_t total, int usage_mask_ok, int advice,
+                    int64_t *counts, struct gph_err *err);
+long gph_host_take_fleet(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                         const int64_t *quota, uint8_t *resident, int64_t total, int usage_mask_ok,
+                         int64_t host_batch, int advice, int submit, int pidfd, int64_t *out,
+                         struct gph_err *err);
+long gph_host_sample(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                     uint8_t *vec, uint8_t *resident, int64_t *since_tick, uint8_t *ever, int64_t total,
+                     int64_t tick, int64_t *counts, struct gph_err *err);
 /* One guest's residency sample: mincore into vec, then resident / since_tick / ever updated in
  * one pass (gphint.host.residency).  Returns resident pages. */
 long gph_residency_track(uint8_t *base, size_t page_size, int64_t npages, uint8_t *vec,

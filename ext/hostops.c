@@ -681,27 +681,38 @@ out:
     return rc;
 }
 
-/* Candidates gph_host_take would choose in each of n guests (counts[i] for region rids[i],
- * against its residency sample resident[i]): what the host's share of a tier is computed from.
- * One call for the whole fleet -- a pass's cost must not be a Python loop over every guest.
- * A region that is gone (unregistered meanwhile) counts 0.  usage_mask_ok may name any usage
- * here: the POT_VOLATILE tier counts its candidates the same way. */
-long gph_host_count(struct gph_service *s, const int32_t *rids, size_t n, int usage_mask_ok, int advice,
-                    uint8_t *const *resident, const int64_t *resident_len, int64_t *counts,
-                    struct gph_err *err)
+/* The fleet's calls: one C call for every guest of a host, so that a pass's cost is what it
+ * does, not a Python loop (and a GIL release and re-take) per guest -- with 512 guests the
+ * per-guest calls were most of the host's CPU per MiB taken back, and each re-take of the GIL
+ * waited behind the busy guests' threads.  The host's residency tables of all its guests are
+ * one array each (gphint.host.residency.FleetResidency): guest i's pages are at
+ * [offsets[i], offsets[i] + its npages) of resident/since_tick/ever (and vec, scratch), `total`
+ * entries in all.  A region that is gone (unregistered meanwhile) fails the call (-ENOENT) --
+ * the caller samples guest by guest then -- except in the count, where it counts 0. */
+static int fleet_span(struct gph_region *r, int64_t off, int64_t total)
+{
+    return off >= 0 && off <= total && r->d.npages <= total - off;
+}
+
+/* Candidates gph_host_take would choose in each guest (counts[i] for region rids[i]): what the
+ * host's share of a tier is computed from.  usage_mask_ok may name any usage here: the
+ * POT_VOLATILE tier counts its candidates the same way. */
+long gph_host_count(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                    const uint8_t *resident, int64_t total, int usage_mask_ok, int advice,
+                    int64_t *counts, struct gph_err *err)
 {
     (void)err;
     uint8_t table[256];
     candidate_table(table, (uint8_t)usage_mask_ok,
                     advice == GPH_ADVICE_FREE ? C_RESIDENT : (C_RESIDENT | C_LAZY));
     pthread_rwlock_rdlock(&s->lock);
-    long total = 0;
+    long sum = 0;
     for (size_t i = 0; i < n; i++) {
         counts[i] = 0;
         struct gph_region *r = gph_region_open_(s, rids[i]);
-        if (!r || resident_len[i] < r->d.npages)
+        if (!r || !fleet_span(r, offsets[i], total))
             continue;
-        const uint8_t *st = r->d.states, *res = resident[i];
+        const uint8_t *st = r->d.states, *res = resident + offsets[i];
         int64_t c = 0, np = r->d.npages, p = 0;
         for (; p < np && ((uintptr_t)&st[p] & 7); p++)
             c += table[__atomic_load_n(&st[p], __ATOMIC_RELAXED)] & res[p] & 1;
@@ -718,10 +729,41 @@ long gph_host_count(struct gph_service *s, const int32_t *rids, size_t n, int us
         for (; p < np; p++)
             c += table[__atomic_load_n(&st[p], __ATOMIC_RELAXED)] & res[p] & 1;
         counts[i] = c;
-        total += c;
+        sum += c;
     }
     pthread_rwlock_unlock(&s->lock);
-    return total;
+    return sum;
+}
+
+/* gph_host_take on every guest with quota[i] > 0; out[6 i ..] = (discarded, chosen, madvise
+ * calls, runs, resident, lazy) of guest i.  Stops at the first failure (returned; out says
+ * what the guests before it gave).  Returns pages discarded in all. */
+long gph_host_take_fleet(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                         const int64_t *quota, uint8_t *resident, int64_t total, int usage_mask_ok,
+                         int64_t host_batch, int advice, int submit, int pidfd, int64_t *out,
+                         struct gph_err *err)
+{
+    long sum = 0;
+    memset(out, 0, n * 6 * sizeof(int64_t));
+    for (size_t i = 0; i < n; i++) {
+        if (quota[i] <= 0)
+            continue;
+        if (offsets[i] < 0 || offsets[i] > total)
+            return gph_err_range(err, "residency offset", offsets[i], 1, total);
+        struct gph_discard_stats st = {0};
+        long rc = gph_host_take(s, rids[i], usage_mask_ok, resident + offsets[i], total - offsets[i],
+                                quota[i], host_batch, advice, submit, pidfd, &out[6 * i + 1], &st, err);
+        if (rc < 0)
+            return rc;
+        int64_t *o = &out[6 * i];
+        o[0] = rc;
+        o[2] = (int64_t)st.calls;
+        o[3] = (int64_t)st.runs;
+        o[4] = (int64_t)st.resident;
+        o[5] = (int64_t)st.lazy;
+        sum += rc;
+    }
+    return sum;
 }
 
 /* The host's residency sample of one guest (gphint.host.residency.ResidencyTracker.sample) in
@@ -753,4 +795,37 @@ long gph_residency_track(uint8_t *base, size_t page_size, int64_t npages, uint8_
         ever[i] |= vec[i];
     }
     return n;
+}
+
+/* The fleet's residency sample: gph_residency_track for every guest, counts[i] its resident
+ * pages.  Regions pinned (read lock) for the whole sample.  Returns resident pages in all. */
+long gph_host_sample(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                     uint8_t *vec, uint8_t *resident, int64_t *since_tick, uint8_t *ever, int64_t total,
+                     int64_t tick, int64_t *counts, struct gph_err *err)
+{
+    long sum = 0;
+    pthread_rwlock_rdlock(&s->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct gph_region *r = gph_region_open_(s, rids[i]);
+        if (!r) {
+            gph_err_set(err, "region", NULL, rids[i], 0);
+            sum = -ENOENT;
+            break;
+        }
+        int64_t off = offsets[i];
+        if (!fleet_span(r, off, total)) {
+            sum = gph_err_range(err, "residency offset", off, r->d.npages, total);
+            break;
+        }
+        long c = gph_residency_track(r->d.base, r->d.page_size, r->d.npages, vec + off, resident + off,
+                                     since_tick + off, ever + off, tick, err);
+        if (c < 0) {
+            sum = c;
+            break;
+        }
+        counts[i] = c;
+        sum += c;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return sum;
 }

@@ -20,7 +20,7 @@ import gphint
 from gphint import PageState, _fallback
 from gphint._mechanism import mech
 from gphint.faults import usage_mask
-from gphint.host.residency import ResidencyTracker
+from gphint.host.residency import FleetResidency, ResidencyTracker
 from gphint.states import pair_name
 from helpers import EXAMPLES, PAGE, pattern
 from test_host_run_pick import race_guests_against, served  # noqa: F401  (the fixture)
@@ -28,6 +28,14 @@ from test_host_run_pick import race_guests_against, served  # noqa: F401  (the f
 BUSY, FILLED, SERVING = 0x10, 0x20, 0x40
 SR, SZ, UR, UF, UZ, VR, VF, VZ, PR = 0x00, 0x03, 0x04, 0x05, 0x07, 0x0C, 0x0D, 0x0F, 0x08
 UV = (PageState.UNUSED, PageState.VOLATILE)
+
+
+def count(svc, mems, states, residents, advice="dontneed"):
+    """svc.count_candidates over a fleet of mems whose samples are `residents`."""
+    fleet = FleetResidency(mems)
+    for tr, res in zip(fleet.trackers, residents):
+        tr.resident[:] = res
+    return svc.count_candidates(fleet, states, advice).tolist()
 
 
 def test_takes_only_resident_unheld_u_and_v_pages_in_order_up_to_need(served):
@@ -54,7 +62,7 @@ def test_takes_only_resident_unheld_u_and_v_pages_in_order_up_to_need(served):
     assert np.array_equal(mem.frames[unheld], data[unheld])      # never discarded
     assert mem.stats["discard_calls"] >= 5                       # 30 chosen, 7 per submission
     # left: 20 (resident in a new sample), 33..39, 48..63; not the held 12
-    assert svc.count_candidates([mem], UV, [mem.residency()]).tolist() == [1 + 7 + 16]
+    assert count(svc, [mem], UV, [mem.residency()]) == [1 + 7 + 16]
 
 
 def test_refuses_pot_volatile_and_counts_zero_for_a_gone_guest(served):
@@ -66,9 +74,11 @@ def test_refuses_pot_volatile_and_counts_zero_for_a_gone_guest(served):
     other.frames[:] = 1                                   # Ur: touched, then freed
     other.set_state(np.arange(16), PageState.UNUSED)
     res = [np.ones(16, dtype=bool), np.ones(16, dtype=bool)]
-    assert svc.count_candidates([mem, other], UV, res).tolist() == [0, 16]
+    assert count(svc, [mem, other], UV, res) == [0, 16]
     svc.unregister(other, materialize=False)
-    assert svc.count_candidates([mem, other], UV, res).tolist() == [0, 0]
+    assert count(svc, [mem, other], UV, res) == [0, 0]
+    fleet = FleetResidency([mem, other])
+    assert svc.sample_fleet(fleet, 1) is None      # not every guest served: guest by guest
     svc.register(other)
 
 
@@ -105,7 +115,7 @@ def test_compiled_and_pure_readings_agree(served, data, need, host_batch, tiers,
     for a, n in data.draw(st.lists(st.tuples(st.integers(0, npages - 1), st.integers(1, 12)), max_size=4)):
         resident[a:a + n] = False
     mask, code = usage_mask(tiers), 1 if advice == "free" else 0
-    assert svc.count_candidates([mem], tiers, [resident], advice).tolist() == \
+    assert count(svc, [mem], tiers, [resident], advice) == \
         [int(np.count_nonzero(_fallback.host_candidates(states, resident, mask, code)))]
     expect, expect_res = states.copy(), resident.view(np.uint8).copy()
     taken = _fallback.host_take(expect, expect_res, mask, code, need)
@@ -118,6 +128,34 @@ def test_compiled_and_pure_readings_agree(served, data, need, host_batch, tiers,
     unheld = kept[(mem.states[kept] & (BUSY | SERVING)) == 0]
     assert np.array_equal(mem.frames[unheld], content[unheld])
     mem._states[:] = UZ      # no hold outlives the example
+
+
+def test_the_fleet_calls_sample_count_and_take_each_guest_as_its_own_call_would(served):
+    """sample_fleet = every guest's own sample; take_fleet with quotas = take() guest by guest
+    (the pure reading), the guests' tables at their offsets and nowhere else."""
+    svc, make = served.svc, served.make
+    mems = [make(n) for n in (24, 40, 17)]
+    rng = np.random.default_rng(4)
+    for m in mems:
+        m.frames[: m.npages * 3 // 4] = 1
+        m._states[:] = rng.choice(np.array([SR, UR, VR, UZ, PR, UR | BUSY], dtype=np.uint8), m.npages)
+    fleet = FleetResidency(mems)
+    own = [ResidencyTracker(m) for m in mems]
+    assert svc.sample_fleet(fleet, 3) == sum(tr.sample(3) for tr in own)
+    for tr, mine in zip(fleet.trackers, own):
+        assert np.array_equal(tr.resident, mine.resident) and np.array_equal(tr.since_tick, mine.since_tick)
+    assert fleet.counts.tolist() == [tr.resident_npages for tr in own]
+    quota = np.array([5, 0, 100], dtype=np.int64)
+    expect = []
+    for m, tr, q in zip(mems, own, quota.tolist()):
+        st = m.states.copy()
+        expect.append((_fallback.host_take(st, tr.resident.view(np.uint8), usage_mask(UV), 0, q), st))
+    got = svc.take_fleet(fleet, UV, quota, host_batch=3)
+    assert got.tolist() == [[t.size, t.size] for t, _ in expect]
+    for m, tr, mine, (_, st) in zip(mems, fleet.trackers, own, expect):
+        assert np.array_equal(m.states, st)
+        assert np.array_equal(tr.resident, mine.resident)
+    assert mems[1].stats["discard_calls"] == 0
 
 
 @pytest.mark.parametrize("race_delay_ns", [0, 100_000], ids=["natural", "widened-holds"])

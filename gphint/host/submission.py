@@ -6,6 +6,8 @@ pages to `swap_out`); each is one cycle of capacity `host_batch`: every full bat
 into the memory's discard path (or the fault service's swap-out), and the cycle's end flushes
 the rest.  What was taken is counted on the guest's slot; nothing here writes host state.
 """
+import numpy as np
+
 from .. import batching
 from ..errors import StateError
 from ..states import CONTENT_MASK, USAGE_MASK, HostState, PageState
@@ -51,24 +53,23 @@ class Submission:
             return None
         return svc
 
-    def count(self, svc, slots, states):
-        """int64 per slot: the pages take() would choose now (one C call for all guests)."""
-        return svc.count_candidates([s.mem for s in slots], states,
-                                    [s.residency.resident for s in slots], self.advice)
+    def count(self, svc, fleet, states):
+        """int64 per guest: the pages take() would choose now (one C call for the fleet)."""
+        return svc.count_candidates(fleet, states, self.advice)
 
-    def take(self, svc, slot, states, need, kind):
-        """Up to `need` resident pages of one guest whose usage is one of `states`, chosen,
-        picked, discarded and finished in one C call, host_batch pages per submission (the
-        same cycle discard() makes); chosen pages are forgotten in the residency sample.
-        Returns pages discarded; the chosen ones the protocol skipped are counted as such."""
-        if need <= 0:
-            return 0
-        n, chosen = svc.take(slot.mem, states, slot.residency.resident, need, self.host_batch,
-                             self.advice, self.submit)
-        slot.count(kind, n)
-        if chosen > n:
-            slot.count(kind, chosen - n, slot.skipped)
-        return n
+    def take(self, svc, slots, fleet, states, quota, kind):
+        """Up to quota[i] resident pages of guest i whose usage is one of `states`, chosen,
+        picked, discarded and finished in one C call for the fleet, host_batch pages per
+        submission (the same cycle discard() makes); chosen pages are forgotten in the
+        residency sample.  Returns pages discarded; chosen pages the protocol skipped are
+        counted as such on their guest's slot."""
+        got = svc.take_fleet(fleet, states, quota, self.host_batch, self.advice, self.submit)
+        for i in np.flatnonzero(got[:, 1]).tolist():
+            n, chosen = got[i].tolist()
+            slots[i].count(kind, n)
+            if chosen > n:
+                slots[i].count(kind, chosen - n, slots[i].skipped)
+        return int(got[:, 0].sum())
 
     def swap_out(self, slot, pages, kind="STABLE"):
         """Write pages to host swap, host_batch pages per submission; returns pages written."""
