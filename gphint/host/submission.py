@@ -42,8 +42,8 @@ class Submission:
         return n
 
     def service_of(self, slots):
-        """The fault service through which a reclaim tier over `slots` is one C call per guest
-        (take/count), or None: every guest served by that one service, and an advice the C
+        """The fault service through which a reclaim tier over `slots` is one C call for all
+        of them (count, take), or None: every guest served by that one service, and an advice the C
         choice makes as this module would -- under a budget with discard=free, lazily freed
         pages are taken with MADV_DONTNEED instead (_discard_advised), which stays in Python."""
         if self.advice == "free" and self.under_budget:
