@@ -200,3 +200,40 @@ def test_residency_sample_matches_the_kernel_and_dates_arrivals(new_mem):
     with pytest.raises(ValueError):
         mech.residency_track(mem._region, PAGE, np.zeros(39, dtype=np.uint8), tr.resident.view(np.uint8),
                              tr.since_tick, tr.ever.view(np.uint8), 5)
+
+
+def test_a_host_takes_each_guests_share_of_a_tier_in_one_call(served, tmp_path):
+    """Host.step over three served guests: the UNUSED tier's need split in proportion to what
+    each guest can give (spec.share), then VOLATILE; each slot counts what it gave, and every
+    page that was not UNUSED reads back what it held."""
+    from gphint.faults import FileStore
+    from gphint.host import Host
+    from gphint.host.spec import share
+    svc, make = served.svc, served.make
+    mems = [make(256) for _ in range(3)]
+    data = pattern(256, seed=2)
+    data.tofile(tmp_path / "f")
+    store = FileStore(tmp_path / "f")
+    try:
+        for m, nu in zip(mems, (100, 50, 10)):
+            m.frames[:] = data
+            m.set_backing(np.arange(256), store, np.arange(256) * PAGE)
+            m.set_state(np.arange(nu), PageState.UNUSED)
+            m.set_state(np.arange(200, 240), PageState.VOLATILE)
+        resident = 3 * 256
+        budget = (resident - 80) * PAGE             # 80 pages: all from the UNUSED tier
+        host = Host(mems, budget, "cmma", fault_service=svc, headroom=0.0)
+        assert host.step() == 80
+        want = share([100, 50, 10], 80).tolist()
+        assert [s.discarded.get("UNUSED", 0) for s in host.slots] == want
+        assert [m.resident_pages() for m in mems] == [256 - q for q in want]
+        host.budget_bytes = (resident - 200) * PAGE  # the rest of UNUSED (80), then 40 VOLATILE
+        assert host.step() == 120
+        assert [s.discarded.get("UNUSED", 0) for s in host.slots] == [100, 50, 10]
+        assert sum(s.discarded.get("VOLATILE", 0) for s in host.slots) == 40
+        host.close()
+        for m in mems:
+            keep = np.arange(100, 256)
+            assert np.array_equal(m.frames[keep], data[keep])   # V pages reload their file
+    finally:
+        store.close()
