@@ -332,6 +332,94 @@ cdef class FaultThread:
             raise_mech(rc, &err, "discard")
         return (rc, preserved, st.calls, st.runs, st.resident, st.lazy)
 
+    def host_take(self, int region, int usage_mask_ok, uint8_t[::1] resident not None, int64_t need,
+                  int64_t host_batch, int advice, int submit, int pidfd):
+        """One reclaim tier on one guest (ext/hostops.c, gph_host_take): up to need candidates
+        of resident (the host's sample; chosen pages are cleared in it) picked, discarded and
+        finished, host_batch per submission.  Returns (discarded, chosen, calls, runs, resident,
+        lazy)."""
+        cdef gph_err err = _NO_ERR
+        cdef long rc
+        cdef int64_t chosen = 0
+        cdef gph_discard_stats st
+        st.calls = st.runs = st.pages = st.resident = st.lazy = 0
+        cdef gph_service *s = self._svc()
+        cdef int64_t rlen = resident.shape[0]
+        if need <= 0 or rlen == 0:
+            return (0, 0, 0, 0, 0, 0)
+        with nogil:
+            rc = gph_host_take(s, region, usage_mask_ok, &resident[0], rlen, need, host_batch, advice,
+                               submit, pidfd, &chosen, &st, &err)
+        if rc < 0:
+            raise_mech(rc, &err, "discard")
+        return (rc, chosen, st.calls, st.runs, st.resident, st.lazy)
+
+    def host_count(self, const int32_t[::1] rids not None, const int64_t[::1] offsets not None,
+                   const uint8_t[::1] resident not None, int usage_mask_ok, int advice,
+                   int64_t[::1] counts not None):
+        """The fleet's count (ext/hostops.c, gph_host_count): counts[i] = candidates
+        gph_host_take would choose in region rids[i], whose residency sample is at offsets[i]
+        of resident.  Returns their sum."""
+        cdef size_t n = rids.shape[0]
+        cdef gph_err err = _NO_ERR
+        cdef long rc
+        cdef gph_service *s = self._svc()
+        if offsets.shape[0] < <Py_ssize_t>n or counts.shape[0] < <Py_ssize_t>n:
+            raise ValueError("offsets and counts need one entry per region")
+        if n == 0 or resident.shape[0] == 0:
+            return 0
+        with nogil:
+            rc = gph_host_count(s, &rids[0], n, &offsets[0], &resident[0], resident.shape[0],
+                                usage_mask_ok, advice, &counts[0], &err)
+        return rc
+
+    def host_take_fleet(self, const int32_t[::1] rids not None, const int64_t[::1] offsets not None,
+                        const int64_t[::1] quota not None, uint8_t[::1] resident not None,
+                        int usage_mask_ok, int64_t host_batch, int advice, int submit, int pidfd,
+                        int64_t[:, ::1] out not None):
+        """gph_host_take on every guest with quota[i] > 0, in one call (gph_host_take_fleet);
+        out[i] = (discarded, chosen, calls, runs, resident, lazy).  Returns pages discarded."""
+        cdef size_t n = rids.shape[0]
+        cdef gph_err err = _NO_ERR
+        cdef long rc
+        cdef gph_service *s = self._svc()
+        if offsets.shape[0] < <Py_ssize_t>n or quota.shape[0] < <Py_ssize_t>n or \
+                out.shape[0] < <Py_ssize_t>n or out.shape[1] != 6:
+            raise ValueError("offsets, quota and out (n, 6) need one entry per region")
+        if n == 0 or resident.shape[0] == 0:
+            return 0
+        with nogil:
+            rc = gph_host_take_fleet(s, &rids[0], n, &offsets[0], &quota[0], &resident[0],
+                                     resident.shape[0], usage_mask_ok, host_batch, advice, submit,
+                                     pidfd, &out[0, 0], &err)
+        if rc < 0:
+            raise_mech(rc, &err, "discard")
+        return rc
+
+    def host_sample(self, const int32_t[::1] rids not None, const int64_t[::1] offsets not None,
+                    uint8_t[::1] vec not None, uint8_t[::1] resident not None,
+                    int64_t[::1] since_tick not None, uint8_t[::1] ever not None, int64_t tick,
+                    int64_t[::1] counts not None):
+        """The fleet's residency sample (gph_host_sample); counts[i] = guest i's resident
+        pages.  Returns resident pages in all."""
+        cdef size_t n = rids.shape[0]
+        cdef gph_err err = _NO_ERR
+        cdef long rc
+        cdef gph_service *s = self._svc()
+        cdef int64_t total = resident.shape[0]
+        if offsets.shape[0] < <Py_ssize_t>n or counts.shape[0] < <Py_ssize_t>n:
+            raise ValueError("offsets and counts need one entry per region")
+        if vec.shape[0] < total or since_tick.shape[0] < total or ever.shape[0] < total:
+            raise ValueError("the fleet's residency tables differ in length")
+        if n == 0 or total == 0:
+            return 0
+        with nogil:
+            rc = gph_host_sample(s, &rids[0], n, &offsets[0], &vec[0], &resident[0], &since_tick[0],
+                                 &ever[0], total, tick, &counts[0], &err)
+        if rc < 0:
+            raise_mech(rc, &err, "residency")
+        return rc
+
     def host_swap_out(self, int region, const int64_t[::1] pages, int32_t swap_id,
                       const int64_t[::1] slots, uint8_t[::1] used_slots):
         cdef gph_err err = _NO_ERR

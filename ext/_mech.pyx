@@ -147,6 +147,28 @@ def residency(unsigned char[::1] region not None, size_t page_size, uint8_t[::1]
     return rc
 
 
+def residency_track(unsigned char[::1] region not None, size_t page_size, uint8_t[::1] vec not None,
+                    uint8_t[::1] resident not None, int64_t[::1] since_tick not None,
+                    uint8_t[::1] ever not None, int64_t tick):
+    """The host's residency sample of one guest (ext/hostops.c, gph_residency_track): mincore
+    into vec, then resident, since_tick (where a page arrived) and ever updated in one pass.
+    Returns the resident count."""
+    cdef gph_err err = _NO_ERR
+    cdef long rc
+    cdef int64_t npages = region.shape[0] // page_size
+    if vec.shape[0] < npages or resident.shape[0] < npages or since_tick.shape[0] < npages or \
+            ever.shape[0] < npages:
+        raise ValueError("residency arrays shorter than the %d pages of the region" % npages)
+    if npages == 0:
+        return 0
+    with nogil:
+        rc = gph_residency_track(&region[0], page_size, npages, &vec[0], &resident[0], &since_tick[0],
+                                 &ever[0], tick, &err)
+    if rc < 0:
+        raise_mech(rc, &err, "residency")
+    return rc
+
+
 NEXT_RESOLVE = GPH_NEXT_RESOLVE   # gphint.states.RESOLVE must say the same
 CONTENT_LAZY = GPH_CONTENT_LAZY
 

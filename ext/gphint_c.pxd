@@ -108,6 +108,22 @@ cdef extern from "gphint_internal.h" nogil:
     long gph_host_swap_out(gph_service *s, int region, const int64_t *pages, size_t n,
                            int32_t swap_id, const int64_t *slots, size_t nslots, uint8_t *used_slots,
                            gph_err *err)
+    long gph_host_take(gph_service *s, int rid, int usage_mask_ok, uint8_t *resident,
+                       int64_t resident_len, int64_t need, int64_t host_batch, int advice, int submit,
+                       int pidfd, int64_t *chosen, gph_discard_stats *st, gph_err *err)
+    long gph_host_count(gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                        const uint8_t *resident, int64_t total, int usage_mask_ok, int advice,
+                        int64_t *counts, gph_err *err)
+    long gph_host_take_fleet(gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                             const int64_t *quota, uint8_t *resident, int64_t total, int usage_mask_ok,
+                             int64_t host_batch, int advice, int submit, int pidfd, int64_t *out,
+                             gph_err *err)
+    long gph_host_sample(gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                         uint8_t *vec, uint8_t *resident, int64_t *since_tick, uint8_t *ever, int64_t total,
+                         int64_t tick, int64_t *counts, gph_err *err)
+    long gph_residency_track(uint8_t *base, size_t page_size, int64_t npages, uint8_t *vec,
+                             uint8_t *resident, int64_t *since_tick, uint8_t *ever, int64_t tick,
+                             gph_err *err)
     long gph_dirty_scan(uint8_t *base, size_t page_size, int64_t first, int64_t n, int clear,
                         uint8_t *written, gph_err *err)
     long gph_fill_from_file(uint8_t *base, size_t page_size, int64_t npages, const int64_t *pages,

@@ -173,6 +173,35 @@ long gph_host_swap_out(struct gph_service *s, int region, const int64_t *pages, 
                        int32_t swap_id, const int64_t *slots, size_t nslots, uint8_t *used_slots,
                        struct gph_err *err);
 
+/* One reclaim tier on one guest (gphint.host.strategies): choose up to `need` candidates in
+ * ascending order -- unheld, usage in usage_mask_ok (bit 1 << usage code: UNUSED and VOLATILE
+ * only), content the advice takes, resident[p] set -- clearing their resident[] bytes, then pick,
+ * discard and finish them as gph_host_discard does, one submission per host_batch chosen.
+ * Returns pages discarded; *chosen gets pages chosen (chosen - discarded: skipped by the pick). */
+long gph_host_take(struct gph_service *s, int rid, int usage_mask_ok, uint8_t *resident,
+                   int64_t resident_len, int64_t need, int64_t host_batch, int advice, int submit,
+                   int pidfd, int64_t *chosen, struct gph_discard_stats *st, struct gph_err *err);
+/* The fleet's calls (one for all of a host's guests; tables at offsets[i] of arrays of `total`):
+ * counts[i] = the candidates gph_host_take would choose in region rids[i] (returns their sum);
+ * gph_host_take on each guest with quota[i] > 0 (out: 6 per guest, discarded, chosen, calls,
+ * runs, resident, lazy; returns discarded); the residency sample of every guest (returns
+ * resident pages, counts[i] per guest; -ENOENT if a region is gone). */
+long gph_host_count(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                    const uint8_t *resident, int64_t total, int usage_mask_ok, int advice,
+                    int64_t *counts, struct gph_err *err);
+long gph_host_take_fleet(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                         const int64_t *quota, uint8_t *resident, int64_t total, int usage_mask_ok,
+                         int64_t host_batch, int advice, int submit, int pidfd, int64_t *out,
+                         struct gph_err *err);
+long gph_host_sample(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                     uint8_t *vec, uint8_t *resident, int64_t *since_tick, uint8_t *ever, int64_t total,
+                     int64_t tick, int64_t *counts, struct gph_err *err);
+/* One guest's residency sample: mincore into vec, then resident / since_tick / ever updated in
+ * one pass (gphint.host.residency).  Returns resident pages. */
+long gph_residency_track(uint8_t *base, size_t page_size, int64_t npages, uint8_t *vec,
+                         uint8_t *resident, int64_t *since_tick, uint8_t *ever, int64_t tick,
+                         struct gph_err *err);
+
 /* --- dirty.c: the host dirty bit (UFFD WP_ASYNC + PAGEMAP_SCAN, Linux >= 6.7) --- */
 /* written[i] = 1 if page i of [first, first+n) was written since its bit was last cleared.
  * clear != 0: test-and-clear (write-protect again) atomically. */

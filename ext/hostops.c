@@ -538,3 +538,294 @@ long gph_host_drop_preserved(struct gph_service *s, int rid, const int64_t *page
     end_host_op(s);
     return rc;
 }
+
+/* --- a reclaim tier's per-page work in one call: scan, pick, discard, finish ------------------
+ * The host's policy (gphint.host.strategies: which usage states a tier takes, how many pages
+ * from each guest) stays in Python; what it costs per page is here.  The Python tier read every
+ * state byte and residency byte with numpy to list candidates, re-read the states of each batch
+ * before handing it to gph_host_discard, which read them once more to pick: three passes and a
+ * page list per batch.  gph_host_take reads each byte once to choose (a candidate: unheld, a
+ * usage the tier takes, content the advice can take -- exactly what pick accepts -- and resident
+ * in the host's last mincore sample), then claims the chosen runs with pick_run, so the protocol
+ * is gph_host_discard's to the byte: a page that changed between the read and the CAS is skipped.
+ * Residency: the chosen pages are cleared in the caller's sample (the host took them away; the
+ * next sample re-reads the kernel), which is what ResidencyTracker.forget did. */
+static void candidate_table(uint8_t table[256], uint8_t usage_mask_ok, uint8_t content_mask_ok)
+{
+    for (int b = 0; b < 256; b++)
+        table[b] = !(b & GPH_FLAG_MASK) && (content_mask_ok & (1u << (b & GPH_CONTENT_MASK))) &&
+                   (usage_mask_ok & (1u << ((b & GPH_USAGE_MASK) >> 2)));
+}
+
+static uint64_t load_word(const uint8_t *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+/* Candidates of [*pos, npages), ascending, up to `want`, as (first, len) runs appended to
+ * runs[] (room for `want` runs); *pos ends past the last page looked at.  Chosen pages are
+ * cleared in resident[].  Returns pages chosen.  A uniform word (8 equal state bytes, all
+ * resident) is taken or skipped whole: the free memory of a guest is a few long runs. */
+static int64_t choose(const uint8_t *states, uint8_t *resident, int64_t npages, int64_t *pos,
+                      int64_t want, const uint8_t table[256], int64_t *runs, size_t *nruns)
+{
+    int64_t p = *pos, got = 0;
+    const uint64_t ones = BYTES8(1);
+    while (p < npages && got < want) {
+        int64_t take = 0;
+        if (p + 8 <= npages && ((uintptr_t)&states[p] & 7) == 0) {
+            uint64_t w = __atomic_load_n((const state_word *)&states[p], __ATOMIC_RELAXED);
+            if (w == BYTES8(w)) {
+                if (!table[w & 0xff]) {
+                    p += 8;
+                    continue;
+                }
+                if (want - got >= 8 && load_word(&resident[p]) == ones)
+                    take = 8;
+            }
+        }
+        if (!take) {
+            uint8_t b = __atomic_load_n(&states[p], __ATOMIC_RELAXED);
+            if (!(table[b] && resident[p])) {
+                p++;
+                continue;
+            }
+            take = 1;
+        }
+        memset(&resident[p], 0, (size_t)take);
+        if (*nruns && runs[2 * *nruns - 2] + runs[2 * *nruns - 1] == p) {
+            runs[2 * *nruns - 1] += take;
+        } else {
+            runs[2 * *nruns] = p;
+            runs[2 * *nruns + 1] = take;
+            (*nruns)++;
+        }
+        got += take;
+        p += take;
+    }
+    *pos = p;
+    return got;
+}
+
+long gph_host_take(struct gph_service *s, int rid, int usage_mask_ok, uint8_t *resident,
+                   int64_t resident_len, int64_t need, int64_t host_batch, int advice, int submit,
+                   int pidfd, int64_t *chosen, struct gph_discard_stats *st, struct gph_err *err)
+{
+    *chosen = 0;
+    if (usage_mask_ok & ~(OK_U | OK_V)) {   /* POT_VOLATILE pages need the dirty bit: gph_host_discard */
+        gph_err_set(err, "usage states (UNUSED and VOLATILE only)", NULL, usage_mask_ok, 0);
+        return -EINVAL;
+    }
+    if (need <= 0 || host_batch <= 0)
+        return 0;
+    int64_t batch = host_batch < need ? host_batch : need;
+    /* runs of one batch: at most `batch` (one per page), for the choice and for the picks */
+    int64_t *cand = malloc((size_t)batch * 2 * sizeof(int64_t));
+    int64_t *vu = malloc((size_t)batch * 2 * sizeof(int64_t));
+    uint8_t *picked = malloc((size_t)batch);
+    if (!cand || !vu || !picked) {
+        free(cand);
+        free(vu);
+        free(picked);
+        gph_err_set(err, NULL, "malloc", 0, batch);
+        return -ENOMEM;
+    }
+    long rc = 0;
+    struct gph_region *r = begin_host_op(s, rid, NULL, 0, &rc, err);
+    if (!r)
+        goto out;
+    if (resident_len < r->d.npages) {
+        rc = gph_err_range(err, "residency sample", resident_len, 1, r->d.npages);
+        goto out;
+    }
+    uint8_t vu_content = advice == GPH_ADVICE_FREE ? C_RESIDENT : (C_RESIDENT | C_LAZY);
+    uint8_t gone = advice == GPH_ADVICE_FREE ? GPH_CONTENT_LAZY : GPH_CONTENT_ZERO;
+    uint8_t table[256];
+    candidate_table(table, (uint8_t)usage_mask_ok, vu_content);
+    int64_t pos = 0, taken = 0;
+    /* one submission per host_batch chosen pages, as the host's batching cycle makes them */
+    while (pos < r->d.npages && *chosen < need) {
+        size_t ncand = 0, nvu = 0;
+        int64_t want = need - *chosen < batch ? need - *chosen : batch;
+        int64_t n = choose(r->d.states, resident, r->d.npages, &pos, want, table, cand, &ncand);
+        if (n == 0)
+            break;
+        *chosen += n;
+        int64_t got = 0;
+        for (size_t i = 0; i < ncand; i++)
+            got += pick_run(r->d.states, cand[2 * i], cand[2 * i + 1], (uint8_t)usage_mask_ok, vu_content,
+                            picked, vu, &nvu, s->hashed);
+        gph_race_delay_(s);   /* holding BUSY: a test widens this window */
+        if (!nvu)
+            continue;
+        long d = gph_discard_runs(r->d.base, r->d.page_size, r->d.npages, vu, nvu, advice, submit,
+                                  pidfd, st, err);
+        /* as gph_host_discard: on failure LAZY says some may be gone (lazyfree.c resolves it) */
+        for (size_t i = 0; i < nvu; i++)
+            finish_run(r->d.states, vu[2 * i], vu[2 * i + 1], 0xff, d < 0 ? GPH_CONTENT_LAZY : gone,
+                       s->hashed);
+        if (d < 0) {   /* raised: earlier submissions' pages are taken, their states say so */
+            rc = d;
+            goto out;
+        }
+        taken += got;
+    }
+    rc = (long)taken;
+out:
+    end_host_op(s);
+    free(cand);
+    free(vu);
+    free(picked);
+    return rc;
+}
+
+/* The fleet's calls: one C call for every guest of a host, so that a pass's cost is what it
+ * does, not a Python loop (and a GIL release and re-take) per guest -- with 512 guests the
+ * per-guest calls were most of the host's CPU per MiB taken back, and each re-take of the GIL
+ * waited behind the busy guests' threads.  The host's residency tables of all its guests are
+ * one array each (gphint.host.residency.FleetResidency): guest i's pages are at
+ * [offsets[i], offsets[i] + its npages) of resident/since_tick/ever (and vec, scratch), `total`
+ * entries in all.  A region that is gone (unregistered meanwhile) fails the call (-ENOENT) --
+ * the caller samples guest by guest then -- except in the count, where it counts 0. */
+static int fleet_span(struct gph_region *r, int64_t off, int64_t total)
+{
+    return off >= 0 && off <= total && r->d.npages <= total - off;
+}
+
+/* Candidates gph_host_take would choose in each guest (counts[i] for region rids[i]): what the
+ * host's share of a tier is computed from.  usage_mask_ok may name any usage here: the
+ * POT_VOLATILE tier counts its candidates the same way. */
+long gph_host_count(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                    const uint8_t *resident, int64_t total, int usage_mask_ok, int advice,
+                    int64_t *counts, struct gph_err *err)
+{
+    (void)err;
+    uint8_t table[256];
+    candidate_table(table, (uint8_t)usage_mask_ok,
+                    advice == GPH_ADVICE_FREE ? C_RESIDENT : (C_RESIDENT | C_LAZY));
+    pthread_rwlock_rdlock(&s->lock);
+    long sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        counts[i] = 0;
+        struct gph_region *r = gph_region_open_(s, rids[i]);
+        if (!r || !fleet_span(r, offsets[i], total))
+            continue;
+        const uint8_t *st = r->d.states, *res = resident + offsets[i];
+        int64_t c = 0, np = r->d.npages, p = 0;
+        for (; p < np && ((uintptr_t)&st[p] & 7); p++)
+            c += table[__atomic_load_n(&st[p], __ATOMIC_RELAXED)] & res[p] & 1;
+        for (; p + 8 <= np; p += 8) {
+            uint64_t w = __atomic_load_n((const state_word *)&st[p], __ATOMIC_RELAXED);
+            if (w == BYTES8(w)) {
+                if (table[w & 0xff])
+                    c += __builtin_popcountll(load_word(&res[p]) & BYTES8(1));
+                continue;
+            }
+            for (int k = 0; k < 8; k++)
+                c += table[__atomic_load_n(&st[p + k], __ATOMIC_RELAXED)] & res[p + k] & 1;
+        }
+        for (; p < np; p++)
+            c += table[__atomic_load_n(&st[p], __ATOMIC_RELAXED)] & res[p] & 1;
+        counts[i] = c;
+        sum += c;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return sum;
+}
+
+/* gph_host_take on every guest with quota[i] > 0; out[6 i ..] = (discarded, chosen, madvise
+ * calls, runs, resident, lazy) of guest i.  Stops at the first failure (returned; out says
+ * what the guests before it gave).  Returns pages discarded in all. */
+long gph_host_take_fleet(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                         const int64_t *quota, uint8_t *resident, int64_t total, int usage_mask_ok,
+                         int64_t host_batch, int advice, int submit, int pidfd, int64_t *out,
+                         struct gph_err *err)
+{
+    long sum = 0;
+    memset(out, 0, n * 6 * sizeof(int64_t));
+    for (size_t i = 0; i < n; i++) {
+        if (quota[i] <= 0)
+            continue;
+        if (offsets[i] < 0 || offsets[i] > total)
+            return gph_err_range(err, "residency offset", offsets[i], 1, total);
+        struct gph_discard_stats st = {0};
+        long rc = gph_host_take(s, rids[i], usage_mask_ok, resident + offsets[i], total - offsets[i],
+                                quota[i], host_batch, advice, submit, pidfd, &out[6 * i + 1], &st, err);
+        if (rc < 0)
+            return rc;
+        int64_t *o = &out[6 * i];
+        o[0] = rc;
+        o[2] = (int64_t)st.calls;
+        o[3] = (int64_t)st.runs;
+        o[4] = (int64_t)st.resident;
+        o[5] = (int64_t)st.lazy;
+        sum += rc;
+    }
+    return sum;
+}
+
+/* The host's residency sample of one guest (gphint.host.residency.ResidencyTracker.sample) in
+ * one pass over the mincore vector: resident[i] = the kernel's bit, since_tick[i] = tick where
+ * a page arrived (FIFO order for host swap), ever[i] |= resident[i].  The numpy version made
+ * five passes and two temporaries per sample; the host samples every guest each step.
+ * vec is scratch of npages bytes.  Returns the resident count. */
+long gph_residency_track(uint8_t *base, size_t page_size, int64_t npages, uint8_t *vec,
+                         uint8_t *resident, int64_t *since_tick, uint8_t *ever, int64_t tick,
+                         struct gph_err *err)
+{
+    long n = gph_residency(base, page_size, npages, vec, err);   /* vec[i] = 0 or 1 */
+    if (n < 0)
+        return n;
+    int64_t i = 0;
+    for (; i + 8 <= npages; i += 8) {
+        uint64_t v = load_word(&vec[i]), old = load_word(&resident[i]);
+        uint64_t arrived = v & ~old, e = load_word(&ever[i]) | v;
+        for (int k = 0; arrived && k < 8; k++, arrived >>= 8)
+            if (arrived & 1)
+                since_tick[i + k] = tick;
+        memcpy(&resident[i], &v, 8);
+        memcpy(&ever[i], &e, 8);
+    }
+    for (; i < npages; i++) {
+        if (vec[i] && !resident[i])
+            since_tick[i] = tick;
+        resident[i] = vec[i];
+        ever[i] |= vec[i];
+    }
+    return n;
+}
+
+/* The fleet's residency sample: gph_residency_track for every guest, counts[i] its resident
+ * pages.  Regions pinned (read lock) for the whole sample.  Returns resident pages in all. */
+long gph_host_sample(struct gph_service *s, const int32_t *rids, size_t n, const int64_t *offsets,
+                     uint8_t *vec, uint8_t *resident, int64_t *since_tick, uint8_t *ever, int64_t total,
+                     int64_t tick, int64_t *counts, struct gph_err *err)
+{
+    long sum = 0;
+    pthread_rwlock_rdlock(&s->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct gph_region *r = gph_region_open_(s, rids[i]);
+        if (!r) {
+            gph_err_set(err, "region", NULL, rids[i], 0);
+            sum = -ENOENT;
+            break;
+        }
+        int64_t off = offsets[i];
+        if (!fleet_span(r, off, total)) {
+            sum = gph_err_range(err, "residency offset", off, r->d.npages, total);
+            break;
+        }
+        long c = gph_residency_track(r->d.base, r->d.page_size, r->d.npages, vec + off, resident + off,
+                                     since_tick + off, ever + off, tick, err);
+        if (c < 0) {
+            sum = c;
+            break;
+        }
+        counts[i] = c;
+        sum += c;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return sum;
+}

@@ -278,6 +278,23 @@ def residency(region, page_size, vec):
     return int(vec[:npages].sum())
 
 
+
+def residency_track(region, page_size, vec, resident, since_tick, ever, tick):
+    """The host's residency sample of one guest (ext/hostops.c, gph_residency_track): mincore
+    into vec, then resident (uint8 0/1), since_tick (= tick where a page arrived) and ever
+    updated.  Returns the resident count."""
+    npages = len(region) // page_size
+    if min(len(vec), len(resident), len(since_tick), len(ever)) < npages:
+        raise ValueError("residency arrays shorter than the %d pages of the region" % npages)
+    if npages == 0:
+        return 0
+    residency(region, page_size, vec)
+    now = vec[:npages]
+    since_tick[:npages][(now != 0) & (resident[:npages] == 0)] = tick
+    resident[:npages] = now
+    ever[:npages] |= now
+    return int(np.count_nonzero(now))
+
 # --- the guest side of the state protocol and page-cache I/O (ext/protocol.c, ext/fill.c) ------
 # No fault thread exists in this mechanism, so nothing else holds pages: numpy is enough.
 VZ = 0x0C | 0x03     # VOLATILE | ZERO: a discarded cache page
@@ -370,6 +387,30 @@ def host_discard_uv(states, pages, advice):
     states[taken] = (states[taken] & USAGE_MASK) | (1 if advice == 1 else 3)
     return taken
 
+
+
+def host_candidates(states, resident, usage_mask, advice):
+    """bool per page: what the host's reclaim-tier call (ext/hostops.c, gph_host_take /
+    gph_host_count) counts as a candidate -- unheld, usage code u with bit 1 << u in usage_mask,
+    content RESIDENT (or LAZY under advice 0, MADV_DONTNEED), and resident[p] set."""
+    usage = (states & _USAGE) >> 2
+    content = states & _CONTENT
+    ok_content = (content == 0) | ((content == 1) & (advice == 0))
+    in_mask = ((np.uint8(usage_mask) >> usage) & 1).astype(bool)
+    return ((states & _HELD_FLAGS) == 0) & in_mask & ok_content & (np.asarray(resident) != 0)
+
+
+def host_take(states, resident, usage_mask, advice, need):
+    """gph_host_take read in Python on a state table nobody writes meanwhile: the first `need`
+    candidates (host_candidates) in page order are chosen and cleared in resident, and -- no
+    one racing the pick -- all taken: content ZERO, or LAZY under advice 1.  Every other byte
+    keeps its value.  The madvise is not made here.  Returns the pages taken, ascending.
+    Nothing calls it at run time (the host's one-call tier needs the compiled fault service);
+    the tests hold the C to it."""
+    chosen = np.flatnonzero(host_candidates(states, resident, usage_mask, advice))[:max(int(need), 0)]
+    resident[chosen] = 0
+    states[chosen] = (states[chosen] & _USAGE) | (1 if advice == 1 else 3)
+    return chosen.astype(np.int64)
 
 def drop_preserved(states, pages, swap_store, swap_slot, slot_tables):
     """The host's Sp -> Sz (ext/hostops.c, gph_host_drop_preserved) read in Python: each page

@@ -64,6 +64,10 @@ def _table(dtype, n):
     return m, np.frombuffer(m, dtype=dtype, count=n)
 
 
+def usage_mask(states):
+    """The C host calls' set of usage states: bit (code >> 2) per PageState (ext/hostops.c OK_*)."""
+    return sum(1 << (int(s) >> 2) for s in states)
+
 class _Registration:
     """What the service keeps per guest: the C region id and the host swap record tables."""
 
@@ -308,6 +312,82 @@ class FaultService:
         self._check_running()
         self._reg(mem)
         return mem.discard(pages, advice, submit, skip_stable=True)
+
+    def take(self, mem, states, resident, need, host_batch, advice="dontneed", submit="vectored"):
+        """A reclaim tier's discard of a served memory in one C call (ext/hostops.c,
+        gph_host_take): up to `need` pages whose usage is one of `states` (UNUSED, VOLATILE)
+        and that `resident` (the host's residency sample, bool per page) shows resident, chosen
+        in page order and cleared in `resident`, then picked, discarded and finished under the
+        protocol exactly as discard() does, host_batch pages per submission.  The memory's
+        counters get the system calls made.  Returns (discarded, chosen)."""
+        self._check_running()
+        reg = self._reg(mem)
+        advice_code, mode, pidfd = self._advice(mem, advice, submit)
+        n, chosen, calls, runs, res, lazy = self._host_op(
+            reg, (0, 0, 0, 0, 0, 0), self._thread.host_take, reg.rid, usage_mask(states),
+            resident.view(np.uint8), int(need), int(host_batch), advice_code, mode, pidfd)
+        mem.count_discard(n, calls, runs, res, lazy)
+        return n, chosen
+
+    # --- the host's fleet: one C call for all its guests (gphint.host.residency.FleetResidency)
+    def _advice(self, mem, advice, submit):
+        from . import discard as _discard
+        advice_code = _discard.advice_code(advice)
+        mode, pidfd, fell_back = _discard.submission(submit)
+        mem._stats["vectored_fallbacks"] += fell_back
+        return advice_code, mode, pidfd
+
+    def _rids(self, mems):
+        """int32 region ids of mems (-1: not registered with this service)."""
+        rids = np.empty(len(mems), dtype=np.int32)
+        for i, m in enumerate(mems):
+            reg = self._regs.get(id(m))
+            rids[i] = reg.rid if reg is not None and reg.mem is m else -1
+        return rids
+
+    def sample_fleet(self, fleet, tick):
+        """The residency sample of every guest of `fleet` in one call (fleet.counts gets each
+        guest's count); None when some guest is not served here (the host then samples guest
+        by guest, which raises what is wrong).  Returns resident pages in all."""
+        rids = self._rids(fleet.mems)
+        if self._stopped or (rids < 0).any():
+            return None
+        try:
+            return self._thread.host_sample(rids, fleet.offsets, fleet.vec, fleet.resident.view(np.uint8),
+                                            fleet.since_tick, fleet.ever.view(np.uint8), int(tick),
+                                            fleet.counts)
+        except ClosedError:     # a guest unregistered meanwhile
+            return None
+
+    def count_candidates(self, fleet, states, advice="dontneed"):
+        """int64 per guest of `fleet`: how many pages take() would choose in it now (usage in
+        `states`, content the advice takes, unheld, resident in its sample); one C call."""
+        from . import discard as _discard
+        self._check_running()
+        counts = np.zeros(len(fleet.mems), dtype=np.int64)
+        self._thread.host_count(self._rids(fleet.mems), fleet.offsets, fleet.resident.view(np.uint8),
+                                usage_mask(states), _discard.advice_code(advice), counts)
+        return counts
+
+    def take_fleet(self, fleet, states, quota, host_batch, advice="dontneed", submit="vectored"):
+        """take() on every guest of `fleet` with quota[i] > 0, in one C call.  Returns an (n, 2)
+        int64 array: (discarded, chosen) per guest."""
+        self._check_running()
+        mems = fleet.mems
+        out = np.zeros((len(mems), 6), dtype=np.int64)
+        quota = np.ascontiguousarray(quota, dtype=np.int64)
+        if not quota.any():
+            return out[:, :2]
+        advice_code, mode, pidfd = self._advice(mems[0], advice, submit)
+        try:
+            self._thread.host_take_fleet(self._rids(mems), fleet.offsets, quota, fleet.resident.view(np.uint8),
+                                         usage_mask(states), int(host_batch), advice_code, mode, pidfd, out)
+        except ClosedError:
+            pass    # a guest unregistered since the count: the guests before it gave what out says
+        finally:   # what was done before a failure is counted too
+            for i in np.flatnonzero(out[:, 1]).tolist():
+                mems[i].count_discard(*out[i, [0, 2, 3, 4, 5]].tolist())
+        return out[:, :2]
 
     def swap_out(self, mem, pages, swap=None):
         """Host preserves pages in swap: detach atomically, write to slots, record (Sr -> Sp, dirty

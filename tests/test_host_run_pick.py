@@ -223,23 +223,17 @@ class Reader(threading.Thread):
             self.error = repr(e)
 
 
-@pytest.mark.parametrize("advice", ["dontneed", "free"])
-@pytest.mark.parametrize("race_delay_ns", [0, 100_000], ids=["natural", "widened-holds"])
-def test_guest_threads_flipping_states_inside_the_runs_lose_nothing(served, tmp_path, stress, advice,
-                                                                    race_delay_ns):
-    if advice == "free" and not gphint.caps.has("madv_free"):
-        pytest.skip(gphint.caps.probe().features["madv_free"].reason)
-    svc, make = served.svc, served.make
-    npages = 2048
-    mem = make(npages)
-    data = pattern(npages, seed=7)
+def race_guests_against(host_pass, svc, mem, tmp_path, seconds, race_delay_ns, seed=7):
+    """Two Flippers over mem's U blocks and a Reader over its V blocks (64-page blocks, U and V
+    alternating: runs of whole words, and mixed words at the edges of every guest change) for
+    `seconds`, while a host thread calls host_pass(npass) -> pages discarded in a loop; then
+    every byte is checked.  Returns (passes, pages discarded, guest writes)."""
+    npages = mem.npages
+    data = pattern(npages, seed=seed)
     data.tofile(tmp_path / "f")
     store = FileStore(tmp_path / "f")
-    seconds = 30.0 if stress else 2.5
     try:
         mem.frames[:] = data
-        # 64-page blocks, U and V alternating: runs of whole words, and mixed words at the edges
-        # of every guest change
         block = (np.arange(npages) // 64) % 2
         upages, vpages = np.flatnonzero(block == 0), np.flatnonzero(block == 1)
         mem.set_backing(vpages, store, vpages * PAGE)
@@ -256,7 +250,7 @@ def test_guest_threads_flipping_states_inside_the_runs_lose_nothing(served, tmp_
         def host():
             try:
                 while time.monotonic() < deadline:
-                    counts["discarded"] += svc.discard(mem, np.arange(npages), advice=advice)
+                    counts["discarded"] += host_pass(counts["passes"])
                     counts["passes"] += 1
             except Exception as e:   # noqa: BLE001
                 errors.append(repr(e))
@@ -277,7 +271,20 @@ def test_guest_threads_flipping_states_inside_the_runs_lose_nothing(served, tmp_
         assert np.array_equal(mem.frames[vpages], data[vpages])   # discarded ones reload the file's
         assert counts["discarded"] > 0 and counts["passes"] > 1, counts
         assert sum(g.ops for g in guests) > 100 and sum(r.ops for r in readers) > 100
-        print("run pick race: %d host passes, %d pages discarded, %d guest writes" % (
-            counts["passes"], counts["discarded"], sum(g.ops for g in guests)))
+        return counts["passes"], counts["discarded"], sum(g.ops for g in guests)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("advice", ["dontneed", "free"])
+@pytest.mark.parametrize("race_delay_ns", [0, 100_000], ids=["natural", "widened-holds"])
+def test_guest_threads_flipping_states_inside_the_runs_lose_nothing(served, tmp_path, stress, advice,
+                                                                    race_delay_ns):
+    if advice == "free" and not gphint.caps.has("madv_free"):
+        pytest.skip(gphint.caps.probe().features["madv_free"].reason)
+    svc, make = served.svc, served.make
+    mem = make(2048)
+    everything = np.arange(mem.npages)
+    got = race_guests_against(lambda _: svc.discard(mem, everything, advice=advice), svc, mem,
+                              tmp_path, 30.0 if stress else 2.5, race_delay_ns)
+    print("run pick race: %d host passes, %d pages discarded, %d guest writes" % got)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SCRIPTS = os.path.join(ROOT, "scripts")
 
@@ -270,3 +272,19 @@ def test_bench_all_results_are_small_and_traceable():
 def test_bench_all_refuses_a_bad_step_in_one_line():
     r = script("bench_all", "--only", "nosuch")
     assert r.returncode == 2 and "'nosuch'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_all_only_scale_is_the_step_and_bench_scale_the_file():
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.SourceFileLoader("bench_all", os.path.join(SCRIPTS, "bench_all"))
+    bench_all = importlib.util.module_from_spec(importlib.util.spec_from_loader("bench_all", loader))
+    loader.exec_module(bench_all)
+    steps = ["bench", "demo", "scale"]
+    assert bench_all.selection("scale", steps) == (["scale"], [])
+    assert bench_all.selection("bench_scale", steps) == (["bench"], ["scale"])
+    assert bench_all.selection("shrink,bench_shrink,scale", steps) == (["bench", "scale"], ["shrink"])
+    with pytest.raises(ValueError, match="bench_nosuch"):
+        bench_all.selection("bench_nosuch", steps)
+    r = script("bench_all", "--help")
+    assert "bench_scale" in r.stdout

@@ -36,7 +36,7 @@ from ..units import parse_size
 # every strategy module registers its class in spec.STRATEGY_CLASSES when imported
 from . import balloon, kernel, reporting, strategies  # noqa: F401
 from .hostswap import HostSwapper, require_fault_service
-from .residency import ResidencyTracker
+from .residency import FleetResidency, ResidencyTracker
 from .spec import make_strategy, parse_strategy
 from .submission import Submission
 
@@ -46,12 +46,12 @@ SR = pair(PageState.STABLE, 0)
 class GuestSlot:
     """The host's view of one guest: its memory, residency, and per-guest strategy state."""
 
-    def __init__(self, guest, index):
+    def __init__(self, guest, index, residency=None):
         self.guest = guest
         self.mem = getattr(guest, "mem", guest)
         self.name = getattr(guest, "name", None) or getattr(self.mem, "name", None) or "g%d" % index
         self.index = index
-        self.residency = ResidencyTracker(self.mem)
+        self.residency = residency if residency is not None else ResidencyTracker(self.mem)
         # when each page was made UNUSED, dated by the guest's hint path (shared memory the
         # host reads, like the state byte); None for a bare GuestMemory, which has no hint path
         hints = getattr(getattr(guest, "allocator", None), "hints", None)
@@ -109,7 +109,13 @@ class Host:
         self.budget_bytes = None if budget is None else parse_size(budget, "host budget")
         if not 0 <= headroom < 0.5:
             raise ConfigError("headroom %r must be in [0, 0.5)" % headroom)
-        self.slots = [GuestSlot(g, i) for i, g in enumerate(guests)]
+        # every guest's residency tables in one array each: sampled in one C call per step
+        self.residency = FleetResidency([getattr(g, "mem", g) for g in guests])
+        self.slots = [GuestSlot(g, i, tr) for i, (g, tr) in enumerate(zip(guests, self.residency.trackers))]
+        self._slot_of = {}
+        for s in self.slots:
+            self._slot_of.setdefault(id(s.guest), s)
+            self._slot_of.setdefault(id(s.mem), s)
         self.swapper = None
         self._own_swap = None
         if self.budget_bytes is not None:
@@ -159,7 +165,7 @@ class Host:
         """Re-read every guest's residency from the kernel; returns total resident pages."""
         self.tick += 1
         self.samples += 1
-        self.resident_npages = sum(s.residency.sample(self.tick) for s in self.slots)
+        self.resident_npages = self.residency.sample(self.tick, self.fault_service)
         self.resident_peak_npages = max(self.resident_peak_npages, self.resident_npages)
         return self.resident_npages
 
@@ -267,9 +273,9 @@ class Host:
                 self.strategy.guest_timer(slot, now)
 
     def slot_of(self, guest):
-        for s in self.slots:
-            if s.guest is guest or s.mem is guest:
-                return s
+        s = self._slot_of.get(id(guest))
+        if s is not None and (s.guest is guest or s.mem is guest):
+            return s
         raise ConfigError("%r is not a guest of this host" % (guest,))
 
     # --- thread --------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ pages to `swap_out`); each is one cycle of capacity `host_batch`: every full bat
 into the memory's discard path (or the fault service's swap-out), and the cycle's end flushes
 the rest.  What was taken is counted on the guest's slot; nothing here writes host state.
 """
+import numpy as np
+
 from .. import batching
 from ..errors import StateError
 from ..states import CONTENT_MASK, USAGE_MASK, HostState, PageState
@@ -38,6 +40,36 @@ class Submission:
         slot.residency.forget(pages)
         slot.count(kind, n)
         return n
+
+    def service_of(self, slots):
+        """The fault service through which a reclaim tier over `slots` is one C call for all
+        of them (count, take), or None: every guest served by that one service, and an advice the C
+        choice makes as this module would -- under a budget with discard=free, lazily freed
+        pages are taken with MADV_DONTNEED instead (_discard_advised), which stays in Python."""
+        if self.advice == "free" and self.under_budget:
+            return None
+        svc = slots[0].mem.fault_service if slots else None
+        if svc is None or any(s.mem.fault_service is not svc for s in slots):
+            return None
+        return svc
+
+    def count(self, svc, fleet, states):
+        """int64 per guest: the pages take() would choose now (one C call for the fleet)."""
+        return svc.count_candidates(fleet, states, self.advice)
+
+    def take(self, svc, slots, fleet, states, quota, kind):
+        """Up to quota[i] resident pages of guest i whose usage is one of `states`, chosen,
+        picked, discarded and finished in one C call for the fleet, host_batch pages per
+        submission (the same cycle discard() makes); chosen pages are forgotten in the
+        residency sample.  Returns pages discarded; chosen pages the protocol skipped are
+        counted as such on their guest's slot."""
+        got = svc.take_fleet(fleet, states, quota, self.host_batch, self.advice, self.submit)
+        for i in np.flatnonzero(got[:, 1]).tolist():
+            n, chosen = got[i].tolist()
+            slots[i].count(kind, n)
+            if chosen > n:
+                slots[i].count(kind, chosen - n, slots[i].skipped)
+        return int(got[:, 0].sum())
 
     def swap_out(self, slot, pages, kind="STABLE"):
         """Write pages to host swap, host_batch pages per submission; returns pages written."""
