@@ -393,11 +393,11 @@ def host_candidates(states, resident, usage_mask, advice):
     """bool per page: what the host's reclaim-tier call (ext/hostops.c, gph_host_take /
     gph_host_count) counts as a candidate -- unheld, usage code u with bit 1 << u in usage_mask,
     content RESIDENT (or LAZY under advice 0, MADV_DONTNEED), and resident[p] set."""
-    usage = (states & _USAGE) >> 2
-    content = states & _CONTENT
+    usage = (states & USAGE_MASK) >> 2
+    content = states & CONTENT_MASK
     ok_content = (content == 0) | ((content == 1) & (advice == 0))
     in_mask = ((np.uint8(usage_mask) >> usage) & 1).astype(bool)
-    return ((states & _HELD_FLAGS) == 0) & in_mask & ok_content & (np.asarray(resident) != 0)
+    return ((states & FLAG_MASK) == 0) & in_mask & ok_content & (np.asarray(resident) != 0)
 
 
 def host_take(states, resident, usage_mask, advice, need):
@@ -409,7 +409,7 @@ def host_take(states, resident, usage_mask, advice, need):
     the tests hold the C to it."""
     chosen = np.flatnonzero(host_candidates(states, resident, usage_mask, advice))[:max(int(need), 0)]
     resident[chosen] = 0
-    states[chosen] = (states[chosen] & _USAGE) | (1 if advice == 1 else 3)
+    states[chosen] = (states[chosen] & USAGE_MASK) | (1 if advice == 1 else 3)
     return chosen.astype(np.int64)
 
 def drop_preserved(states, pages, swap_store, swap_slot, slot_tables):
