@@ -24,16 +24,10 @@ import numpy as np
 
 from .errors import ConfigError
 
-# The guest's hint-buffer capacity (and the host's submission size where `host_batch` follows it).
-# Chosen by the batching sweep (`gphint sweep --preset batching`, bench/results/sweep.json,
-# 3 seeds, 2 idle cores): with host_batch at its own default, cmma at 256 spent 1.70 [1.57-1.91]
-# ms of host CPU per MiB given back against 2.06 [2.04-2.11] at 32 (the earlier default, free
-# page reporting's PAGE_REPORTING_CAPACITY), with half the hint operations per guest operation
-# (0.334 vs 0.682) and the same memory given back; 4096 saved few more hint operations (0.308)
-# and lost guest throughput (0.99x none's, against 1.72x at 256).  256 is also the balloon's
-# PFN array (VIRTIO_BALLOON_ARRAY_PFNS_MAX in drivers/virtio/virtio_balloon.c), whose device
-# request the balloon's batch stands for.
-BATCH = 256
+# The guest's hint-buffer capacity (and the host's submission size where `host_batch` follows it):
+# 32 transitions per state change is the follow-up proposal's order of magnitude and free page
+# reporting's capacity (PAGE_REPORTING_CAPACITY in include/linux/page_reporting.h).
+BATCH = 32
 
 
 def check_capacity(capacity, what="batch capacity"):

@@ -49,9 +49,9 @@ def test_debug_shows_the_traceback():
 
 def test_run_writes_valid_json(tmp_path):
     out = tmp_path / "run.json"
-    r = gphint("run", "--strategy", "cmma:batch=32,submit=coalesce", "--json", str(out), *SMALL)
+    r = gphint("run", "--strategy", "cmma:batch=256,submit=coalesce", "--json", str(out), *SMALL)
     assert r.returncode == 0, r.stderr
-    assert "cmma:batch=32,submit=coalesce" in r.stdout and "integrity errors" in r.stdout
+    assert "cmma:batch=256,submit=coalesce" in r.stdout and "integrity errors" in r.stdout
     assert "\r" not in r.stderr             # not a TTY: no progress bar
     doc = json.loads(out.read_text())
     check_document(doc)

@@ -30,7 +30,7 @@ guest-mem = "16M"
 duration = 2
 ops = 200
 [axes]
-strategy = ["none", "cmma:batch=32"]
+strategy = ["none", "cmma:batch=256"]
 """ % ('host-mem = "12M"' if HAS_SERVICE else 'probe-mem = "2M"\nprobe-timeout = 0.5')
 # what two runs of one cell share whatever the timing: the rest (memory figures, CPU, faults)
 # depends on when the host's thread ran relative to the guests
@@ -115,15 +115,15 @@ def test_report_and_plots_render(local_sweep, capsys):
     rc = cli.main(["report", local_sweep["results"], "--plot", str(local_sweep["tmp"] / "plots2")])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "cmma:batch=32" in out and "none" in out and "given back (MiB)" in out
+    assert "cmma:batch=256" in out and "none" in out and "given back (MiB)" in out
     rep = report_mod.build(local_sweep["after"])
     rows = {r["strategy"]: r for r in rep["rows"]}
-    assert set(rows) == {"none", "cmma:batch=32"} and all(r["seeds"] == [1, 2] for r in rows.values())
+    assert set(rows) == {"none", "cmma:batch=256"} and all(r["seeds"] == [1, 2] for r in rows.values())
     # against the same cell without hints: none is exactly 1, cmma measured
     assert rows["none"]["metrics"]["throughput vs none"][0] == 1.0
-    assert rows["cmma:batch=32"]["metrics"]["throughput vs none"][0] > 0
+    assert rows["cmma:batch=256"]["metrics"]["throughput vs none"][0] > 0
     assert rows["none"]["metrics"]["hint ops per guest op"][0] == 0
-    assert rows["cmma:batch=32"]["metrics"]["hint ops per guest op"][0] > 0
+    assert rows["cmma:batch=256"]["metrics"]["hint ops per guest op"][0] > 0
     pngs = sorted(os.listdir(local_sweep["tmp"] / "plots2"))
     assert pngs == ["sweep.png"]        # nothing varies within a strategy: the overview
     assert os.path.getsize(local_sweep["tmp"] / "plots2" / "sweep.png") > 10000

@@ -68,7 +68,7 @@ def _locked(lock, *calls):
 
 class HintBuffer:
     """HintBuffer(mem, capacity=BATCH, enabled=True, clock=None): pending (page -> usage state)
-    transitions (capacity: gphint.batching.BATCH by default, 256).
+    transitions (gphint.batching.BATCH = 32).
 
     enabled=False turns hinting off entirely: hint() and flush() do nothing, pages stay as
     they are (STABLE), and the host can only swap -- the baseline of the overhead benchmark.
