@@ -18,6 +18,7 @@ from gphint.errors import ConfigError
 from gphint.guest.memmap import STRUCT_PAGE_BYTES, reserved_pages
 from gphint.guest.vcpu import Vcpu
 from gphint.host.hostswap import fault_service_available
+from gphint.host.spec import parse_strategy
 from gphint.scale.config import ScaleConfig, parse_guests, parse_take
 
 SERVICE, WHY_NOT = fault_service_available()
@@ -177,6 +178,7 @@ def test_scale_end_to_end_small_fleets(tmp_path):
     assert set(recs) == {(s, n) for s in ("cmma", "balloon") for n in (4, 16, 64)}
     for (s, n), rec in recs.items():
         assert all(k in rec for k in REQUIRED), (s, n, rec)
+        assert rec["params"] == parse_strategy(s).params      # what ran, defaults included
         assert rec["integrity_errors"] == 0 and rec["reached_target"]
         # who reached it is said, well within the timeout: each by itself (the few pages the
         # busy guest faulted back during the last pass, swapped, do not make it the swap's)

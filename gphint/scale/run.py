@@ -29,8 +29,9 @@ def run_one(config, spec, n):
     """One strategy, one fleet of n guests, in this process: the results record."""
     spec = parse_strategy(spec)
     svc, why = make_service()
-    rec = {"strategy": str(spec), "strategy_name": spec.name, "guests": int(n),
-           "busy_guests": config.busy_guests(n), "guest_mem_bytes": config.guest_mem_bytes}
+    rec = {"strategy": str(spec), "strategy_name": spec.name, "params": dict(spec.params),
+           "guests": int(n), "busy_guests": config.busy_guests(n),
+           "guest_mem_bytes": config.guest_mem_bytes}
     if svc is None:
         # host swap, cmma's VOLATILE discards and the struct pages' swap-ins all need it
         rec["error"] = "the scale run needs the discard-fault service: %s" % why
