@@ -82,7 +82,8 @@ def config_from(args):
         idle_sched_s=args.idle_sched, discard_mode=args.discard_mode,
         probe=not args.no_probe, probe_bytes=parse_size(args.probe_mem, "--probe-mem"),
         probe_timeout_s=args.probe_timeout, status_path=args.status, cache=args.cache,
-        cgroup=not args.no_cgroup, guest_thp=args.guest_thp, locking=args.locking).validate()
+        cgroup=not args.no_cgroup, guest_thp=args.guest_thp, locking=args.locking,
+        minor_fault=args.minor_fault).validate()
     from .guest.guest_stores import check_fd_limit
     check_fd_limit(cfg.guests)          # the open-file limit, before anything runs
     return cfg
@@ -259,12 +260,17 @@ def _run_options(sp, duration, guests, guest_mem, host_mem=None, ops=None):
                     help="keep a live per-guest snapshot here (watch it with scripts/watch.py PATH)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar (the table is still printed)")
     sp.add_argument("--guest-thp", action="store_true",
-                    help="guests with transparent huge pages: 2 MiB anonymous allocations, split on "
-                         "partial free, bounded per-cpu lists (recorded as config.guest_thp)")
+                    help="guests with transparent huge pages: anonymous memory in 2 MiB huge "
+                         "pages, split on partial free, bounded per-cpu lists (recorded as "
+                         "config.guest_thp)")
     sp.add_argument("--locking", default="holdbits", choices=("holdbits", "hashed"),
                     help="how the fault service holds a page: hold bits in its state byte, or a "
                          "hashed lock on the page index (docs/state-protocol.md; recorded as "
                          "config.locking; default: %(default)s)")
+    sp.add_argument("--minor-fault", default="lazy", choices=("lazy", "eager"),
+                    help="lazy: no state change on a minor fault or munmap, corrected at writeback "
+                         "(the series' patch 7); eager: both paths change state.  Counted in the "
+                         "results' mappings field on the -mmap workloads (default: %(default)s)")
     _realhost_options(sp)
 
 

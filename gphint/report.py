@@ -150,6 +150,11 @@ def summary(doc):
         if touched:
             text += ", %.1fx what the guests touched" % (touched / c["host_mem_bytes"])
         text += ")"
+    # the non-default protocol choices, so a table never hides which variant ran
+    if c.get("locking", "holdbits") != "holdbits":
+        text += ", %s lock" % c["locking"]
+    if c.get("minor_fault", "lazy") != "lazy":
+        text += ", %s minor faults" % c["minor_fault"]
     return text
 
 

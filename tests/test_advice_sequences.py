@@ -60,6 +60,27 @@ def run_ops(guests, host, clock, ops):
             pageout(g.mem, (n * 61) % g.mem.npages, 8 * n)
 
 
+def run_sequence(cfg, spec, svc, ops, check_guest=lambda g: None):
+    """cfg's two guests and a host under spec run ops; then every guest page is verified."""
+    fileset = guest_api.shared_files(cfg)
+    guests = [guest_api.make_guest(i, cfg, spec, svc, fileset) for i in range(cfg.guests)]
+    clock = FakeClock()
+    host = Host(guests, cfg.host_mem_bytes, spec, fault_service=svc, clock=clock)
+    try:
+        run_ops(guests, host, clock, ops)
+        for g in guests:
+            g.sync()
+            assert g.verify() == 0, g.name
+            check_guest(g)
+        if svc is not None:
+            svc.check()
+    finally:
+        for g in guests:
+            g.close()
+        host.close()
+        fileset.close()
+
+
 @pytest.mark.parametrize("pressure", [False, True], ids=["proactive", "pressure"])
 @pytest.mark.parametrize("mode", ["transparent", "guest"])
 @pytest.mark.parametrize("advice", ["dontneed", "free"])
@@ -81,22 +102,7 @@ def test_random_sequences_lose_nothing(tmp_path, strategy, advice, mode, pressur
             cfg = RunConfig(workload="churn,fileserver", guests=2, guest_mem_bytes=4 << 20,
                             host_mem_bytes=(6 << 20) if pressure else None, seed=seed,
                             discard_mode=mode)
-            fileset = guest_api.shared_files(cfg)
-            guests = [guest_api.make_guest(i, cfg, spec, svc, fileset) for i in range(2)]
-            clock = FakeClock()
-            host = Host(guests, cfg.host_mem_bytes, spec, fault_service=svc, clock=clock)
-            try:
-                run_ops(guests, host, clock, ops)
-                for g in guests:
-                    g.sync()
-                    assert g.verify() == 0
-                if svc is not None:
-                    svc.check()
-            finally:
-                for g in guests:
-                    g.close()
-                host.close()
-                fileset.close()
+            run_sequence(cfg, spec, svc, ops)
         check()
     finally:
         if svc is not None:

@@ -255,3 +255,41 @@ def test_minor_faults_script_counts_both_modes(tmp_path):
         assert "| %s |" % w in r.stdout
     bad = subprocess.run([sys.executable, script, "--workloads", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "nope" in bad.stderr
+
+
+def test_runs_reach_the_mmap_workloads_and_record_the_minor_fault_mode():
+    """`gphint run --workload fileserver-mmap,build-mmap`, lazy and eager on one seed: the same
+    minor faults, the results' mappings field shows patch 7's saving, nothing lost."""
+    from gphint.experiment import RunConfig, results_document, run_one
+    recs = {}
+    for mode in MODES:
+        cfg = RunConfig(workload="fileserver-mmap,build-mmap", guests=2, guest_mem_bytes=16 << 20,
+                        duration_s=60.0, ops_per_guest=150, seed=3, probe=False, cgroup=False,
+                        minor_fault=mode)
+        doc = results_document(cfg, [run_one(cfg, "cmma")])
+        assert doc["config"]["minor_fault"] == mode
+        recs[mode] = doc["results"][0]
+        assert recs[mode]["integrity_errors"] == 0
+        if mode == "eager":
+            from gphint.report import summary
+            assert "eager minor faults" in summary(doc)
+    lazy, eager = recs["lazy"]["mappings"], recs["eager"]["mappings"]
+    assert lazy["minor_faults"] == eager["minor_faults"] > 0
+    assert lazy["changes_saved"] > 0 == eager["changes_saved"]
+    assert lazy["state_changes"] < eager["state_changes"]
+
+
+def test_cli_minor_fault_is_checked_and_carried():
+    from gphint.cli import build_parser, config_from
+    from gphint.experiment import RunConfig
+    from test_cli import gphint as gphint_cli
+    with pytest.raises(ConfigError, match="--minor-fault 'never'"):
+        RunConfig(guest_mem_bytes=16 << 20, minor_fault="never").validate()
+    cfg = RunConfig(guest_mem_bytes=16 << 20, workload="build-mmap", minor_fault="eager")
+    args = build_parser().parse_args(["compare", "--strategies", "none"] + cfg.cli_args())
+    back = config_from(args)
+    assert (back.minor_fault, back.workload) == ("eager", "build-mmap")
+    r = gphint_cli("run", "--strategy", "cmma", "--minor-fault", "never")
+    assert r.returncode == 2 and "'never'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = gphint_cli("run", "--strategy", "cmma", "--workload", "mmap")
+    assert r.returncode == 2 and "'mmap'" in r.stderr and "fileserver-mmap" in r.stderr, r.stderr

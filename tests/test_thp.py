@@ -1,5 +1,6 @@
-"""Guests with transparent huge pages: 2 MiB anonymous allocations, partial frees that free
-nothing until the whole huge page is free, bounded per-cpu lists that page reporting never sees,
+"""Guests with transparent huge pages: anonymous memory in 2 MiB huge pages (small allocations
+as their subpages), partial frees that free nothing until the whole huge page is free, bounded
+per-cpu lists that page reporting never sees,
 the deferred split under memory pressure -- and, on the host, discards of whole 2 MiB units
 that leave the other huge pages whole (AnonHugePages in /proc/self/smaps)."""
 import numpy as np
@@ -26,14 +27,32 @@ def usage(g, frames):
 
 
 def test_anonymous_memory_comes_in_whole_huge_pages(g):
+    a = g.allocator
     pages = g.alloc(2 * HUGE_PAGES + 10)
     frames = g.frames_of(pages)
-    units = np.unique(frames[:2 * HUGE_PAGES] // HUGE_PAGES)
-    assert units.size == 2 and (np.sort(frames[:2 * HUGE_PAGES]) % HUGE_PAGES
-                                == np.tile(np.arange(HUGE_PAGES), 2)).all()
-    assert g.allocator.stats["thp_allocs"] == 2
+    units = np.unique(frames // HUGE_PAGES)
+    assert units.size == 3 and (frames % HUGE_PAGES == pages % HUGE_PAGES).all()
+    assert a.stats["thp_allocs"] == 3 and a.heap_reserved_pages == HUGE_PAGES - 10
+    tail = g.mem.frames[units[2] * HUGE_PAGES + 10:(units[2] + 1) * HUGE_PAGES]
+    assert not tail.any()                     # the fault zeroed the whole huge page
     assert g.mem.thp and g.mem.address % (2 << 20) == 0
     g.touch(pages)
+    assert g.verify() == 0
+
+
+def test_small_allocations_live_inside_the_processs_huge_page(g):
+    """THP `always`: a heap's small allocations are subpages of its huge pages, so 64 KiB
+    pieces of a process fill one huge page instead of taking 4 KiB pages each."""
+    a = g.allocator
+    pieces = [g.alloc(16, pid=7) for _ in range(8)] + [g.alloc(16, pid=8)]
+    units = [np.unique(g.frames_of(p, pid=7 if i < 8 else 8) // HUGE_PAGES) for i, p in enumerate(pieces)]
+    assert all(u.size == 1 for u in units) and len({int(u[0]) for u in units[:8]}) == 1
+    assert int(units[8][0]) != int(units[0][0])          # another process: its own huge page
+    assert a.stats["thp_allocs"] == 2 and a.heap_reserved_pages == 2 * HUGE_PAGES - 9 * 16
+    free0 = a.free_pages
+    for p in pieces[:8]:
+        g.free(p, pid=7)                      # every piece freed: the unused rest still mapped
+    assert a.free_pages == free0 and a.held_pages == 8 * 16
     assert g.verify() == 0
 
 
@@ -170,3 +189,39 @@ def test_the_probes_fragmented_free_frees_nothing_on_a_thp_guest(g):
     assert a.free_pages == free0 and a.pcp_pages == 0 and (usage(g, pieces) == S).all()
     probe_free(g, np.setdiff1d(frames, pieces))                     # the rest: whole huge pages
     assert (usage(g, frames) == U).all() and a.held_pages == 0
+
+
+def test_thp_script_replays_the_real_guests_frees(tmp_path):
+    """scripts/thp_guests.py (the `thp` step), small: on THP guests a free of 4 KiB or 64 KiB
+    pieces raises no guest's MemFree and gives the host nothing, whatever the strategy; a whole
+    free does, except what waits on the per-cpu lists for reporting -- which hinting still takes."""
+    import json
+    import os
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "thp_guests.py")
+    out = tmp_path / "thp.json"
+    # the compare runs are test_every_strategy_runs_on_thp_guests_and_says_so's; here the frees
+    r = subprocess.run([sys.executable, script, "--modes", "", "--free-guest-mem", "64M",
+                        "--free-bytes", "48M", "--json", str(out)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["runs"] == []
+    rows = {(x["strategy"], x["guest_thp"], x["free"]): x for x in doc["frees"]["rows"]}
+    for strategy in ("reporting", "unused", "cmma"):
+        for piece in ("4 KiB pieces", "64 KiB pieces"):
+            thp, base = rows[(strategy, True, piece)], rows[(strategy, False, piece)]
+            assert thp["memfree_up_bytes"] == 0 == thp["host_took_bytes"]
+            assert base["memfree_up_bytes"] == base["freed_bytes"]
+        whole = rows[(strategy, True, "everything left")]
+        assert whole["memfree_up_bytes"] == whole["freed_bytes"] - whole["pcp_bytes"]
+        assert whole["verify_mismatches"] == 0
+    assert rows[("cmma", False, "64 KiB pieces")]["host_took_bytes"] > 0
+    assert rows[("reporting", False, "64 KiB pieces")]["host_took_bytes"] == 0
+    rep = rows[("reporting", True, "everything left")]
+    assert rep["pcp_bytes"] > 0 and rep["host_took_bytes"] <= rep["freed_bytes"] - rep["pcp_bytes"]
+    assert rows[("unused", True, "everything left")]["host_took_bytes"] == rep["freed_bytes"]
+    assert "| reporting | THP | 64 KiB pieces |" in r.stdout
+    bad = subprocess.run([sys.executable, script, "--modes", "sideways"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "'sideways'" in bad.stderr

@@ -40,6 +40,7 @@ class RunConfig:
     cgroup: bool = True             # under a budget: run in a memory cgroup at budget + baseline
     guest_thp: bool = False         # guests with transparent huge pages (gphint.guest.thp)
     locking: str = "holdbits"       # the fault service's holds: "holdbits" or "hashed" (gphint.faults)
+    minor_fault: str = "lazy"       # "lazy" (patch 7: no state change on minor faults, munmap) or "eager"
 
     @property
     def mode(self):
@@ -76,6 +77,10 @@ class RunConfig:
         if self.locking not in LOCKINGS:
             raise ConfigError("--locking %r is not valid (expected one of %s)"
                               % (self.locking, ", ".join(LOCKINGS)))
+        from ..guest.mappings import MINOR_FAULT_MODES
+        if self.minor_fault not in MINOR_FAULT_MODES:
+            raise ConfigError("--minor-fault %r is not valid (expected one of %s)"
+                              % (self.minor_fault, ", ".join(MINOR_FAULT_MODES)))
         if self.guest_mem_bytes < MIN_GUEST_MEM_BYTES:
             raise ConfigError("--guest-mem %s is too small: a guest needs at least %s"
                               % (fmt_bytes(self.guest_mem_bytes), fmt_bytes(MIN_GUEST_MEM_BYTES)))
@@ -147,6 +152,8 @@ class RunConfig:
             args.append("--guest-thp")
         if self.locking != "holdbits":
             args += ["--locking", self.locking]
+        if self.minor_fault != "lazy":
+            args += ["--minor-fault", self.minor_fault]
         if self.status_path:
             args += ["--status", self.status_path]
         if self.ops_per_guest is not None:

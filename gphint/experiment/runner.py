@@ -238,6 +238,8 @@ class Runner:
             "fault_latency_p99_us": _us(svc.get("latency_p99_ns")),
             "hint_ops": int(sum(m.stats["hint_ops"] for m in mems)),
             "discard_list": self.api.discard_list_stats(self.guests, self.svc),
+            "mappings": self.api.mapping_stats(self.guests),
+            "thp": self.api.thp_stats(self.guests),
             **discard,   # discard_syscalls, discard_advised/resident_pages, lazy_* (docs/results.md)
             "guest_cpu_s": round(guest_cpu_s, 4),
             "host_cpu_s": round(max(0.0, process_cpu_s - guest_cpu_s), 4),

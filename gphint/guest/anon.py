@@ -101,9 +101,10 @@ class SwapFile:
 class AnonMemory(GuestPart):
     """Anonymous memory of the guest's processes, swapped to a SwapFile through a swap cache."""
 
-    def __init__(self, mem, table, hinter, alloc_frames, free_frames, *, swap, **kw):
+    def __init__(self, mem, table, hinter, alloc_frames, free_frames, *, swap, heap=None, **kw):
         super().__init__(mem, table, hinter, alloc_frames, free_frames, **kw)
         self.swap = swap
+        self.heap = heap          # a THP guest's placement in huge pages (gphint.guest.thp.ThpHeap)
         self._procs = {}          # pid -> dict of per-vpage arrays
         self.stats = {"allocated": 0, "freed": 0, "swap_out": 0, "swap_in": 0,
                       "swapcache_hits": 0, "swapcache_dropped": 0, "reloaded": 0}
@@ -158,9 +159,9 @@ class AnonMemory(GuestPart):
         chunk = max(1, self.mem.npages // 8)
         for lo in range(0, npages, chunk):
             n = min(chunk, npages - lo)
-            frames = self.alloc_frames(n)
-            pr = self._proc(pid, start + lo + n)
             v = np.arange(start + lo, start + lo + n, dtype=np.int64)
+            frames = self.alloc_frames(n) if self.heap is None else self.heap.frames_for(pid, v)
+            pr = self._proc(pid, start + lo + n)
             pr["next"] = start + lo + n
             pr["live"][v] = True
             pr["frame"][v] = frames

@@ -17,7 +17,6 @@ no drain acts on a frame that was freed and reused after its discard fault.
 Beside it: the backing stores its discard faults reload from, within the process's fd budget
 (guest_stores.py), and its frame supply and reclaim (guest_reclaim.py).
 """
-import functools
 
 import numpy as np
 
@@ -35,7 +34,7 @@ from .guest_stores import StoreBudget, _live_guests, _release_store, _sweep_epoc
 from .hinter import Hinter
 from .mappings import ProcessMappings
 from .pagecache import PageCache
-from .thp import ThpAllocator
+from .thp import ThpAllocator, ThpHeap
 
 DISCARD_MODES = {"transparent": "transparent", "guest": "guest", "guest-visible": "guest",
                  "guest_visible": "guest"}
@@ -99,9 +98,10 @@ class Guest(StoreBudget, Reclaim):
                                    store_for=self._store_for)
             self.mappings = self.cache.mappings = ProcessMappings(self.cache, minor_fault)
             # a THP guest's anonymous memory comes in 2 MiB huge pages where it can
-            anon_frames = functools.partial(self._alloc_frames, huge=True) if self.thp else self._alloc_frames
-            self.anon = AnonMemory(self.mem, self.table, self.hinter, anon_frames,
-                                   self._free_frames, seed=self.seed, swap=self.swap,
+            heap = ThpHeap(self.allocator, self.mem, self._alloc_frames,
+                           self._alloc_huge_page) if self.thp else None
+            self.anon = AnonMemory(self.mem, self.table, self.hinter, self._alloc_frames,
+                                   self._free_frames, seed=self.seed, swap=self.swap, heap=heap,
                                    discard_mode=self.discard_mode, store_for=self._store_for)
             # keep a little free memory so that one operation never has to reclaim mid-way
             self.low_watermark = max(RECLAIM_CLUSTER, self.mem.npages // 128)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .frames import FILE, SWAPCACHE
+from .thp import HUGE_PAGES
 
 RECLAIM_CLUSTER = 32        # pages reclaimed at least per shortage (Linux SWAP_CLUSTER_MAX)
 DISCARD_LIST_BATCH = 32     # listed discarded pages dropped at once by step() (Guest(discard_list_batch=))
@@ -28,19 +29,27 @@ class Reclaim:
     """Guest's frame supply and reclaim (a mixin: it uses the guest's allocator, frame table,
     page cache, anonymous memory, fault service and stats)."""
 
-    def _alloc_frames(self, npages, huge=False):
+    def _alloc_frames(self, npages):
         # below the low watermark: reclaim up to the high one, so that reclaim (an LRU scan and
-        # one free per pass) runs once per many allocations, as kswapd does.  huge=True: a THP
-        # guest's anonymous memory (gphint.guest.thp), whose per-cpu lists are free memory too
-        alloc = self.allocator.alloc if not huge else lambda n: self.allocator.alloc(n, huge=True)
+        # one free per pass) runs once per many allocations, as kswapd does.  A THP guest's
+        # per-cpu lists (gphint.guest.thp) are free memory too
+        self._watermark(npages)
+        try:
+            return self.allocator.alloc(npages)
+        except MemoryError:
+            self.reclaim(npages - self.allocator.free_pages + RECLAIM_CLUSTER)
+            return self.allocator.alloc(npages)
+
+    def _alloc_huge_page(self):
+        """A THP guest's huge page for a process's heap (gphint.guest.thp.ThpHeap): its first
+        frame, or -1 (no free 2 MiB block even after the watermark reclaim)."""
+        self._watermark(HUGE_PAGES)
+        return self.allocator.alloc_huge_page()
+
+    def _watermark(self, npages):
         free = self.allocator.free_pages + getattr(self.allocator, "pcp_pages", 0)
         if free - npages < self.low_watermark:
             self.reclaim(npages + self.high_watermark - free)
-        try:
-            return alloc(npages)
-        except MemoryError:
-            self.reclaim(npages - self.allocator.free_pages + RECLAIM_CLUSTER)
-            return alloc(npages)
 
     def _free_frames(self, frames):
         frames = np.asarray(frames, dtype=np.int64)

@@ -4,7 +4,11 @@ Three behaviours change what a host can take back (measured on a real Linux 6.1 
 4 KiB or 64 KiB pieces inside THP-backed memory left MemFree unchanged, and about 9.5% of a
 400 MiB free sat on the per-cpu lists, never reported):
 
-- anonymous allocations of 2 MiB or more get whole 2 MiB huge pages (order 9);
+- anonymous memory comes in whole 2 MiB huge pages (order 9): a process's heap grows in
+  2 MiB-aligned virtual ranges, the first use of each faults in one huge page zeroed whole
+  (mm/huge_memory.c: do_huge_pmd_anonymous_page), and the process's next pages in that range
+  are its subpages (ThpHeap) -- so small allocations live inside huge pages too, as a
+  process's heap does under THP `always`;
 - a partial free inside a huge page frees nothing: the huge page is only split (queued for the
   deferred split, mm/huge_memory.c: deferred_split_huge_page), its freed 4 KiB pieces stay
   allocated -- STABLE, no arch_free_page hint, not on a free list -- until the whole 2 MiB is
@@ -48,6 +52,7 @@ class ThpAllocator(BuddyAllocator):
         self._split = np.zeros(nunits, dtype=bool)          # partly freed, deferred split pending
         self._held = np.zeros(mem.npages, dtype=bool)       # freed by its user inside a huge page
         self._held_count = np.zeros(nunits, dtype=np.int32)
+        self._reserved = np.zeros(mem.npages, dtype=bool)   # a heap's huge page, not yet used
         self._pcp = [[] for _ in range(self.cpus)]          # per CPU: first pages of huge pages
         self._cpu = 0
         self.stats.update({"thp_allocs": 0, "thp_fallbacks": 0, "thp_frees": 0, "thp_splits": 0,
@@ -64,6 +69,12 @@ class ThpAllocator(BuddyAllocator):
     def held_pages(self):
         """Pages freed by their users inside huge pages not yet split: still allocated."""
         return int(self._held_count.sum())
+
+    @property
+    def heap_reserved_pages(self):
+        """Zeroed subpages of processes' huge pages their processes have not used yet:
+        allocated (MemFree excludes them), STABLE, resident on the host."""
+        return int(np.count_nonzero(self._reserved))
 
     @property
     def allocated_pages(self):
@@ -103,6 +114,25 @@ class ThpAllocator(BuddyAllocator):
         units = np.asarray(firsts, dtype=np.int64) >> HUGE_ORDER
         self._huge[units] = True
         return block_pages(firsts, HUGE_ORDER)
+
+    def alloc_huge_page(self):
+        """One huge page for a process's heap: its first page, or -1 when no free 2 MiB block
+        is on this CPU's list or the free lists (the fault falls back to 4 KiB pages).  Its
+        pages are reserved for the process until it uses them (take_reserved)."""
+        with self._lock:
+            pages = self._alloc_huge(1)
+            if pages.size == 0:
+                return -1
+            self._reserved[pages] = True
+            return int(pages[0])
+
+    def take_reserved(self, frames):
+        """The process uses these reserved subpages (its heap reached them)."""
+        with self._lock:
+            if not self._reserved[frames].all():
+                raise ConfigError("take_reserved: page %d is not a reserved subpage" % int(
+                    np.asarray(frames)[~self._reserved[frames]][0]))
+            self._reserved[frames] = False
 
     def mark_huge(self, firsts):
         """Blocks allocated with alloc_block(9) become huge pages (their frees split them)."""
@@ -199,6 +229,52 @@ class ThpAllocator(BuddyAllocator):
         super().free(pages)
         return int(pages.size)
 
+    def thp_stats(self):
+        """The THP counters with the lists' sizes now (as /proc/vmstat's thp_* and the pcp
+        counts would show them)."""
+        return dict(self.stats, pcp_pages=self.pcp_pages, held_now=self.held_pages,
+                    heap_reserved_pages=self.heap_reserved_pages, huge_now=int(np.count_nonzero(self._huge)))
+
     def __repr__(self):
         return "<ThpAllocator %d pages, %d free, %d on pcp lists, %d held in split huge pages>" % (
             self.npages, self.free_pages, self.pcp_pages, self.held_pages)
+
+
+class ThpHeap:
+    """ThpHeap(allocator, mem, alloc_frames, alloc_huge_page): where a THP guest places its
+    processes' anonymous pages.  A process's virtual pages are handed out in order (gphint.guest
+    .anon); the first page of each 2 MiB-aligned virtual range faults in a huge page
+    (alloc_huge_page(), after the guest's watermark reclaim), zeroed and so touched whole, and
+    the range's later pages are its subpages.  Without a free 2 MiB block the range's pages
+    are 4 KiB pages (alloc_frames(n)), as the THP fault falls back.  Only the process's
+    newest range can hold reserved subpages: one huge page per process at most."""
+
+    def __init__(self, allocator, mem, alloc_frames, alloc_huge_page):
+        self.allocator = allocator
+        self.mem = mem
+        self.alloc_frames = alloc_frames
+        self.alloc_huge_page = alloc_huge_page
+        self._tail = {}          # pid -> (virtual range, first frame of its huge page or -1)
+
+    def frames_for(self, pid, vpages):
+        """Frames for process pid's new virtual pages (ascending, never handed out before)."""
+        from .guestpart import mark_touched
+        out = np.empty(vpages.size, dtype=np.int64)
+        ranges = vpages >> HUGE_ORDER
+        for r in np.unique(ranges).tolist():
+            sel = ranges == r
+            tail, first = self._tail.get(pid, (-1, -1))
+            if tail != r:
+                first = self.alloc_huge_page()
+                if first >= 0:            # clear_huge_page: the fault zeroes all 2 MiB
+                    whole = np.arange(first, first + HUGE_PAGES, dtype=np.int64)
+                    self.mem.frames[whole] = 0
+                    mark_touched(self.mem, whole)
+                self._tail[pid] = (r, first)
+            if first >= 0:
+                frames = first + (vpages[sel] & (HUGE_PAGES - 1))
+                self.allocator.take_reserved(frames)
+                out[sel] = frames
+            else:
+                out[sel] = self.alloc_frames(int(np.count_nonzero(sel)))
+        return out

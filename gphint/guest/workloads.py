@@ -234,14 +234,22 @@ class Mixed(Workload):
 WORKLOADS = {w.name: w for w in (Idle, Fileserver, Build, Database, Churn, Mixed)}
 
 
+def all_workloads():
+    """Every workload by name: these and their variants whose file accesses go through
+    mappings (gphint.guest.mapped_workloads, the minor-fault and munmap paths)."""
+    from .mapped_workloads import MAPPED_WORKLOADS    # it subclasses this module's workloads
+    return {**WORKLOADS, **MAPPED_WORKLOADS}
+
+
 def describe():
     """{name: one-line description}."""
-    return {n: w.description for n, w in WORKLOADS.items()}
+    return {n: w.description for n, w in all_workloads().items()}
 
 
 def make_workload(name, guest, seed=1):
     """The workload called name on guest; ConfigError listing the valid names otherwise."""
-    cls = WORKLOADS.get(name) if isinstance(name, str) else None
+    known = all_workloads()
+    cls = known.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise ConfigError("unknown workload %r (valid: %s)" % (name, ", ".join(WORKLOADS)))
+        raise ConfigError("unknown workload %r (valid: %s)" % (name, ", ".join(known)))
     return cls(guest, seed)

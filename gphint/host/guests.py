@@ -13,14 +13,14 @@ from ..errors import GphintError
 from ..faults import FaultService
 from ..guest.files import FileSet
 from ..guest.guest import Guest
-from ..guest.workloads import WORKLOADS
+from ..guest.workloads import all_workloads
 
 MIXED_CYCLE = ("fileserver", "build", "database", "idle", "churn")
 
 
 def workload_names():
-    """Valid single --workload names: the guest layer's WORKLOADS plus 'mixed'."""
-    names = tuple(WORKLOADS)
+    """Valid single --workload names: the guest layer's workloads plus 'mixed'."""
+    names = tuple(all_workloads())
     return names if "mixed" in names else names + ("mixed",)
 
 
@@ -62,7 +62,8 @@ def make_guest(index, config, spec, svc, fileset=None):
     g = Guest(config.guest_mem_bytes, files=files, seed=config.seed + index,
               batch=spec.params.get("batch", BATCH), hinting=hints != "off",
               discard_mode=config.discard_mode, fault_service=svc,
-              workload=workload_for(index, config.workload), name=name, thp=config.guest_thp)
+              workload=workload_for(index, config.workload), name=name, thp=config.guest_thp,
+              minor_fault=config.minor_fault)
     g.workload_name = workload_for(index, config.workload)
     if hints == "unused":
         # s390 mainline: the allocator's UNUSED/STABLE hooks only; the page cache never marks
@@ -129,6 +130,28 @@ def discard_list_stats(guests, svc):
     out["dlist_high_water"] = max((int(g.stats["dlist_high_water"]) for g in guests), default=0)
     out["dlist_batch"] = guests[0].discard_list_batch if guests else 0
     out["ring_stale"] = int(svc.stats().get("ring_stale", 0)) if svc is not None else 0
+    return out
+
+
+def thp_stats(guests):
+    """A THP guest fleet's huge-page counters summed over guests (gphint.guest.thp), None on
+    4 KiB guests: what the huge pages did to the memory a guest can give back."""
+    if not guests or not getattr(guests[0], "thp", False):
+        return None
+    out = {}
+    for g in guests:
+        for k, v in g.allocator.thp_stats().items():
+            out[k] = out.get(k, 0) + int(v)
+    return out
+
+
+def mapping_stats(guests):
+    """Guest processes' mappings of the page cache (gphint.guest.mappings), summed over guests:
+    what patch 7 saves on the mmap workloads; all zero for workloads that never map a file."""
+    keys = ("mmaps", "munmaps", "minor_faults", "major_faults", "changes_saved", "corrected",
+            "correction_changes")
+    out = {k: int(sum(g.mappings.stats[k] for g in guests)) for k in keys}
+    out["state_changes"] = int(sum(g.mappings.state_changes() for g in guests))
     return out
 
 
