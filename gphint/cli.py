@@ -83,7 +83,7 @@ def config_from(args):
         probe=not args.no_probe, probe_bytes=parse_size(args.probe_mem, "--probe-mem"),
         probe_timeout_s=args.probe_timeout, status_path=args.status, cache=args.cache,
         cgroup=not args.no_cgroup, guest_thp=args.guest_thp, locking=args.locking,
-        minor_fault=args.minor_fault).validate()
+        minor_fault=args.minor_fault, discard_list_batch=args.discard_list_batch).validate()
     from .guest.guest_stores import check_fd_limit
     check_fd_limit(cfg.guests)          # the open-file limit, before anything runs
     return cfg
@@ -271,7 +271,16 @@ def _run_options(sp, duration, guests, guest_mem, host_mem=None, ops=None):
                     help="lazy: no state change on a minor fault or munmap, corrected at writeback "
                          "(the series' patch 7); eager: both paths change state.  Counted in the "
                          "results' mappings field on the -mmap workloads (default: %(default)s)")
+    sp.add_argument("--discard-list-batch", type=int, default=None, metavar="N",
+                    help="the discarded page list (the series' patch 8): a guest's step() drops it "
+                         "once it holds N entries; every free, reclaim and verify is a drain point "
+                         "too (recorded as config.discard_list_batch; default: %d)" % _dlist_batch())
     _realhost_options(sp)
+
+
+def _dlist_batch():
+    from .guest.guest_reclaim import DISCARD_LIST_BATCH
+    return DISCARD_LIST_BATCH
 
 
 def _realhost_options(sp):

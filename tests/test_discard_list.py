@@ -177,3 +177,24 @@ def test_discard_faults_racing_the_free_leave_the_new_page_alone(mode):
         assert reused > 0 and g.stats["dropped_drained"] == 0
         assert g.verify() == 0
     svc.stop()
+
+
+def test_the_batch_is_a_run_option_recorded_with_the_run(compiled_only):
+    """`--discard-list-batch N` reaches every guest of a run and its results (config and the
+    discard_list field); a bad N is one line naming it, exit 2."""
+    from gphint.cli import build_parser, config_from
+    from gphint.experiment import RunConfig, results_document, run_one
+    from test_cli import gphint as gphint_cli
+    cfg = RunConfig(workload="fileserver,mixed", guests=2, guest_mem_bytes=16 << 20, duration_s=30.0,
+                    ops_per_guest=200, seed=4, probe=False, cgroup=False, discard_mode="guest",
+                    discard_list_batch=4)
+    args = build_parser().parse_args(["run", "--strategy", "cmma"] + cfg.cli_args())
+    assert config_from(args).discard_list_batch == 4
+    doc = results_document(cfg, [run_one(cfg, "cmma")])
+    rec = doc["results"][0]
+    assert doc["config"]["discard_list_batch"] == 4 == rec["discard_list"]["dlist_batch"]
+    assert rec["integrity_errors"] == 0
+    for bad in ("0", "-3"):
+        r = gphint_cli("run", "--strategy", "cmma", "--discard-list-batch", bad)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and bad in lines[0], r.stderr

@@ -41,6 +41,7 @@ class RunConfig:
     guest_thp: bool = False         # guests with transparent huge pages (gphint.guest.thp)
     locking: str = "holdbits"       # the fault service's holds: "holdbits" or "hashed" (gphint.faults)
     minor_fault: str = "lazy"       # "lazy" (patch 7: no state change on minor faults, munmap) or "eager"
+    discard_list_batch: int = None  # None: the guest's DISCARD_LIST_BATCH (patch 8's batch, step())
 
     @property
     def mode(self):
@@ -81,6 +82,11 @@ class RunConfig:
         if self.minor_fault not in MINOR_FAULT_MODES:
             raise ConfigError("--minor-fault %r is not valid (expected one of %s)"
                               % (self.minor_fault, ", ".join(MINOR_FAULT_MODES)))
+        if self.discard_list_batch is not None and (
+                isinstance(self.discard_list_batch, bool) or not isinstance(self.discard_list_batch, int)
+                or not 1 <= self.discard_list_batch <= 1 << 30):
+            raise ConfigError("--discard-list-batch must be an integer in [1, 2**30], got %r"
+                              % (self.discard_list_batch,))
         if self.guest_mem_bytes < MIN_GUEST_MEM_BYTES:
             raise ConfigError("--guest-mem %s is too small: a guest needs at least %s"
                               % (fmt_bytes(self.guest_mem_bytes), fmt_bytes(MIN_GUEST_MEM_BYTES)))
@@ -154,6 +160,8 @@ class RunConfig:
             args += ["--locking", self.locking]
         if self.minor_fault != "lazy":
             args += ["--minor-fault", self.minor_fault]
+        if self.discard_list_batch is not None:
+            args += ["--discard-list-batch", str(self.discard_list_batch)]
         if self.status_path:
             args += ["--status", self.status_path]
         if self.ops_per_guest is not None:

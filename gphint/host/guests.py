@@ -63,7 +63,8 @@ def make_guest(index, config, spec, svc, fileset=None):
               batch=spec.params.get("batch", BATCH), hinting=hints != "off",
               discard_mode=config.discard_mode, fault_service=svc,
               workload=workload_for(index, config.workload), name=name, thp=config.guest_thp,
-              minor_fault=config.minor_fault)
+              minor_fault=config.minor_fault, **({} if config.discard_list_batch is None else
+                                                 {"discard_list_batch": config.discard_list_batch}))
     g.workload_name = workload_for(index, config.workload)
     if hints == "unused":
         # s390 mainline: the allocator's UNUSED/STABLE hooks only; the page cache never marks
