@@ -9,11 +9,15 @@ The layers, each calling only the one below it and handed data, never called bac
   C              ext/discard.c (madvise / process_madvise), ext/hostops.c (pick -> act ->
                  finish), ext/faults.c (the userfaultfd thread that reloads)
 The one path a discarded page takes: the guest frees it (BuddyAllocator.free -> HintBuffer.hint:
-Sr -> Ur, submitted by the guest's batching cycle, gphint.batching); the host picks it from the
-state bytes (HintScan.proactive, or a reclaim tier, HintScan._tier) and fills its host cycle
-(gphint.host.submission.Submission.discard); each host_batch pages become one GuestMemory.discard
--> the served path (gphint.faults._Served.discard) -> FaultThread.host_discard ->
-gph_host_discard (ext/hostops.c: CAS pick, one vectored madvise, finish: Ur -> Uz).  The guest
+Sr -> Ur, submitted by the guest's batching cycle, gphint.batching); the host takes it in one
+of two ways.  The proactive scan (HintScan.proactive) picks it from the state bytes and fills
+its host cycle (gphint.host.submission.Submission.discard); each host_batch pages become one
+GuestMemory.discard -> the served path (gphint.faults._Served.discard) ->
+FaultThread.host_discard -> gph_host_discard (ext/hostops.c: CAS pick, one vectored madvise,
+finish: Ur -> Uz).  A reclaim tier under a budget (HintScan._tier -> Submission.take ->
+FaultService.take_fleet) chooses in C too: gph_host_take_fleet -> gph_host_take per guest
+(ext/hostops.c: choose by state byte and residency sample, then the same pick, madvise,
+finish).  The guest
 allocates it again (Uz -> Sz) and its first touch faults: the fault thread (ext/faults.c,
 serve_page) fills zeros, Sz -> Sr.  A VOLATILE page goes the same way to Vz, and its touch
 reloads the file's bytes (Vz -> Vr) before the access continues.  No layer calls back up.
