@@ -25,6 +25,7 @@ import numpy as np
 from ..batching import BATCH
 from ..errors import ConfigError, OutOfMemory
 from .allocator import UNUSED, BuddyAllocator, _check_int, block_pages
+from .guestpart import mark_touched
 
 HUGE_ORDER = 9
 HUGE_PAGES = 1 << HUGE_ORDER
@@ -258,7 +259,6 @@ class ThpHeap:
 
     def frames_for(self, pid, vpages):
         """Frames for process pid's new virtual pages (ascending, never handed out before)."""
-        from .guestpart import mark_touched
         out = np.empty(vpages.size, dtype=np.int64)
         ranges = vpages >> HUGE_ORDER
         for r in np.unique(ranges).tolist():
