@@ -1,8 +1,9 @@
 """The guest and protocol options drawn together: THP guests or 4 KiB ones, hold bits or the
 hashed lock, lazy or eager minor faults (patch 7), transparent or guest discard mode, the
-read()/write() workloads or their mmap variants, under every strategy and both advices --
-randomised sequences of guest steps, host passes, timers, time passing and the kernel's lazy
-reclaim, every guest page checked byte for byte after each (hypothesis).
+discarded page list's batch (patch 8), the read()/write() workloads or their mmap variants,
+under every strategy and both advices -- randomised sequences of guest steps, host passes,
+timers, time passing and the kernel's lazy reclaim, every guest page checked byte for byte
+after each (hypothesis).
 
 test_advice_sequences.py crosses strategy x advice x discard mode x pressure exhaustively; here
 hypothesis picks the combination per example, so the product of all options is sampled
@@ -28,6 +29,7 @@ OPTIONS = st.fixed_dictionaries({
     "guest_thp": st.booleans(),
     "locking": st.sampled_from(["holdbits", "hashed"]),
     "minor_fault": st.sampled_from(["lazy", "eager"]),
+    "discard_list_batch": st.sampled_from([None, 1, 7]),
     "workload": st.sampled_from(WORKLOADS),
     "pressure": st.booleans(),
 })
@@ -55,11 +57,13 @@ def test_random_option_combinations_lose_nothing(served):
         cfg = RunConfig(workload=opts["workload"], guests=2, guest_mem_bytes=4 << 20,
                         host_mem_bytes=(6 << 20) if opts["pressure"] else None, seed=seed,
                         discard_mode=opts["discard_mode"], guest_thp=opts["guest_thp"],
-                        locking=opts["locking"], minor_fault=opts["minor_fault"])
+                        locking=opts["locking"], minor_fault=opts["minor_fault"],
+                        discard_list_batch=opts["discard_list_batch"])
         svc = guest_api.fault_service(locking=cfg.locking)
 
         def options_took(g):
             assert g.thp == cfg.guest_thp and g.mappings.minor_fault == cfg.minor_fault, opts
+            assert cfg.discard_list_batch in (None, g.discard_list_batch), opts
         try:
             assert svc.locking == cfg.locking
             run_sequence(cfg, spec, svc, ops, options_took)
