@@ -51,31 +51,69 @@ def test_512_guests_run_under_ulimit_n_1024(tmp_path):
     _assert_run_ok(p, out)
 
 
-def _unprivileged_python():
-    """(argv prefix, env) running this tree's gphint as the user `nobody`, or None where this
-    machine cannot: not root, no runuser or nobody, or no interpreter nobody may execute with
-    this one's packages (a system Python of the same version, reading this venv's)."""
+def _unprivileged_python(work):
+    """argv prefix running this tree's gphint as the user `nobody`, or None where this machine
+    cannot: not root, no runuser or nobody, or no interpreter nobody may execute with this
+    one's packages (a system Python of the same version).  Where this interpreter's packages
+    sit under a directory nobody may not read (a pyenv under /root), the ones gphint imports
+    are copied into `work` first."""
     if os.geteuid() != 0 or shutil.which("runuser") is None:
         return None
     import site
     python = shutil.which("python%d.%d" % sys.version_info[:2], path="/usr/bin:/usr/local/bin")
     if python is None:
         return None
-    path = os.pathsep.join([ROOT] + site.getsitepackages())
-    cmd = ["runuser", "-u", "nobody", "--", "env", "PYTHONPATH=" + path, python]
-    probe = subprocess.run(cmd + ["-c", "import gphint, numpy, psutil"], capture_output=True,
+
+    def probe(paths):
+        cmd = ["runuser", "-u", "nobody", "--", "env", "PYTHONPATH=" + os.pathsep.join(paths), python]
+        r = subprocess.run(cmd + ["-c", "import gphint, numpy, psutil"], capture_output=True,
                            text=True, cwd="/", timeout=120)
-    return cmd if probe.returncode == 0 else None
+        return cmd if r.returncode == 0 else None
+
+    sites = site.getsitepackages()
+    cmd = probe([ROOT] + sites)
+    if cmd is None:
+        staged = work / "site"
+        for src in _installed_packages_a_run_imports(sites):
+            for extra in (src, src + ".libs"):     # numpy's wheel keeps its libraries beside it
+                if os.path.isdir(extra):
+                    shutil.copytree(extra, staged / os.path.basename(extra), dirs_exist_ok=True)
+                elif os.path.isfile(extra):
+                    staged.mkdir(exist_ok=True)
+                    shutil.copy(extra, staged)
+        for d in [staged] + [p for p in staged.rglob("*") if p.is_dir()]:
+            os.chmod(d, 0o755)
+        cmd = probe([ROOT, str(staged)])
+    return cmd
+
+
+def _installed_packages_a_run_imports(sites):
+    """Top-level packages (directories or single modules) from `sites` that `gphint run`'s
+    modules import, found by importing them in a child."""
+    code = textwrap.dedent("""
+        import os, sys
+        import gphint.cli, gphint.progress, gphint.experiment, gphint.host, gphint.faults
+        sites = sys.argv[1:]
+        for m in list(sys.modules.values()):
+            f = getattr(m, "__file__", None) or ""
+            for s in sites:
+                if f.startswith(s + os.sep):
+                    top = f[len(s) + 1:].split(os.sep)[0]
+                    print(os.path.join(s, top))
+    """)
+    r = subprocess.run([sys.executable, "-c", code] + sites, capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    return sorted(set(r.stdout.split())) if r.returncode == 0 else []
 
 
 def test_512_guests_run_as_an_unprivileged_user_under_ulimit_n_1024():
-    cmd = _unprivileged_python()
-    if cmd is None:
-        pytest.skip("no way to run this tree as the unprivileged user nobody here")
     # pytest's tmp_path sits under a root-only directory: the user needs one it can reach
     work = pathlib.Path(tempfile.mkdtemp(prefix="gphint-nobody-"))
     try:
         os.chmod(work, 0o1777)
+        cmd = _unprivileged_python(work)
+        if cmd is None:
+            pytest.skip("no way to run this tree as the unprivileged user nobody here")
         out = work / "run.json"
         p = run_child(cmd + ["-m", "gphint", "run", "--strategy", "cmma", "--guests", str(FLEET),
                              "--guest-mem", "1M", "--duration", "2", "--quiet", "--json", str(out)],
