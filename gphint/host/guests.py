@@ -13,6 +13,7 @@ from ..errors import GphintError
 from ..faults import FaultService
 from ..guest.files import FileSet
 from ..guest.guest import Guest
+from ..guest.guest_reclaim import DISCARD_LIST_BATCH
 from ..guest.workloads import all_workloads
 
 MIXED_CYCLE = ("fileserver", "build", "database", "idle", "churn")
@@ -63,8 +64,8 @@ def make_guest(index, config, spec, svc, fileset=None):
               batch=spec.params.get("batch", BATCH), hinting=hints != "off",
               discard_mode=config.discard_mode, fault_service=svc,
               workload=workload_for(index, config.workload), name=name, thp=config.guest_thp,
-              minor_fault=config.minor_fault, **({} if config.discard_list_batch is None else
-                                                 {"discard_list_batch": config.discard_list_batch}))
+              minor_fault=config.minor_fault,
+              discard_list_batch=config.discard_list_batch or DISCARD_LIST_BATCH)
     g.workload_name = workload_for(index, config.workload)
     if hints == "unused":
         # s390 mainline: the allocator's UNUSED/STABLE hooks only; the page cache never marks
