@@ -14,7 +14,8 @@ gphint batches the same way on both sides of the guest/host boundary:
          (Host.swap_out): the strategy fills a cycle with the pages it picked; every `capacity`
          pages become one discard (or swap-out) call into ext/; the cycle's end flushes the rest.
          Its capacity is the spec's `host_batch` (by default gphint.host.spec.HOST_BATCH for
-         unused and cmma, the spec's `batch` for the others).
+         unused and cmma, one device request for the balloon and reporting, the spec's
+         `batch` for none).
 
 Strategies differ only in how they fill (a state scan, a free page report, a balloon inflation).
 The rule in numbers: with n items and capacity c, a cycle makes n // c full submissions and, at

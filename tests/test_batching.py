@@ -13,7 +13,7 @@ from gphint import ConfigError, GuestMemory, PageState
 from gphint.batching import BATCH, Cycle, run
 from gphint.host import Host, parse_strategy
 from gphint.host.hostswap import fault_service_available
-from gphint.host.spec import HOST_BATCH, STRATEGY_KEYS
+from gphint.host.spec import BALLOON_ARRAY_PFNS, HOST_BATCH, STRATEGY_KEYS
 
 
 @settings(max_examples=60, deadline=None)
@@ -68,14 +68,46 @@ def test_state_reading_strategies_submit_host_batch_pages_apart_from_batch(name)
     assert parse_strategy("%s:host_batch=%d" % (name, HOST_BATCH)).params == parse_strategy(name).params
 
 
-@pytest.mark.parametrize("name", ["reporting", "balloon", "none"])
-def test_device_strategies_host_batch_follows_batch_unless_given(name):
-    assert parse_strategy(name).host_batch == STRATEGY_KEYS[name]["batch"]
-    spec = parse_strategy("%s:batch=4096" % name)
-    assert spec.host_batch == 4096 and str(spec) == "%s:batch=4096" % name
-    spec = parse_strategy("%s:batch=4096,host_batch=32" % name)
-    assert (spec.batch, spec.host_batch) == (4096, 32) and str(spec) == "%s:batch=4096,host_batch=32" % name
+def test_none_swaps_out_batch_pages_per_submission_unless_given():
+    assert parse_strategy("none").host_batch == STRATEGY_KEYS["none"]["batch"]
+    spec = parse_strategy("none:batch=4096")
+    assert spec.host_batch == 4096 and str(spec) == "none:batch=4096"
+    spec = parse_strategy("none:batch=4096,host_batch=32")
+    assert (spec.batch, spec.host_batch) == (4096, 32) and str(spec) == "none:batch=4096,host_batch=32"
     assert parse_strategy(str(spec)).params == spec.params
+
+
+@pytest.mark.parametrize("text, host_batch", [
+    ("balloon", BALLOON_ARRAY_PFNS), ("balloon:batch=4096", BALLOON_ARRAY_PFNS),
+    ("reporting", 32 << 10), ("reporting:batch=4096", 32 << 10),
+    ("reporting:order=5,capacity=8", 8 << 10), ("reporting:capacity=1024", 1 << 20)])
+def test_a_peer_submits_one_request_of_its_device(text, host_batch):
+    """The balloon's inflate request (256 page numbers) and the largest free page report
+    (capacity blocks of 4 MiB), whatever the guest's batch: the peers' guests keep no hint buffer."""
+    spec = parse_strategy(text)
+    assert spec.host_batch == host_batch
+    assert "host_batch" not in str(spec) and parse_strategy(str(spec)).params == spec.params
+    given = parse_strategy("%s%shost_batch=32" % (text, "," if ":" in text else ":"))
+    assert given.host_batch == 32 and "host_batch=32" in str(given)
+    assert parse_strategy(str(given)).params == given.params
+
+
+def test_a_report_is_one_discard_submission():
+    """A reporting pass over a guest whose memory is all free: each report of `capacity` blocks
+    reaches the kernel as one discard call, and every reported page is gone from the host."""
+    import types
+    from gphint.guest.allocator import BuddyAllocator
+    with GuestMemory("32M") as mem:
+        mem.set_state(slice(None), PageState.STABLE)
+        mem.frames[:] = 1
+        guest = types.SimpleNamespace(mem=mem, allocator=BuddyAllocator(mem, hinting=False),
+                                      reclaim=None, name="reporting")
+        host = Host([guest], None, "reporting:delay=0,capacity=2")
+        calls0 = mem.stats["discard_calls"]
+        assert host.slots[0].reporter.poll(1e12) > 0
+        assert host.strategy.reports > 0
+        assert mem.stats["discard_calls"] - calls0 == host.strategy.reports
+        assert not mem.residency()[np.flatnonzero(guest.allocator.reported_mask())].any()
 
 
 @pytest.mark.parametrize("text, words", [("cmma:host_batch=0", ["cmma:host_batch", "'0'", "range"]),

@@ -29,6 +29,8 @@ from ..errors import ConfigError, OutOfMemory
 from ..states import PageState
 from .hints import HintBuffer
 
+MAX_ORDER = 10      # the largest block: 4 MiB, Linux's MAX_PAGE_ORDER on x86_64 (include/linux/mmzone.h)
+
 NOT_FREE = -1
 STABLE, UNUSED = int(PageState.STABLE), int(PageState.UNUSED)   # ints: an IntEnum costs a slow C conversion per call
 MAX_SUPPORTED_ORDER = 20
@@ -63,13 +65,13 @@ def aligned_blocks(first, npages, max_order):
 
 
 class BuddyAllocator:
-    """BuddyAllocator(mem, max_order=10, batch=BATCH, hinting=True, clock=None, mem_map=False):
+    """BuddyAllocator(mem, max_order=MAX_ORDER, batch=BATCH, hinting=True, clock=None, mem_map=False):
     every frame of mem starts free (hinted UNUSED at construction).  batch is the HintBuffer
     capacity (1 = unbatched); clock dates the frees (HintBuffer.unused_since_ns).
     mem_map=True keeps the per-frame tables in struct pages inside mem itself (its first
     frames, reserved and never free: gphint.guest.memmap), as a guest kernel does."""
 
-    def __init__(self, mem, max_order=10, batch=BATCH, hinting=True, clock=None, mem_map=False):
+    def __init__(self, mem, max_order=MAX_ORDER, batch=BATCH, hinting=True, clock=None, mem_map=False):
         self.mem = mem
         self.npages = mem.npages
         self.max_order = _check_int(max_order, "max_order", 0, MAX_SUPPORTED_ORDER)

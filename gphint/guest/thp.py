@@ -24,7 +24,7 @@ import numpy as np
 
 from ..batching import BATCH
 from ..errors import ConfigError, OutOfMemory
-from .allocator import UNUSED, BuddyAllocator, _check_int, block_pages
+from .allocator import MAX_ORDER, UNUSED, BuddyAllocator, _check_int, block_pages
 from .guestpart import mark_touched
 
 HUGE_ORDER = 9
@@ -32,13 +32,13 @@ HUGE_PAGES = 1 << HUGE_ORDER
 
 
 class ThpAllocator(BuddyAllocator):
-    """ThpAllocator(mem, max_order=10, batch=BATCH, hinting=True, clock=None, mem_map=False, cpus=2,
+    """ThpAllocator(mem, max_order=MAX_ORDER, batch=BATCH, hinting=True, clock=None, mem_map=False, cpus=2,
     pcp_high=None):
     a BuddyAllocator whose alloc(n, huge=True) hands out 2 MiB huge pages.  pcp_high: huge
     pages per CPU list (None: 1/16 of memory's huge pages, at least 1 -- Linux sizes its pcp
     high mark from the zone's size too)."""
 
-    def __init__(self, mem, max_order=10, batch=BATCH, hinting=True, clock=None, mem_map=False, *,
+    def __init__(self, mem, max_order=MAX_ORDER, batch=BATCH, hinting=True, clock=None, mem_map=False, *,
                  cpus=2, pcp_high=None):
         if _check_int(max_order, "max_order", 0) < HUGE_ORDER:
             raise ConfigError("a THP guest needs max_order >= %d (2 MiB blocks), got %d" % (HUGE_ORDER, max_order))

@@ -12,6 +12,7 @@ import numpy as np
 from ..batching import BATCH
 from ..discard import ADVICES, SUBMIT_MODES
 from ..errors import ConfigError
+from ..guest.allocator import MAX_ORDER
 
 BATCHES = (1, 32, 256, 4096)
 HOST_BATCH_MAX = 1 << 20   # pages per host submission: 4 GiB, more than any guest here
@@ -32,12 +33,22 @@ HOST_BATCH = 16384
 #   batch       the guest's hint buffer capacity (gphint.batching: the guest's cycle); 1 is the
 #               unbatched original
 #   host_batch  pages per host discard submission (the host's cycle); default: HOST_BATCH for
-#               unused and cmma (measured above), the same number as batch for the others,
-#               whose host submission stands for a device's request (the balloon's PFN array)
+#               unused and cmma (measured above); for the peers, their device's own request
+#               (below: their guests keep no hint buffer, so `batch` says nothing about them);
+#               for none, the same number as batch (pages per swap-out)
 #   submit      how a submission reaches the kernel: one madvise per page, one per run, or one
 #               process_madvise per <= 1024 runs
 #   discard     MADV_DONTNEED (RSS drops now) or MADV_FREE (RSS drops only under kernel pressure)
 _HINTING = {"batch": BATCH, "host_batch": None, "submit": "vectored", "discard": "dontneed"}
+
+# The peers' host submission is one request of their device, the size the real one carries:
+#   balloon    one inflate request holds at most VIRTIO_BALLOON_ARRAY_PFNS_MAX = 256 page numbers
+#              (drivers/virtio/virtio_balloon.c, fill_balloon's pfns array); QEMU discards them
+#              all before it acknowledges (hw/virtio/virtio-balloon.c)
+#   reporting  one report holds `capacity` free blocks of order `order` or above (mm/page_reporting.c's
+#              scatterlist), at most capacity blocks of the largest order; QEMU discards every
+#              block of it before it acknowledges (virtio_balloon_handle_report)
+BALLOON_ARRAY_PFNS = 256
 
 STRATEGY_KEYS = {
     # no hints: the host can only swap, oldest-resident first; host_batch: pages per swap-out
@@ -47,7 +58,8 @@ STRATEGY_KEYS = {
     #   threshold  host free fraction below which the host is under pressure (MOM: 0.20)
     #   change     largest balloon change per evaluation, fraction of guest memory (MOM: 0.05)
     #   idle_sched seconds between two schedulings of an idle guest: a request waits for it
-    "balloon": dict(_HINTING, interval=0.5, threshold=0.20, change=0.05, idle_sched=1.0),
+    "balloon": dict(_HINTING, host_batch=BALLOON_ARRAY_PFNS, interval=0.5, threshold=0.20,
+                    change=0.05, idle_sched=1.0),
     # Linux free page reporting (mm/page_reporting.c)
     #   order     smallest reported block order (pageblock order 9 = 2 MiB)
     #   capacity  blocks per report (the scatterlist), delay: seconds from a free to a pass
@@ -110,9 +122,12 @@ HOST_BATCH_UNKEYED = 256
 
 
 def _default(name, key, params):
-    """A key's default; host_batch's, where the table has None, is the spec's own batch."""
+    """A key's default; host_batch's, where the table has None, is the largest report for
+    reporting (capacity blocks of the largest order) and the spec's own batch for none."""
     default = STRATEGY_KEYS[name][key]
     if key == "host_batch" and default is None:
+        if name == "reporting":
+            return params["capacity"] << MAX_ORDER
         return params["batch"]
     return default
 
@@ -171,8 +186,8 @@ def parse_strategy(text):
 
 
 def defaults(name):
-    """Every key of strategy `name` with its default (host_batch: HOST_BATCH, or the same as
-    batch where the table says None)."""
+    """Every key of strategy `name` with its default (host_batch: as _default says where the
+    table has None)."""
     params = dict(STRATEGY_KEYS[name])
     if "host_batch" in params:
         params["host_batch"] = _default(name, "host_batch", params)

@@ -54,8 +54,8 @@ class TakeBack:
         self.fleet, self.spec, self.svc = fleet, spec, svc
         # the balloon's host is a plain one (swap as its last resort): its requests go through
         # the guests' vCPUs, not through Host.on_scheduled's scheduling model
-        # (its device discards in the balloon spec's own batch size)
-        host_spec = "none:batch=%d" % spec.params["batch"] if spec.name == "balloon" else spec
+        # (its device discards one request, the balloon spec's host_batch, per submission)
+        host_spec = "none:host_batch=%d" % spec.params["host_batch"] if spec.name == "balloon" else spec
         fleet_bytes = sum(g.mem.size_bytes for g in fleet.guests)
         # a budget makes the Host keep a swapper; the target is enforced here, not by step()
         self.host = Host(fleet.guests, budget=fleet_bytes, strategy=host_spec, fault_service=svc)
@@ -247,9 +247,9 @@ class TakeBack:
         return time.monotonic() if self.resident() <= target else None
 
     def _swap_oldest(self, npages):
-        """Host.swap_oldest in SWAP_BATCH-page submissions (host.lock held): the strategy's own
-        host_batch (32 for reporting and the balloon's device) made their fallback swap 3-4x
-        slower than none's for the same pages."""
+        """Host.swap_oldest in SWAP_BATCH-page submissions (host.lock held): a fallback swap
+        costs the same whoever falls back, whatever its own device's request size (a host_batch
+        of 32 made the peers' fallback swap 3-4x slower than none's for the same pages)."""
         sub = self.host.submission
         own, sub.host_batch = sub.host_batch, SWAP_BATCH
         try:
