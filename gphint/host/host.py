@@ -226,30 +226,10 @@ class Host:
     def swap_oldest(self, need):
         """Host-swap `need` resident STABLE pages, oldest resident first across all guests
         (the host cannot see guest access bits: FIFO is the order it has)."""
-        cands = []
-        for s in self.slots:
-            sr = s.residency.resident & ((s.mem.states & PAIR_MASK) == SR)
-            pages = np.flatnonzero(sr)
-            cands.append((s.residency.since_tick[pages], np.full(pages.size, s.index), pages))
-        return self._swap_pick(cands, need, "STABLE")
-
-    def _swap_pick(self, cands, need, kind):
-        if not cands:
-            return 0
-        ticks = np.concatenate([c[0] for c in cands])
-        owner = np.concatenate([c[1] for c in cands])
-        pages = np.concatenate([c[2] for c in cands])
-        if ticks.size == 0 or need <= 0:
-            return 0
-        if ticks.size > need:
-            pick = np.argpartition(ticks, need - 1)[:need]
-        else:
-            pick = np.arange(ticks.size)
-        done = 0
-        for s in self.slots:
-            mine = np.sort(pages[pick[owner[pick] == s.index]])
-            done += self.swap_out(s, mine, kind)
-        return done
+        def stable(g, pages):
+            return (self.slots[g].mem.states[pages] & PAIR_MASK) == SR
+        return sum(self.swap_out(self.slots[g], pages, "STABLE")
+                   for g, pages in self.residency.oldest(need, stable))
 
     def swap_out(self, slot, pages, kind="STABLE"):
         """Write pages to host swap, host_batch pages per submission; returns pages written."""

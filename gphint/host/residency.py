@@ -87,3 +87,46 @@ class FleetResidency:
         for tr, n in zip(self.trackers, self.counts.tolist()):
             tr.sampled(n)
         return total
+
+    # --- the host's swap order over the whole fleet --------------------------------------------
+    def oldest(self, need, keep):
+        """The `need` oldest resident pages (smallest since_tick) for which keep(guest, pages)
+        says True, as (guest index, page numbers in it) pairs, pages ascending.
+
+        Read in the fleet's arrays at once: the oldest resident pages first, and keep() only for
+        the guests that hold them -- a numpy call per guest releases the interpreter lock on
+        arrays this size, and each release cost the host up to the switch interval (5 ms) to get
+        it back behind busy guest threads: a fallback swap over 512 guests spent 7-9 s of wall
+        per pass on 0.4 s of CPU.  The oldest `need` among the kept pages are exactly those of a
+        per-guest scan (ties at the same tick broken arbitrarily, as there)."""
+        res = np.flatnonzero(self.resident)
+        if need <= 0 or res.size == 0:
+            return []
+        ticks = self.since_tick[res]
+        k = min(res.size, 2 * need)
+        while True:
+            cand = res if k == res.size else res[np.argpartition(ticks, k - 1)[:k]]
+            cand = cand[self._kept(cand, keep)]
+            if cand.size >= need or k == res.size:
+                break
+            k = min(res.size, 4 * k)    # too few kept among the oldest: look further back
+        if cand.size > need:
+            cand = cand[np.argpartition(self.since_tick[cand], need - 1)[:need]]
+        return self._by_guest(np.sort(cand))
+
+    def _by_guest(self, pages):
+        """Sorted fleet page indices -> [(guest index, its page numbers)]."""
+        if pages.size == 0:
+            return []
+        owner = np.searchsorted(self.offsets, pages, side="right") - 1
+        cuts = np.flatnonzero(np.diff(owner)) + 1
+        return [(int(o[0]), p - self.offsets[o[0]]) for o, p in zip(np.split(owner, cuts), np.split(pages, cuts))]
+
+    def _kept(self, pages, keep):
+        order = np.argsort(pages, kind="stable")
+        mask = np.zeros(pages.size, dtype=bool)
+        lo = 0
+        for g, local in self._by_guest(pages[order]):
+            mask[order[lo:lo + local.size]] = keep(g, local)
+            lo += local.size
+        return mask
