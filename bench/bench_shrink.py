@@ -11,7 +11,7 @@ memory, it cannot be repeated on the same pages), with 4 KiB-backed and THP-back
   cmma, unused   the host reads the states and discards the UNUSED pages (cmma:batch=4096)
   reporting      the guest's reporting passes (delay 0) until it reports nothing more
   balloon        one inflate of the free memory; the host discards what the driver hands over
-                 (batch 256: virtio-balloon's PFN array, VIRTIO_BALLOON_ARRAY_PFNS_MAX)
+                 (host_batch 256: virtio-balloon's PFN array, VIRTIO_BALLOON_ARRAY_PFNS_MAX)
   none           the host swaps the free memory out (it cannot tell it is free)
 The floor, measured on a fresh copy in the same test: one `madvise(MADV_DONTNEED)` per free run
 (`mem.discard_raw(runs, submit="coalesce")`); the floor and cmma are measured GPHINT_SHRINK_ROUNDS
@@ -33,6 +33,7 @@ from gphint.guest.balloon import BalloonDriver
 from gphint.guest.reporting import PageReporting
 from gphint.host import Host
 from gphint.host.hostswap import fault_service_available
+from gphint.host.spec import BALLOON_ARRAY_PFNS
 from gphint.memory import expand_runs
 
 PAGE = gphint.PAGE_SIZE
@@ -46,7 +47,7 @@ HAS_SERVICE, WHY_NOT = fault_service_available()
 ANCHORS_US = {"virtio-balloon per 4 KiB": 4.45, "virtio-mem per 2 MiB": 63.0, "HyperAlloc per 2 MiB": 6.2}
 STRATEGIES = ("cmma", "unused", "reporting", "balloon", "none")
 SPECS = {"cmma": "cmma:batch=4096", "unused": "unused:batch=4096", "none": "none:batch=4096",
-         "balloon": "none:batch=256", "reporting": "reporting:delay=0"}
+         "balloon": "none:host_batch=%d" % BALLOON_ARRAY_PFNS, "reporting": "reporting:delay=0"}
 pytestmark = pytest.mark.skipif(not HAS_SERVICE, reason="needs the discard-fault service "
                                 "(host swap, served struct pages): %s" % WHY_NOT)
 

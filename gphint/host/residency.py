@@ -105,14 +105,14 @@ class FleetResidency:
         ticks = self.since_tick[res]
         k = min(res.size, 2 * need)
         while True:
-            cand = res if k == res.size else res[np.argpartition(ticks, k - 1)[:k]]
-            cand = cand[self._kept(cand, keep)]
+            cand = res if k == res.size else np.sort(res[np.argpartition(ticks, k - 1)[:k]])
+            cand = cand[np.concatenate([keep(g, pages) for g, pages in self._by_guest(cand)])]
             if cand.size >= need or k == res.size:
                 break
             k = min(res.size, 4 * k)    # too few kept among the oldest: look further back
         if cand.size > need:
-            cand = cand[np.argpartition(self.since_tick[cand], need - 1)[:need]]
-        return self._by_guest(np.sort(cand))
+            cand = np.sort(cand[np.argpartition(self.since_tick[cand], need - 1)[:need]])
+        return self._by_guest(cand)
 
     def _by_guest(self, pages):
         """Sorted fleet page indices -> [(guest index, its page numbers)]."""
@@ -121,12 +121,3 @@ class FleetResidency:
         owner = np.searchsorted(self.offsets, pages, side="right") - 1
         cuts = np.flatnonzero(np.diff(owner)) + 1
         return [(int(o[0]), p - self.offsets[o[0]]) for o, p in zip(np.split(owner, cuts), np.split(pages, cuts))]
-
-    def _kept(self, pages, keep):
-        order = np.argsort(pages, kind="stable")
-        mask = np.zeros(pages.size, dtype=bool)
-        lo = 0
-        for g, local in self._by_guest(pages[order]):
-            mask[order[lo:lo + local.size]] = keep(g, local)
-            lo += local.size
-        return mask
